@@ -1,0 +1,1 @@
+"""Songbook: a song catalog service."""

@@ -1,0 +1,91 @@
+"""Settings, read from the environment and an optional `.env` file."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "SONGBOOK_"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told from outside."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        validate_by_name=True,
+        validate_default=True,
+    )
+
+    database_url: Annotated[
+        str,
+        Field(
+            validation_alias=AliasChoices("DATABASE_URL", f"{ENV_PREFIX}DATABASE_URL"),
+            description="SQLAlchemy URL; empty means a SQLite file in data_dir.",
+        ),
+    ] = ""
+    data_dir: Path = Path("data")
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    sql_echo: bool = False
+    log_level: LogLevel = "info"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value:
+            async_url(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The database URL, with the async driver each backend uses here."""
+        if not self.database_url:
+            return make_url(f"sqlite+aiosqlite:///{self.data_dir / 'songbook.db'}")
+        return async_url(self.database_url)
+
+
+def async_url(raw: str) -> URL:
+    """Parse a database URL; `postgres://` and `postgresql://` mean asyncpg, `sqlite://` aiosqlite."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError("not a database URL (expected postgresql://... or sqlite:///...)") from None
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    raise ValueError(f"unsupported database {backend!r} (expected postgresql or sqlite)")
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the variable and the reason."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
+
+
+def _describe(error: ErrorDetails) -> str:
+    field = str(error["loc"][0]).upper() if error["loc"] else "SETTINGS"
+    message = error["msg"].removeprefix("Value error, ")
+    if field.endswith("DATABASE_URL"):
+        # The URL may hold a password: name the variable, never echo its value.
+        return f"invalid setting DATABASE_URL: {message}"
+    name = field if field.startswith(ENV_PREFIX) else ENV_PREFIX + field
+    return f"invalid setting {name}={error['input']!r}: {message}"
