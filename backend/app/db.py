@@ -1,0 +1,65 @@
+"""The database engine and the sessions the routes are given."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import Settings
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The engine for the configured database: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+    url = settings.sqlalchemy_url
+    if url.get_backend_name() == "sqlite":
+        ensure_sqlite_dir(url)
+        engine = create_async_engine(url, echo=settings.sql_echo)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    return create_async_engine(
+        url,
+        echo=settings.sql_echo,
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        # asyncpg would wait a minute for an unreachable server.
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def ensure_sqlite_dir(url: URL) -> None:
+    """Creates the folder of a SQLite database file, so that a fresh machine can start."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; busy_timeout makes a writer wait
+    # for the lock instead of failing at once with "database is locked".
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """The one session factory of the process; objects stay readable after commit."""
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for one request, closed (and rolled back if uncommitted) after it."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

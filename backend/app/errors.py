@@ -1,0 +1,263 @@
+"""One error shape for the whole service: RFC 9457 problem details.
+
+The catalog logic raises `AppError`s; the handlers here render them, and the
+framework's own errors (unknown path, wrong method, invalid input), in that
+one shape, as `application/problem+json`.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+
+
+class FieldError(BaseModel):
+    """One reason a request was refused, and where in the request it lies."""
+
+    location: str = Field(examples=["body"])
+    field: str = Field(examples=["name"])
+    message: str = Field(examples=["String should have at most 200 characters"])
+    type: str = Field(examples=["string_too_long"])
+
+
+class Problem(BaseModel):
+    """An error, as every route answers one (RFC 9457)."""
+
+    type: str = Field(examples=["urn:songbook:problem:not-found"])
+    title: str = Field(examples=["Not Found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["No song has id 42."])
+    code: str = Field(description="Stable machine-readable code.", examples=["not-found"])
+    errors: list[FieldError] | None = Field(default=None, description="For invalid input: each field and why.")
+    existing_id: int | None = Field(default=None, description="For a duplicate: the id of the song already there.")
+
+
+class AppError(Exception):
+    """Base of the errors the service answers with; subclasses set the status and code."""
+
+    status_code: int = 500
+    code: str = "internal-error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not-found"
+
+
+class DuplicateSong(AppError):
+    status_code = 409
+    code = "duplicate-song"
+
+    def __init__(self, existing_id: int) -> None:
+        super().__init__(
+            f"The catalog already has this song, with id {existing_id}.",
+            headers={"Location": f"/songs/{existing_id}"},
+            existing_id=existing_id,
+        )
+
+
+class InvalidParameter(AppError):
+    status_code = 422
+    code = "validation-failed"
+
+    def __init__(self, location: str, field: str, message: str, type_: str = "value_error") -> None:
+        super().__init__(
+            f"{location} {field}: {message}",
+            errors=[FieldError(location=location, field=field, message=message, type=type_).model_dump()],
+        )
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload-too-large"
+
+
+class DatabaseUnavailable(AppError):
+    status_code = 503
+    code = "database-unavailable"
+
+
+def problem_response(
+    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
+) -> JSONResponse:
+    """A problem-details response; every error the service sends is built here."""
+    body = problem_body(status, code, detail, **extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {
+        status: {
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": _EXAMPLES[status],
+                }
+            },
+            "description": HTTPStatus(status).phrase,
+        }
+        for status in statuses
+    }
+
+
+def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    """The RFC 9457 members, then the extensions (`errors`, `existing_id`)."""
+    return {
+        "type": f"urn:songbook:problem:{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extensions,
+    }
+
+
+_EXAMPLES = {
+    400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
+    404: problem_body(404, "not-found", "No song has id 42."),
+    409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
+    413: problem_body(413, "payload-too-large", "The request body is larger than 1048576 bytes."),
+    415: problem_body(
+        415, "unsupported-media-type", "Send the request body as JSON, with Content-Type: application/json."
+    ),
+    422: problem_body(
+        422,
+        "validation-failed",
+        "Invalid request: name: String should have at least 1 character.",
+        errors=[
+            {
+                "location": "body",
+                "field": "name",
+                "message": "String should have at least 1 character",
+                "type": "string_too_short",
+            }
+        ],
+    ),
+    500: problem_body(500, "internal-error", "The service failed to answer this request."),
+    503: problem_body(503, "database-unavailable", "The database is not answering; try again shortly."),
+}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Puts the `Problem` schema, which every error response refers to, in the OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}), Problem=problem)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else _default_detail(request, exc)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette's Allow names only the first route that matched the path; a path
+    # served by several routes (GET and POST /songs) needs all of theirs.
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+def _default_detail(request: Request, exc: HTTPException) -> str:
+    if exc.status_code == 404:
+        return f"Nothing is at {request.url.path}."
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path}."
+    return HTTPStatus(exc.status_code).description
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_field_error(error) for error in exc.errors()]
+    types = {error.type for error in errors}
+    if "json_invalid" in types:
+        return problem_response(400, "malformed-json", "The request body is not valid JSON.")
+    if "content_type" in types or ("model_attributes_type" in types and _not_json(request)):
+        return problem_response(
+            415, "unsupported-media-type", "Send the request body as JSON, with Content-Type: application/json."
+        )
+    summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
+    return problem_response(
+        422, "validation-failed", f"Invalid request: {summary}.", errors=[error.model_dump() for error in errors]
+    )
+
+
+def _not_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return content_type != "application/json" and not content_type.endswith("+json")
+
+
+def _field_error(error: Any) -> FieldError:
+    location, *path = error["loc"] or ("request",)
+    field = ".".join(str(part) for part in path) or location
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return FieldError(location=str(location), field=field, message=message, type=error["type"])
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", type(exc).__name__)
+    return problem_response(
+        503,
+        DatabaseUnavailable.code,
+        "The database is not answering; try again shortly.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with its traceback here; the client learns nothing of the internals.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, "internal-error", "The service failed to answer this request.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, the service's and the framework's, as problem details."""
+    document_problems(app)
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for exc_class in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(exc_class, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)

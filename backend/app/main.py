@@ -1,0 +1,41 @@
+"""The application: lifespan, routers, error handlers and middleware, nothing else."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import db, schema
+from app.config import Settings, load_settings
+from app.errors import install_error_handlers
+from app.limits import BodySizeLimit
+from app.routes import health, songs
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the service for `settings` (read from the environment when not given)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = db.create_engine(settings)
+        app.state.engine = engine
+        app.state.sessionmaker = db.create_sessionmaker(engine)
+        app.state.schema_heads = schema.head_revisions()
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Songbook",
+        summary="A song catalog.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(songs.router)
+    app.include_router(health.router)
+    return app
