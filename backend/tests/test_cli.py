@@ -1,0 +1,81 @@
+"""The `songbook` command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
+
+from app import schema
+from app.cli import cli
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def database(monkeypatch: pytest.MonkeyPatch, empty_database: URL) -> URL:
+    monkeypatch.setenv("DATABASE_URL", empty_database.render_as_string(hide_password=False))
+    return empty_database
+
+
+def test_migrate_brings_a_new_database_to_the_latest_revision(database: URL) -> None:
+    result = runner.invoke(cli, ["migrate"])
+
+    assert result.exit_code == 0, result.output
+    assert "latest revision" in result.output
+    assert runner.invoke(cli, ["migrate", "status"]).exit_code == 0
+
+
+def test_migrate_status_exits_1_on_a_database_behind(database: URL) -> None:
+    schema.upgrade(database, "7fccabe9f34a")
+
+    result = runner.invoke(cli, ["migrate", "status"])
+
+    assert result.exit_code == 1
+    assert "current:  7fccabe9f34a" in result.output
+    assert "run `songbook migrate`" in result.output
+
+
+def test_migrate_creates_the_default_sqlite_file_on_a_fresh_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("SONGBOOK_DATA_DIR", str(tmp_path / "nested" / "data"))
+
+    result = runner.invoke(cli, ["migrate"])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "nested" / "data" / "songbook.db").is_file()
+
+
+def test_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
+
+    result = runner.invoke(cli, ["migrate", "status"])
+
+    assert result.exit_code == 1
+    assert "cannot read postgresql+asyncpg://songbook:***@127.0.0.1:9/songbook" in result.output
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"]])
+def test_bad_setting_stops_with_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    songbook = Path(sys.executable).parent / "songbook"
+
+    result = subprocess.run(
+        [str(songbook), *command],
+        env={"SONGBOOK_PORT": "eighty", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "songbook: invalid setting SONGBOOK_PORT='eighty': Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]

@@ -1,0 +1,153 @@
+"""Every error, the service's and the framework's, is one problem-details shape."""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, object] = response.json()
+    assert problem.keys() >= PROBLEM_KEYS
+    assert (problem["status"], problem["code"], problem["type"]) == (status, code, f"urn:songbook:problem:{code}")
+    return problem
+
+
+async def test_unknown_path_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nowhere"), 404, "not-found")
+
+
+async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/songs")
+
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "GET, POST"
+
+
+async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post("/songs", content=b'{"name": "A",', headers={"content-type": "application/json"})
+
+    assert_problem(response, 400, "malformed-json")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_body_that_is_not_declared_json_is_a_415_problem(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+
+    response = await client.post("/songs", content=b'{"name": "A", "artist": "B"}', headers=headers)
+
+    assert_problem(response, 415, "unsupported-media-type")
+    assert (await client.get("/songs")).json() == []
+
+
+async def test_json_array_instead_of_object_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/songs", json=[{"name": "A", "artist": "B"}])
+
+    assert_problem(response, 422, "validation-failed")
+
+
+@pytest.mark.parametrize(
+    ("path", "error_type"),
+    [("/songs/abc", "int_parsing"), ("/songs/0", "greater_than_equal"), ("/songs/2147483648", "less_than_equal")],
+)
+async def test_bad_song_id_is_a_422_problem(client: httpx.AsyncClient, path: str, error_type: str) -> None:
+    problem = assert_problem(await client.get(path), 422, "validation-failed")
+
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert [(error["location"], error["field"], error["type"]) for error in errors] == [("path", "song_id", error_type)]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "cursor=not-a-cursor", "cursor=WyJ4Il0"])
+async def test_bad_paging_parameter_is_a_422_naming_it(client: httpx.AsyncClient, query: str) -> None:
+    problem = assert_problem(await client.get(f"/songs?{query}"), 422, "validation-failed")
+
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert [(error["location"], error["field"]) for error in errors] == [("query", query.split("=")[0])]
+
+
+@pytest.fixture
+def small_body_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"max_body_bytes": 1024})
+
+
+async def _app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from asgi_lifespan import LifespanManager
+
+    app = create_app(settings)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://songbook.test") as client:
+            yield client
+
+
+@pytest.fixture
+async def small_body_client(small_body_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _app_client(small_body_settings):
+        yield client
+
+
+async def test_body_over_the_limit_is_a_413_problem(small_body_client: httpx.AsyncClient) -> None:
+    response = await small_body_client.post("/songs", json={"name": "x" * 2000, "artist": "B"})
+
+    assert_problem(response, 413, "payload-too-large")
+
+
+async def test_streamed_body_over_the_limit_is_a_413_problem(small_body_client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"x" * 200
+        yield b'", "artist": "B"}'
+
+    response = await small_body_client.post("/songs", content=chunks(), headers={"content-type": "application/json"})
+
+    assert_problem(response, 413, "payload-too-large")
+
+
+async def test_unexpected_error_is_a_500_problem_that_leaks_nothing(app: FastAPI, client: httpx.AsyncClient) -> None:
+    async def explode() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    app.add_api_route("/explode", explode)
+
+    problem = assert_problem(await client.get("/explode"), 500, "internal-error")
+
+    assert "hunter2" not in str(problem)
+    assert "RuntimeError" not in str(problem)
+
+
+@pytest.fixture
+async def unreachable_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    # Port 9 (discard) has no PostgreSQL: connections are refused at once.
+    unreachable = settings.model_copy(update={"database_url": "postgresql://songbook@127.0.0.1:9/songbook"})
+    async for client in _app_client(unreachable):
+        yield client
+
+
+@pytest.mark.parametrize("path", ["/songs", "/songs/1", "/readyz"])
+async def test_unreachable_database_is_a_503_problem_with_retry_after(
+    unreachable_client: httpx.AsyncClient, path: str
+) -> None:
+    response = await unreachable_client.get(path)
+
+    assert_problem(response, 503, "database-unavailable")
+    assert int(response.headers["retry-after"]) > 0
+
+
+async def test_liveness_does_not_need_the_database(unreachable_client: httpx.AsyncClient) -> None:
+    response = await unreachable_client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}

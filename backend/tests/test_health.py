@@ -1,0 +1,52 @@
+"""Liveness and readiness."""
+
+import asyncio
+
+import httpx
+from asgi_lifespan import LifespanManager
+from sqlalchemy.engine import URL
+
+from app import schema
+from app.config import Settings
+from app.main import create_app
+
+
+async def test_healthz_answers_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_answers_ok_on_a_migrated_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def _readyz(database_url: URL) -> httpx.Response:
+    app = create_app(Settings(database_url=database_url.render_as_string(hide_password=False)))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://songbook.test") as client:
+            return await client.get("/readyz")
+
+
+async def test_readyz_is_a_503_on_a_database_never_migrated(empty_database: URL) -> None:
+    response = await _readyz(empty_database)
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database-unavailable"
+    assert "no revision" in response.json()["detail"]
+
+
+async def test_readyz_is_a_503_on_a_database_behind_the_latest_migration(empty_database: URL) -> None:
+    first_revision = "7fccabe9f34a"
+    # Alembic's env.py runs an event loop of its own: keep it off this test's loop.
+    await asyncio.to_thread(schema.upgrade, empty_database, first_revision)
+
+    response = await _readyz(empty_database)
+
+    assert response.status_code == 503
+    assert first_revision in response.json()["detail"]

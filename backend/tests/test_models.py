@@ -1,0 +1,113 @@
+"""What the API accepts as a song, and the precise reason it gives when it refuses one."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import song_key
+from tests.factories import make_song
+
+NEXT_YEAR = datetime.now(UTC).year + 1
+
+INVALID_SONGS = [
+    pytest.param({"name": "", "artist": "A"}, "name", "string_too_short", id="empty name"),
+    pytest.param({"name": " \t\n ", "artist": "A"}, "name", "string_too_short", id="whitespace-only name"),
+    pytest.param({"name": "A", "artist": "x" * 201}, "artist", "string_too_long", id="artist over 200"),
+    pytest.param({"name": "Bad\x00Name", "artist": "A"}, "name", "control_characters", id="NUL"),
+    pytest.param({"name": "Bad\x1bName", "artist": "A"}, "name", "control_characters", id="escape"),
+    pytest.param({"name": "A", "artist": "Bad\x7f"}, "artist", "control_characters", id="DEL"),
+    pytest.param({"name": "A", "artist": "Ba\x85d"}, "artist", "control_characters", id="C1 control"),
+    pytest.param({"name": "Line\nbreak", "artist": "A"}, "name", "control_characters", id="inner newline"),
+    pytest.param({"name": 7, "artist": "A"}, "name", "string_type", id="number for name"),
+    pytest.param({"name": None, "artist": "A"}, "name", "string_type", id="null name"),
+    pytest.param({"artist": "A"}, "name", "missing", id="missing name"),
+    pytest.param({"name": "A", "artist": "A", "year": 1859}, "year", "greater_than_equal", id="year too old"),
+    pytest.param({"name": "A", "artist": "A", "year": NEXT_YEAR + 1}, "year", "year_in_future", id="future year"),
+    pytest.param({"name": "A", "artist": "A", "year": "1999"}, "year", "int_type", id="year as string"),
+    pytest.param({"name": "A", "artist": "A", "year": 1999.5}, "year", "int_type", id="fractional year"),
+    pytest.param({"name": "A", "artist": "A", "year": True}, "year", "int_type", id="boolean year"),
+    pytest.param({"name": "A", "artist": "A", "genre": "pop"}, "genre", "extra_forbidden", id="unknown field"),
+    pytest.param({"name": "A", "artist": "A", "id": 5}, "id", "extra_forbidden", id="client-chosen id"),
+    pytest.param(
+        {"name": "A", "artist": "A", "created_at": "2020-01-01T00:00:00Z"},
+        "created_at",
+        "extra_forbidden",
+        id="client-set timestamp",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "error_type"), INVALID_SONGS)
+async def test_invalid_song_is_a_422_naming_the_field_and_reason(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str, error_type: str
+) -> None:
+    response = await client.post("/songs", json=body)
+
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation-failed"
+    assert [(error["location"], error["field"], error["type"]) for error in problem["errors"]] == [
+        ("body", field, error_type)
+    ]
+    assert field in problem["detail"]
+    assert (await client.get("/songs")).json() == []
+
+
+async def test_invalid_patch_is_a_422_and_changes_nothing(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, name="Yesterday")
+
+    response = await client.patch(f"/songs/{song.id}", json={"name": "  ", "year": 1965})
+
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["name"]
+    assert (await client.get(f"/songs/{song.id}")).json()["name"] == "Yesterday"
+
+
+async def test_patch_cannot_null_a_name(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session)
+
+    response = await client.patch(f"/songs/{song.id}", json={"name": None})
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "name"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"name": "x" * 200, "artist": "y" * 200}, id="200 characters"),
+        pytest.param({"name": "  " + "x" * 200 + "  ", "artist": "y"}, id="200 once trimmed"),
+        pytest.param({"name": "日本語の歌 🎵", "artist": "Ünïcødé"}, id="unicode"),
+        pytest.param({"name": "Tab\u200bFree", "artist": "A", "year": 1860}, id="format character, oldest year"),
+        pytest.param({"name": "A", "artist": "A", "year": NEXT_YEAR}, id="next year"),
+    ],
+)
+async def test_valid_song_is_stored_as_sent_but_trimmed(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    response = await client.post("/songs", json=body)
+
+    assert response.status_code == 201
+    stored = (await client.get(response.headers["location"])).json()
+    assert (stored["name"], stored["artist"], stored["year"]) == (
+        body["name"].strip(),
+        body["artist"].strip(),
+        body.get("year"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Beyoncé", "BEYONCÉ"),
+        ("Beyoncé", "Beyonce\u0301"),  # composed and decomposed é
+        ("Straße", "STRASSE"),
+    ],
+)
+def test_song_key_treats_case_and_unicode_forms_as_equal(first: str, second: str) -> None:
+    assert song_key(first) == song_key(second)
+
+
+def test_song_key_keeps_accents_apart() -> None:
+    assert song_key("Resume") != song_key("Résumé")

@@ -1,0 +1,74 @@
+"""The OpenAPI description documents every route's answers, errors included."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.main import create_app
+
+OPERATIONS = [
+    ("/songs", "get"),
+    ("/songs", "post"),
+    ("/songs/{song_id}", "get"),
+    ("/songs/{song_id}", "patch"),
+    ("/songs/{song_id}", "delete"),
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+]
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    return create_app(Settings(database_url="sqlite://")).openapi()
+
+
+def test_every_operation_is_described(openapi: dict[str, Any]) -> None:
+    described = {(path, method) for path, item in openapi["paths"].items() for method in item}
+
+    assert described == set(OPERATIONS)
+
+
+@pytest.mark.parametrize(("path", "method"), [op for op in OPERATIONS if op[0] != "/healthz"])
+def test_errors_are_documented_as_problem_details(openapi: dict[str, Any], path: str, method: str) -> None:
+    responses = openapi["paths"][path][method]["responses"]
+    errors = {status: response for status, response in responses.items() if status[0] in "45"}
+
+    assert any(status.startswith("2") for status in responses)
+    assert errors
+    for response in errors.values():
+        assert response["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "statuses"),
+    [
+        ("/songs", "post", {"201", "400", "409", "413", "415", "422"}),
+        ("/songs/{song_id}", "get", {"200", "404", "422"}),
+        ("/songs/{song_id}", "patch", {"200", "404", "409", "422"}),
+        ("/songs/{song_id}", "delete", {"204", "404"}),
+        ("/readyz", "get", {"200", "503"}),
+    ],
+)
+def test_the_statuses_each_route_answers_are_documented(
+    openapi: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
+    assert statuses <= openapi["paths"][path][method]["responses"].keys()
+
+
+@pytest.mark.parametrize("schema", ["SongCreate", "SongUpdate", "SongPublic"])
+def test_song_shapes_have_examples(openapi: dict[str, Any], schema: str) -> None:
+    assert openapi["components"]["schemas"][schema]["examples"]
+
+
+def test_problem_fields_have_examples(openapi: dict[str, Any]) -> None:
+    properties = openapi["components"]["schemas"]["Problem"]["properties"]
+
+    for name in ("type", "title", "status", "detail", "code"):
+        assert properties[name]["examples"], name
+
+
+async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/openapi.json")).json()["info"]["title"] == "Songbook"
+    assert (await client.get("/docs")).status_code == 200

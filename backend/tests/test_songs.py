@@ -1,0 +1,197 @@
+"""The /songs routes, end to end through the ASGI app, on each database."""
+
+import re
+from datetime import datetime
+
+import httpx
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.factories import make_song
+
+
+def next_link(response: httpx.Response) -> str | None:
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
+    return match.group(1) if match else None
+
+
+async def test_create_answers_201_with_the_song_and_its_location(client: httpx.AsyncClient) -> None:
+    response = await client.post("/songs", json={"name": "  Yesterday ", "artist": "The Beatles", "year": 1965})
+
+    assert response.status_code == 201
+    song = response.json()
+    assert response.headers["location"] == f"/songs/{song['id']}"
+    assert {k: song[k] for k in ("name", "artist", "year")} == {
+        "name": "Yesterday",
+        "artist": "The Beatles",
+        "year": 1965,
+    }
+    created_at = datetime.fromisoformat(song["created_at"])
+    assert created_at.utcoffset() is not None
+    assert song["updated_at"] == song["created_at"]
+
+
+async def test_created_song_reads_back_identical(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"})).json()
+
+    response = await client.get(created["id"] and f"/songs/{created['id']}")
+
+    assert response.status_code == 200
+    assert response.json() == created
+
+
+async def test_year_is_optional(client: httpx.AsyncClient) -> None:
+    response = await client.post("/songs", json={"name": "Greensleeves", "artist": "Traditional"})
+
+    assert response.status_code == 201
+    assert response.json()["year"] is None
+
+
+async def test_the_same_song_ignoring_case_and_spaces_is_a_409_naming_the_existing_id(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    existing = await make_song(session, name="Crazy in Love", artist="Beyoncé")
+
+    response = await client.post("/songs", json={"name": " CRAZY IN LOVE", "artist": "BEYONCÉ "})
+
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "duplicate-song"
+    assert response.json()["existing_id"] == existing.id
+
+
+async def test_same_name_by_another_artist_is_another_song(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    await make_song(session, name="Yesterday", artist="The Beatles")
+
+    response = await client.post("/songs", json={"name": "Yesterday", "artist": "Leona Lewis"})
+
+    assert response.status_code == 201
+
+
+async def test_get_an_unknown_id_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/songs/4242")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "not-found"
+    assert "4242" in response.json()["detail"]
+
+
+async def test_list_is_a_json_array_in_id_order(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    ids = [(await make_song(session, name=f"Song {n}")).id for n in range(3)]
+
+    response = await client.get("/songs")
+
+    assert response.status_code == 200
+    assert [song["id"] for song in response.json()] == ids
+    assert next_link(response) is None
+
+
+async def test_pages_visit_every_song_exactly_once(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    ids = [(await make_song(session, name=f"Song {n}")).id for n in range(7)]
+    seen: list[int] = []
+    url: str | None = "/songs?limit=3"
+    pages = 0
+
+    while url:
+        response = await client.get(url)
+        assert response.status_code == 200
+        seen += [song["id"] for song in response.json()]
+        url = next_link(response)
+        pages += 1
+
+    assert seen == ids
+    assert pages == 3
+
+
+async def test_page_walk_sees_songs_added_after_it_started(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    first = [(await make_song(session, name=f"Song {n}")).id for n in range(2)]
+    response = await client.get("/songs?limit=2")
+    added = await make_song(session, name="Added later")
+
+    next_page = await client.get(next_link(response) or "")
+
+    assert [song["id"] for song in response.json()] == first
+    assert [song["id"] for song in next_page.json()] == [added.id]
+
+
+async def test_limit_defaults_to_50(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    for n in range(51):
+        await make_song(session, name=f"Song {n}")
+
+    response = await client.get("/songs")
+
+    assert len(response.json()) == 50
+    assert next_link(response) is not None
+
+
+async def test_patch_changes_only_the_fields_given(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, name="Yesterday", artist="The Beatles", year=1965)
+
+    response = await client.patch(f"/songs/{song.id}", json={"year": 1966})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["name"], body["artist"], body["year"]) == ("Yesterday", "The Beatles", 1966)
+    assert body["created_at"] == (await client.get(f"/songs/{song.id}")).json()["created_at"]
+    assert datetime.fromisoformat(body["updated_at"]) > datetime.fromisoformat(body["created_at"])
+
+
+async def test_patch_with_null_year_clears_it(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, year=1965)
+
+    response = await client.patch(f"/songs/{song.id}", json={"year": None})
+
+    assert response.json()["year"] is None
+    assert (await client.get(f"/songs/{song.id}")).json()["year"] is None
+
+
+async def test_patch_that_makes_a_duplicate_is_a_409(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    existing = await make_song(session, name="Help!", artist="The Beatles")
+    song = await make_song(session, name="Help", artist="The Beatles")
+
+    response = await client.patch(f"/songs/{song.id}", json={"name": "HELP!"})
+
+    assert response.status_code == 409
+    assert response.json()["existing_id"] == existing.id
+    assert (await client.get(f"/songs/{song.id}")).json()["name"] == "Help"
+
+
+async def test_patch_renaming_a_song_keeps_its_uniqueness_key(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, name="Yesterdy", artist="The Beatles")
+    await client.patch(f"/songs/{song.id}", json={"name": "Yesterday"})
+
+    response = await client.post("/songs", json={"name": "yesterday", "artist": "the beatles"})
+
+    assert response.status_code == 409
+    assert response.json()["existing_id"] == song.id
+
+
+async def test_patch_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
+    response = await client.patch("/songs/4242", json={"year": 1999})
+
+    assert response.status_code == 404
+
+
+async def test_delete_answers_204_and_the_song_is_gone(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session)
+
+    response = await client.delete(f"/songs/{song.id}")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert (await client.get(f"/songs/{song.id}")).status_code == 404
+
+
+async def test_delete_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/songs/4242")
+
+    assert response.status_code == 404
+
+
+async def test_ids_of_deleted_songs_are_not_reused(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session)
+    await client.delete(f"/songs/{song.id}")
+
+    response = await client.post("/songs", json={"name": "Something", "artist": "The Beatles"})
+
+    assert song.id is not None
+    assert response.json()["id"] > song.id
