@@ -1,0 +1,40 @@
+# songbook: `make run` serves the API on SQLite, `make test` runs every check.
+# Needs only Python 3.11+ and make: uv is installed into .tools/ when it is missing.
+
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := cd backend && $(UV) run --locked
+
+.PHONY: run test lint typecheck pytest sync check-docker clean
+
+# Without the dev tools: a laptop that only runs the service installs only what it needs.
+run: $(UV)
+	cd backend && $(UV) run --locked --no-dev songbook migrate
+	cd backend && $(UV) run --locked --no-dev songbook serve
+
+test: lint typecheck pytest
+
+lint: sync
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+typecheck: sync
+	$(RUN) mypy
+
+pytest: sync
+	$(RUN) pytest $(PYTEST_ARGS)
+
+check-docker: sync
+	scripts/check-docker
+
+sync: $(UV)
+	cd backend && $(UV) sync --locked
+
+# A private virtual environment works where the system Python is externally
+# managed (PEP 668) and needs no root.
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+clean:
+	rm -rf .tools backend/.venv backend/.pytest_cache backend/.mypy_cache backend/.ruff_cache
