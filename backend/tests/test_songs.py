@@ -178,6 +178,7 @@ async def test_delete_answers_204_and_the_song_is_gone(client: httpx.AsyncClient
 
     assert response.status_code == 204
     assert response.content == b""
+    assert "content-type" not in response.headers
     assert (await client.get(f"/songs/{song.id}")).status_code == 404
 
 

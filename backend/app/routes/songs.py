@@ -66,7 +66,12 @@ async def update_song(song_id: SongId, changes: SongUpdate, session: SessionDep)
     return await songs.update_song(session=session, song_id=song_id, changes=changes)  # type: ignore[return-value]
 
 
-@router.delete("/{song_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404, 422))
+@router.delete(
+    "/{song_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(404, 422),
+)
 async def delete_song(song_id: SongId, session: SessionDep) -> None:
     """Removes a song."""
     await songs.delete_song(session=session, song_id=song_id)
