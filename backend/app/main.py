@@ -9,7 +9,7 @@ from app import db, schema
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimit
-from app.routes import health, songs
+from app.routes import artists, health, songs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,5 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(songs.router)
+    app.include_router(artists.router)
     app.include_router(health.router)
     return app

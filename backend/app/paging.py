@@ -1,42 +1,93 @@
-"""Opaque keyset cursors: the sort values of the last row of a page."""
+"""Keyset paging: sort orders, opaque cursors, and the predicate that resumes after one.
+
+A cursor holds the sort key of the last row of a page (and the sort it belongs
+to); the next page is the rows that sort after it. Unlike an offset, that reads
+no skipped rows and neither skips nor repeats a row when rows are added.
+"""
 
 import base64
 import binascii
 import json
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from fastapi import Query
+from sqlalchemy import ColumnElement, and_, false, or_, tuple_
+from sqlalchemy.orm import Mapped
 
 from app.errors import InvalidParameter
 
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 500
 
-Limit = Annotated[int, Query(ge=1, le=LIMIT_MAX, description="Songs per page.")]
-Cursor = Annotated[
-    str | None,
-    Query(
-        max_length=1000,
-        description='Where the page starts: the `cursor` of the previous page\'s `Link: rel="next"` URL.',
-    ),
-]
+ValueKind = type[str] | type[int] | type[float] | type[datetime]
 
 
-def encode_cursor(values: list[int]) -> str:
-    """The cursor that resumes after a row whose sort key is `values`."""
-    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+@dataclass(frozen=True)
+class SortKey:
+    """One key of a sort order: an SQL expression, its direction, and the type of its values."""
+
+    name: str
+    expression: ColumnElement[Any] | Mapped[Any]
+    kind: ValueKind
+    descending: bool = False
+
+    def ordering(self) -> ColumnElement[Any]:
+        return self.expression.desc() if self.descending else self.expression.asc()
 
 
-def decode_cursor(token: str, *, length: int) -> list[int]:
-    """The sort key a cursor holds; a 422 problem when it is not one this service made."""
+def after(keys: Sequence[SortKey], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows that sort strictly after the row whose key is `values`."""
+    if len({key.descending for key in keys}) == 1:
+        # One direction: a row-value comparison, which an index on the keys serves.
+        row, cursor = tuple_(*(key.expression for key in keys)), tuple_(*values)
+        return row < cursor if keys[0].descending else row > cursor
+    # Mixed directions: (k1 after v1) or (k1 = v1 and k2 after v2) or ...
+    clauses: list[ColumnElement[bool]] = []
+    for i, key in enumerate(keys):
+        ties = [keys[j].expression == values[j] for j in range(i)]
+        beyond = key.expression < values[i] if key.descending else key.expression > values[i]
+        clauses.append(and_(*ties, beyond))
+    return or_(false(), *clauses)
+
+
+def encode_cursor(sort: str, values: Sequence[Any]) -> str:
+    """The cursor that resumes `sort` after a row whose key is `values`."""
+    plain = [value.isoformat() if isinstance(value, datetime) else value for value in values]
+    payload = json.dumps({"s": sort, "v": plain}, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str, sort: str, kinds: Sequence[ValueKind]) -> list[Any]:
+    """The key a cursor holds; a 422 problem when it is not one this service made for `sort`."""
     try:
-        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (binascii.Error, ValueError):
-        values = None
-    if (
-        not isinstance(values, list)
-        or len(values) != length
-        or not all(type(value) is int and 0 <= value < 2**63 for value in values)
-    ):
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("v"), list):
         raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")
-    return values
+    if payload.get("s") != sort:
+        raise InvalidParameter(
+            "query", "cursor", "this cursor belongs to another sort order or search", "cursor_mismatch"
+        )
+    values = payload["v"]
+    if len(values) != len(kinds):
+        raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")
+    return [_value(value, kind) for value, kind in zip(values, kinds, strict=True)]
+
+
+def _value(value: Any, kind: ValueKind) -> Any:
+    """A cursor value, checked against the type its sort key has."""
+    if kind is datetime and isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    elif kind is float and type(value) in (int, float):
+        return float(value)
+    elif (kind is int and type(value) is int and -(2**63) <= value < 2**63) or (kind is str and type(value) is str):
+        return value
+    raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")

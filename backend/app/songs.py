@@ -1,27 +1,42 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import delete, update
+from sqlalchemy import ColumnElement, delete, func, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.errors import DuplicateSong, NotFound
-from app.models import Song, SongCreate, SongUpdate, song_key, utcnow
+from app import search
+from app.errors import DuplicateSong, InvalidParameter, NotFound
+from app.models import (
+    YEAR_MAX,
+    YEAR_MIN,
+    ArtistPublic,
+    ArtistQuery,
+    Song,
+    SongCreate,
+    SongQuery,
+    SongUpdate,
+    derived_columns,
+    search_fold,
+    song_key,
+    utcnow,
+)
+from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
 
-
-def _with_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """The values, plus the comparison key of the name and of the artist they set."""
-    keys = {f"{field}_key": song_key(values[field]) for field in ("name", "artist") if field in values}
-    return values | keys
+T = TypeVar("T")
 
 
 async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
     """Adds a song; a `DuplicateSong` error if the catalog has it already."""
     now = utcnow()
-    stamps = {"created_at": now, "updated_at": now}
-    song = Song.model_validate(song_in, update=_with_keys(song_in.model_dump()) | stamps)
+    values = song_in.model_dump()
+    song = Song.model_validate(values | derived_columns(values) | {"created_at": now, "updated_at": now})
     session.add(song)
     try:
         await session.commit()
@@ -40,12 +55,125 @@ async def get_song(*, session: AsyncSession, song_id: int) -> Song:
     return song
 
 
-async def list_songs(*, session: AsyncSession, limit: int, after_id: int | None = None) -> list[Song]:
-    """A page of songs in id order, starting after `after_id`."""
-    statement = select(Song).order_by(col(Song.id)).limit(limit)
-    if after_id is not None:
-        statement = statement.where(col(Song.id) > after_id)
-    return list(await session.exec(statement))
+@dataclass
+class Page(Generic[T]):
+    """One page of a listing, and the cursor of the next page (None on the last)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+YEAR = func.coalesce(col(Song.year), 0)  # songs without a year sort first; ix_song_year_sort serves it
+
+SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
+    "name": (col(Song.name_key), str),
+    "artist": (col(Song.artist_key), str),
+    "year": (YEAR, int),
+    "created_at": (col(Song.created_at), datetime),
+    "id": (col(Song.id), int),
+}
+
+
+async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
+    """A page of the songs that match `query`, in its order."""
+    signature, keys = _song_order(session, query)
+    statement = select(Song, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
+    statement = statement.where(*_song_filters(session, query))
+    if query.cursor:
+        values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
+        statement = statement.where(after(keys, values))
+    if query.q:
+        await search.prepare(session, query.q)
+    statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
+    rows: list[Any] = list((await session.exec(statement)).all())
+    next_cursor = encode_cursor(signature, list(rows[-1][1:])) if len(rows) == query.limit else None
+    return Page([row[0] for row in rows], next_cursor)
+
+
+async def count_songs(*, session: AsyncSession, query: SongQuery, estimate: bool = False) -> int:
+    """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
+    filters = _song_filters(session, query)
+    if query.q:
+        await search.prepare(session, query.q)
+    if estimate and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+        # The planner's row estimate costs no scan. SQLite has none: it counts.
+        statement = select(col(Song.id)).where(*filters)
+        sql = statement.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})  # type: ignore[union-attr]
+        connection = await session.connection()
+        plan = (await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
+        return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+    return (await session.exec(select(func.count()).select_from(Song).where(*filters))).one()
+
+
+def _song_filters(session: AsyncSession, query: SongQuery) -> list[ColumnElement[bool]]:
+    if query.year_from is not None and query.year_to is not None and query.year_from > query.year_to:
+        raise InvalidParameter("query", "year_from", f"must not be after year_to ({query.year_to})")
+    filters: list[ColumnElement[bool]] = []
+    if query.artist is not None:
+        filters.append(col(Song.artist_key) == song_key(query.artist))
+    if query.name is not None:
+        filters.append(col(Song.name_key) == song_key(query.name))
+    if query.year is not None:
+        filters.append(query.year == YEAR)  # type: ignore[arg-type]
+    if query.year_from is not None or query.year_to is not None:
+        filters.append(YEAR.between(query.year_from or YEAR_MIN, query.year_to or YEAR_MAX))
+    if query.q is not None:
+        filters.append(search.matches(session, query.q))
+    return filters
+
+
+def _song_order(session: AsyncSession, query: SongQuery) -> tuple[str, list[SortKey]]:
+    """The sort keys `query.sort` names, ending in id; and the signature its cursors carry."""
+    spec = query.sort if query.sort is not None else ("relevance" if query.q else "id")
+    keys: list[SortKey] = []
+    for part in (part.strip() for part in spec.split(",")):
+        descending, name = part.startswith("-"), part.removeprefix("-")
+        if any(key.name == name for key in keys):
+            raise InvalidParameter("query", "sort", f"{name!r} is named twice")
+        if name == "relevance" and query.q:
+            if descending:
+                raise InvalidParameter("query", "sort", "relevance sorts best first only")
+            keys += search.relevance(session, query.q)
+        elif name in SORTABLE:
+            expression, kind = SORTABLE[name]
+            keys.append(SortKey(name, expression, kind, descending))
+        else:
+            choices = ", ".join([*SORTABLE, *(["relevance"] if query.q else [])])
+            raise InvalidParameter("query", "sort", f"unknown sort key {name!r}; use {choices}")
+    if keys[-1].name != "id":
+        # Ties are broken by id, in the direction of the last key, so that one index serves both.
+        keys.append(SortKey("id", col(Song.id), int, keys[-1].descending))
+    signature = spec + (f"?{search_fold(query.q)}" if query.q else "")
+    return signature, keys
+
+
+async def list_artists(*, session: AsyncSession, query: ArtistQuery) -> Page[ArtistPublic]:
+    """A page of the artists, with how many songs each has."""
+    spec = query.sort or "name"
+    artist_key = col(Song.artist_key)
+    songs = func.count()
+    if spec.removeprefix("-") == "name":
+        keys = [SortKey("name", artist_key, str, spec.startswith("-"))]
+    elif spec.removeprefix("-") == "songs":
+        descending = spec.startswith("-")
+        keys = [SortKey("songs", songs, int, descending), SortKey("name", artist_key, str, descending)]
+    else:
+        raise InvalidParameter("query", "sort", f"unknown sort key {spec!r}; use name, -name, songs or -songs")
+    statement = select(artist_key, func.min(col(Song.artist)), songs).group_by(artist_key)
+    if query.prefix:
+        prefix = song_key(query.prefix)
+        statement = statement.where(artist_key >= prefix, artist_key < prefix + "\U0010ffff")
+    if query.cursor:
+        values = decode_cursor(query.cursor, spec, [key.kind for key in keys])
+        # Paging by name filters rows before grouping; by count, groups after it.
+        statement = statement.where(after(keys, values)) if len(keys) == 1 else statement.having(after(keys, values))
+    statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
+    rows = (await session.exec(statement)).all()
+    next_cursor = None
+    if len(rows) == query.limit:
+        last_key, _, last_count = rows[-1]
+        next_cursor = encode_cursor(spec, [last_key] if len(keys) == 1 else [last_count, last_key])
+    return Page([ArtistPublic(name=name, songs=count) for _, name, count in rows], next_cursor)
 
 
 async def update_song(*, session: AsyncSession, song_id: int, changes: SongUpdate) -> Song:
@@ -57,7 +185,7 @@ async def update_song(*, session: AsyncSession, song_id: int, changes: SongUpdat
     statement = (
         update(Song)
         .where(col(Song.id) == song_id)
-        .values(**_with_keys(values), updated_at=utcnow())
+        .values(**values, **derived_columns(values), updated_at=utcnow())
         .returning(Song)
         .execution_options(populate_existing=True)
     )

@@ -71,14 +71,17 @@ def test_upgrade_gives_songs_of_the_first_revision_their_keys(empty_database: UR
 
     schema.upgrade(empty_database)
 
-    assert query(empty_database, "SELECT name, artist, name_key, artist_key, year FROM song") == [
-        ("Halo", "BEYONCÉ", "halo", "beyoncé", None)
-    ]
+    assert query(
+        empty_database, "SELECT name, artist, name_key, artist_key, name_search, artist_search, year FROM song"
+    ) == [("Halo", "BEYONCÉ", "halo", "beyoncé", "halo", "beyonce", None)]
 
 
 def test_schema_refuses_a_second_entry_for_the_same_song(empty_database: URL) -> None:
     schema.upgrade(empty_database)
-    insert = "INSERT INTO song (name, artist, name_key, artist_key) VALUES ('{0}', 'A', '{1}', 'a')"
+    insert = (
+        "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search) "
+        "VALUES ('{0}', 'A', '{1}', 'a', '{1}', 'a')"
+    )
     query(empty_database, insert.format("Halo", "halo"))
 
     with pytest.raises(Exception, match=r"(?i)unique"):
@@ -87,11 +90,14 @@ def test_schema_refuses_a_second_entry_for_the_same_song(empty_database: URL) ->
 
 @pytest.mark.parametrize(
     "values",
-    ["('', 'A', '', 'a', NULL)", "('A', 'A', 'a', 'a', 1200)"],
+    ["('', 'A', '', 'a', '', 'a', NULL)", "('A', 'A', 'a', 'a', 'a', 'a', 1200)"],
     ids=["empty name", "implausible year"],
 )
 def test_schema_checks_what_the_api_validates(empty_database: URL, values: str) -> None:
     schema.upgrade(empty_database)
 
     with pytest.raises(Exception, match=r"(?i)check"):
-        query(empty_database, f"INSERT INTO song (name, artist, name_key, artist_key, year) VALUES {values}")
+        query(
+            empty_database,
+            f"INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, year) VALUES {values}",
+        )

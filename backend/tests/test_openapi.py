@@ -10,6 +10,7 @@ from app.main import create_app
 
 OPERATIONS = [
     ("/songs", "get"),
+    ("/artists", "get"),
     ("/songs", "post"),
     ("/songs/{song_id}", "get"),
     ("/songs/{song_id}", "patch"),

@@ -2,13 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from app import songs
 from app.db import SessionDep
 from app.errors import problem_responses
-from app.models import SongCreate, SongPublic, SongUpdate
-from app.paging import LIMIT_DEFAULT, Cursor, Limit, decode_cursor, encode_cursor
+from app.models import SongCreate, SongPublic, SongQuery, SongUpdate
+from app.routes.links import preferred_count, set_next_link
 
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(500, 503))
 
@@ -19,24 +19,37 @@ SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
     "",
     responses={
         200: {
-            "description": 'A page of songs in id order. `Link: <...>; rel="next"` gives the next page, '
-            "absent on the last one.",
-            "headers": {"Link": {"description": "The next page.", "schema": {"type": "string"}}},
+            "description": "A page of the matching songs. The next page is in the `Link` header, absent on "
+            "the last page; the total, when asked for with `Prefer: count=exact` (or `count=estimated`, "
+            "PostgreSQL's planner estimate), in `X-Total-Count`.",
+            "headers": {
+                "Link": {"description": 'The next page: `<URL>; rel="next"`.', "schema": {"type": "string"}},
+                "X-Total-Count": {"description": "How many songs match.", "schema": {"type": "integer"}},
+                "Preference-Applied": {"description": "The count preference honoured.", "schema": {"type": "string"}},
+            },
         },
         **problem_responses(422),
     },
 )
 async def list_songs(
-    request: Request, response: Response, session: SessionDep, limit: Limit = LIMIT_DEFAULT, cursor: Cursor = None
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    query: Annotated[SongQuery, Query()],
+    prefer: Annotated[
+        str | None,
+        Header(description="`count=exact` or `count=estimated` to be told the total in `X-Total-Count`."),
+    ] = None,
 ) -> list[SongPublic]:
-    """Lists the songs, a page at a time."""
-    after_id = decode_cursor(cursor, length=1)[0] if cursor else None
-    page = await songs.list_songs(session=session, limit=limit, after_id=after_id)
-    if len(page) == limit:
-        assert page[-1].id is not None
-        next_url = request.url.include_query_params(limit=limit, cursor=encode_cursor([page[-1].id]))
-        response.headers["Link"] = f'<{next_url}>; rel="next"'
-    return page  # type: ignore[return-value]
+    """Lists, filters, sorts and searches the songs, a page at a time."""
+    page = await songs.list_songs(session=session, query=query)
+    set_next_link(request, response, page.next_cursor)
+    count = preferred_count(prefer)
+    if count:
+        total = await songs.count_songs(session=session, query=query, estimate=count == "estimated")
+        response.headers["X-Total-Count"] = str(total)
+        response.headers["Preference-Applied"] = f"count={count}"
+    return page.items  # type: ignore[return-value]
 
 
 @router.post(

@@ -1,0 +1,33 @@
+"""The /artists route: the catalog's artists and how many songs each has."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from app import songs
+from app.db import SessionDep
+from app.errors import problem_responses
+from app.models import ArtistPublic, ArtistQuery
+from app.routes.links import set_next_link
+
+router = APIRouter(prefix="/artists", tags=["artists"], responses=problem_responses(500, 503))
+
+
+@router.get(
+    "",
+    responses={
+        200: {
+            "description": "A page of artists; the next page is in the `Link` header. "
+            "An artist's songs are at `/songs?artist=NAME`.",
+            "headers": {"Link": {"description": 'The next page: `<URL>; rel="next"`.', "schema": {"type": "string"}}},
+        },
+        **problem_responses(422),
+    },
+)
+async def list_artists(
+    request: Request, response: Response, session: SessionDep, query: Annotated[ArtistQuery, Query()]
+) -> list[ArtistPublic]:
+    """Lists the artists, by name or by number of songs."""
+    page = await songs.list_artists(session=session, query=query)
+    set_next_link(request, response, page.next_cursor)
+    return page.items

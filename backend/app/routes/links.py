@@ -1,0 +1,20 @@
+"""HTTP details shared by the listing routes: the next-page link and the count preference."""
+
+from typing import Literal
+
+from fastapi import Request, Response
+
+
+def set_next_link(request: Request, response: Response, next_cursor: str | None) -> None:
+    """Points `Link: rel="next"` at the same query, resumed after this page."""
+    if next_cursor is not None:
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
+
+
+def preferred_count(prefer: str | None) -> Literal["exact", "estimated"] | None:
+    """The count asked for in a `Prefer` header (RFC 7240), if any."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "count" and value.strip().strip('"') in ("exact", "estimated"):
+            return value.strip().strip('"')  # type: ignore[return-value]
+    return None

@@ -1,0 +1,75 @@
+"""GET /artists: the artists with their song counts, paged, sorted and filtered by prefix."""
+
+import re
+
+import httpx
+import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.factories import make_song
+
+
+@pytest.fixture(autouse=True)
+async def catalog(session: AsyncSession) -> None:
+    songs = {"The Beatles": 3, "Beyoncé": 2, "Queen": 1, "beatles tribute band": 2, "ABBA": 1}
+    for artist, count in songs.items():
+        for n in range(count):
+            await make_song(session, name=f"{artist} song {n}", artist=artist)
+
+
+async def artists(client: httpx.AsyncClient, query: str = "") -> list[tuple[str, int]]:
+    response = await client.get(f"/artists?{query}")
+    assert response.status_code == 200, response.text
+    return [(artist["name"], artist["songs"]) for artist in response.json()]
+
+
+async def test_artists_by_name_with_their_song_counts(client: httpx.AsyncClient) -> None:
+    assert await artists(client) == [
+        ("ABBA", 1),
+        ("beatles tribute band", 2),
+        ("Beyoncé", 2),
+        ("Queen", 1),
+        ("The Beatles", 3),
+    ]
+
+
+async def test_artists_by_most_songs(client: httpx.AsyncClient) -> None:
+    assert await artists(client, "sort=-songs") == [
+        ("The Beatles", 3),
+        ("Beyoncé", 2),
+        ("beatles tribute band", 2),
+        ("Queen", 1),
+        ("ABBA", 1),
+    ]
+
+
+async def test_artists_by_prefix_ignoring_case(client: httpx.AsyncClient) -> None:
+    assert await artists(client, "prefix=BE") == [("beatles tribute band", 2), ("Beyoncé", 2)]
+
+
+@pytest.mark.parametrize("sort", ["name", "-name", "songs", "-songs"])
+async def test_artist_pages_visit_each_artist_once(client: httpx.AsyncClient, sort: str) -> None:
+    whole = await artists(client, f"sort={sort}")
+    paged: list[tuple[str, int]] = []
+    url: str | None = f"/artists?sort={sort}&limit=2"
+    while url:
+        response = await client.get(url)
+        paged += [(artist["name"], artist["songs"]) for artist in response.json()]
+        match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
+        url = match.group(1) if match else None
+
+    assert paged == whole
+
+
+async def test_an_artists_songs_are_a_filter_away(client: httpx.AsyncClient) -> None:
+    response = await client.get("/songs?artist=the%20beatles")
+
+    assert [song["name"] for song in response.json()] == [f"The Beatles song {n}" for n in range(3)]
+
+
+@pytest.mark.parametrize("query", ["sort=popularity", "limit=0", "cursor=abc", "prefix="])
+async def test_bad_parameter_is_a_422(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.get(f"/artists?{query}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == query.split("=")[0]

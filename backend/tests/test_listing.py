@@ -1,0 +1,286 @@
+"""GET /songs as a query interface: filters, sorting, keyset paging and counts, on each database."""
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.factories import make_song
+
+CATALOG = [
+    # name, artist, year
+    ("Yesterday", "The Beatles", 1965),
+    ("Help!", "The Beatles", 1965),
+    ("Let It Be", "The Beatles", 1970),
+    ("Halo", "Beyoncé", 2008),
+    ("Crazy in Love", "Beyoncé", 2003),
+    ("Bohemian Rhapsody", "Queen", 1975),
+    ("Greensleeves", "Traditional", None),
+    ("Beat It", "Michael Jackson", 1982),
+    ("Respect", "Aretha Franklin", 1967),
+]
+
+
+@pytest.fixture
+async def catalog(session: AsyncSession) -> dict[str, int]:
+    """The catalog above; name -> id."""
+    ids = {}
+    for name, artist, year in CATALOG:
+        song = await make_song(session, name=name, artist=artist, year=year)
+        assert song.id is not None
+        ids[name] = song.id
+    return ids
+
+
+def next_link(response: httpx.Response) -> str | None:
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
+    return match.group(1) if match else None
+
+
+async def names(client: httpx.AsyncClient, query: str) -> list[str]:
+    response = await client.get(f"/songs?{query}")
+    assert response.status_code == 200, response.text
+    return [song["name"] for song in response.json()]
+
+
+async def walk(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+    """Every song of a query, following the next links."""
+    songs: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        response = await client.get(next_url)
+        assert response.status_code == 200, response.text
+        songs += response.json()
+        next_url = next_link(response)
+    return songs
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("artist=the%20BEATLES", ["Yesterday", "Help!", "Let It Be"]),
+        ("artist=BEYONC%C3%89", ["Halo", "Crazy in Love"]),
+        ("artist=Beatles", []),
+        ("name=yesterday", ["Yesterday"]),
+        ("year=1965", ["Yesterday", "Help!"]),
+        ("year_from=1970", ["Let It Be", "Halo", "Crazy in Love", "Bohemian Rhapsody", "Beat It"]),
+        ("year_to=1967", ["Yesterday", "Help!", "Respect"]),
+        ("year_from=1966&year_to=1975", ["Let It Be", "Bohemian Rhapsody", "Respect"]),
+        ("artist=The%20Beatles&year=1970", ["Let It Be"]),
+    ],
+)
+async def test_filters(client: httpx.AsyncClient, query: str, expected: list[str]) -> None:
+    assert await names(client, query) == expected
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        (
+            "name",
+            [
+                "Beat It",
+                "Bohemian Rhapsody",
+                "Crazy in Love",
+                "Greensleeves",
+                "Halo",
+                "Help!",
+                "Let It Be",
+                "Respect",
+                "Yesterday",
+            ],
+        ),
+        (
+            "-name",
+            [
+                "Yesterday",
+                "Respect",
+                "Let It Be",
+                "Help!",
+                "Halo",
+                "Greensleeves",
+                "Crazy in Love",
+                "Bohemian Rhapsody",
+                "Beat It",
+            ],
+        ),
+        # Songs without a year sort first; ties by id, in the direction of the last key.
+        (
+            "year",
+            [
+                "Greensleeves",
+                "Yesterday",
+                "Help!",
+                "Respect",
+                "Let It Be",
+                "Bohemian Rhapsody",
+                "Beat It",
+                "Crazy in Love",
+                "Halo",
+            ],
+        ),
+        (
+            "-year",
+            [
+                "Halo",
+                "Crazy in Love",
+                "Beat It",
+                "Bohemian Rhapsody",
+                "Let It Be",
+                "Respect",
+                "Help!",
+                "Yesterday",
+                "Greensleeves",
+            ],
+        ),
+        (
+            "artist,-year",
+            [
+                "Respect",
+                "Halo",
+                "Crazy in Love",
+                "Beat It",
+                "Bohemian Rhapsody",
+                "Let It Be",
+                "Help!",
+                "Yesterday",
+                "Greensleeves",
+            ],
+        ),
+        (
+            "-id",
+            [
+                "Respect",
+                "Beat It",
+                "Greensleeves",
+                "Bohemian Rhapsody",
+                "Crazy in Love",
+                "Halo",
+                "Let It Be",
+                "Help!",
+                "Yesterday",
+            ],
+        ),
+        ("created_at", [name for name, _, _ in CATALOG]),
+    ],
+)
+async def test_sort(client: httpx.AsyncClient, sort: str, expected: list[str]) -> None:
+    assert await names(client, f"sort={sort}") == expected
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize(
+    "sort",
+    ["id", "-id", "name", "-name", "year", "-year", "artist,-year", "-artist,name", "created_at", "-created_at,year"],
+)
+async def test_paging_any_sort_visits_every_song_once_in_order(client: httpx.AsyncClient, sort: str) -> None:
+    whole = await names(client, f"sort={sort}&limit=500")
+
+    paged = [song["name"] for song in await walk(client, f"/songs?sort={sort}&limit=2")]
+
+    assert paged == whole
+    assert len(paged) == len(CATALOG)
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_paging_keeps_the_filters(client: httpx.AsyncClient) -> None:
+    songs = await walk(client, "/songs?artist=the%20beatles&sort=-name&limit=1")
+
+    assert [song["name"] for song in songs] == ["Yesterday", "Let It Be", "Help!"]
+
+
+async def test_paging_under_concurrent_inserts_visits_every_song_once(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    for n in range(40):
+        await make_song(session, name=f"Before {n:02}", artist=f"Artist {n % 7}", year=1950 + n % 30)
+    adding = asyncio.create_task(_add_songs(client, 40))
+
+    seen = [song["id"] for song in await walk(client, "/songs?sort=artist,-year&limit=3")]
+    await adding
+    final = [song["id"] for song in await walk(client, "/songs?sort=artist,-year&limit=500")]
+
+    assert len(seen) == len(set(seen))
+    first_songs = set(final) - {song_id for song_id in final if song_id > 40}
+    assert first_songs <= set(seen)
+    assert seen == [song_id for song_id in final if song_id in set(seen)]
+
+
+async def _add_songs(client: httpx.AsyncClient, count: int) -> None:
+    for n in range(count):
+        response = await client.post("/songs", json={"name": f"During {n:02}", "artist": f"Artist {n % 5}"})
+        assert response.status_code == 201
+        await asyncio.sleep(0)
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("count", ["exact", "estimated"])
+async def test_total_is_given_only_when_asked(client: httpx.AsyncClient, count: str) -> None:
+    plain = await client.get("/songs?limit=2")
+    asked = await client.get("/songs?artist=the%20beatles&limit=2", headers={"Prefer": f"count={count}"})
+
+    assert "x-total-count" not in plain.headers
+    assert asked.headers["preference-applied"] == f"count={count}"
+    total = int(asked.headers["x-total-count"])
+    if count == "exact":
+        assert total == 3
+    else:
+        assert total >= 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("sort=genre", "sort"),
+        ("sort=name,name", "sort"),
+        ("sort=relevance", "sort"),
+        ("sort=", "sort"),
+        ("cursor=bm9wZQ", "cursor"),
+        ("cursor=%%%", "cursor"),
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("year_from=1990&year_to=1980", "year_from"),
+        ("year=1200", "year"),
+        ("year=soon", "year"),
+        ("q=", "q"),
+        ("q=%20%20", "q"),
+        ("artist=", "artist"),
+    ],
+)
+async def test_bad_parameter_is_a_422_naming_it(client: httpx.AsyncClient, query: str, field: str) -> None:
+    response = await client.get(f"/songs?{query}")
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [(error["location"], error["field"]) for error in response.json()["errors"]] == [("query", field)]
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_cursor_of_another_sort_is_refused(client: httpx.AsyncClient) -> None:
+    by_name = next_link(await client.get("/songs?sort=name&limit=2"))
+    assert by_name is not None
+    cursor = re.search(r"cursor=([^&]+)", by_name)
+    assert cursor is not None
+
+    response = await client.get(f"/songs?sort=year&cursor={cursor.group(1)}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "cursor_mismatch"
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_tampered_cursor_is_refused(client: httpx.AsyncClient) -> None:
+    import base64
+    import json
+
+    forged = base64.urlsafe_b64encode(json.dumps({"s": "year", "v": ["1970", 3]}).encode()).decode()
+
+    response = await client.get(f"/songs?sort=year&cursor={forged}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "cursor"

@@ -1,0 +1,117 @@
+"""Fuzzy search (`q`): typos, accents and prefixes, ranked, paged, on each database."""
+
+import re
+
+import httpx
+import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.factories import make_song
+
+CATALOG = [
+    ("Yesterday", "The Beatles", 1965),
+    ("Let It Be", "The Beatles", 1970),
+    ("Halo", "Beyoncé", 2008),
+    ("Bohemian Rhapsody", "Queen", 1975),
+    ("Beat It", "Michael Jackson", 1982),
+    ("Respect", "Aretha Franklin", 1967),
+    ("Hoppípolla", "Sigur Rós", 2005),
+    ("Back in Black", "AC/DC", 1980),
+    ("Wonderwall", "Oasis", 1995),
+]
+
+
+@pytest.fixture(autouse=True)
+async def catalog(session: AsyncSession) -> None:
+    for name, artist, year in CATALOG:
+        await make_song(session, name=name, artist=artist, year=year)
+
+
+async def search(client: httpx.AsyncClient, query: str) -> list[tuple[str, str]]:
+    response = await client.get(f"/songs?{query}")
+    assert response.status_code == 200, response.text
+    return [(song["name"], song["artist"]) for song in response.json()]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("beatels", ("Yesterday", "The Beatles")),  # a typo
+        ("beyonce", ("Halo", "Beyoncé")),  # without the accent
+        ("yesterd", ("Yesterday", "The Beatles")),  # the start of a word
+        ("BOHEMIAN rapsody", ("Bohemian Rhapsody", "Queen")),
+        ("sigur ros", ("Hoppípolla", "Sigur Rós")),
+        ("ac dc", ("Back in Black", "AC/DC")),  # punctuation
+        ("wonderwal oasis", ("Wonderwall", "Oasis")),
+    ],
+)
+async def test_search_finds_the_song_and_ranks_its_artist_first(
+    client: httpx.AsyncClient, q: str, expected: tuple[str, str]
+) -> None:
+    found = await search(client, f"q={q}")
+
+    assert expected in found
+    assert found[0][1] == expected[1]
+
+
+async def test_typo_finds_every_song_by_the_artist(client: httpx.AsyncClient) -> None:
+    found = await search(client, "q=beatels")
+
+    assert {("Yesterday", "The Beatles"), ("Let It Be", "The Beatles")} <= set(found)
+
+
+@pytest.mark.parametrize("q", ["zzzzzz", "qwxv"])
+async def test_search_without_a_match_is_empty(client: httpx.AsyncClient, q: str) -> None:
+    assert await search(client, f"q={q}") == []
+
+
+async def test_search_combines_with_filters(client: httpx.AsyncClient) -> None:
+    assert await search(client, "q=beatels&year=1970") == [("Let It Be", "The Beatles")]
+
+
+async def test_search_can_be_sorted_by_another_key(client: httpx.AsyncClient) -> None:
+    found = await search(client, "q=beatels&sort=-year")
+
+    beatles = [song for song in found if song[1] == "The Beatles"]
+    assert beatles == [("Let It Be", "The Beatles"), ("Yesterday", "The Beatles")]
+
+
+async def test_search_pages_visit_every_match_once_in_rank_order(client: httpx.AsyncClient) -> None:
+    whole = await search(client, "q=be&limit=500")
+    paged: list[tuple[str, str]] = []
+    url: str | None = "/songs?q=be&limit=1"
+    while url:
+        response = await client.get(url)
+        paged += [(song["name"], song["artist"]) for song in response.json()]
+        match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
+        url = match.group(1) if match else None
+
+    assert paged == whole
+    assert len(whole) >= 2
+
+
+async def test_search_of_one_or_two_letters_finds_substrings(client: httpx.AsyncClient) -> None:
+    found = await search(client, "q=ac")
+
+    assert ("Back in Black", "AC/DC") in found
+
+
+async def test_search_reads_songs_added_and_changed_since(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/songs", json={"name": "Paranoid Android", "artist": "Radiohead"})).json()
+    await client.patch(f"/songs/{created['id']}", json={"name": "Karma Police"})
+
+    assert await search(client, "q=karma polise") == [("Karma Police", "Radiohead")]
+    assert await search(client, "q=paranoid android") == []
+
+
+async def test_search_forgets_deleted_songs(client: httpx.AsyncClient) -> None:
+    song_id = (await client.get("/songs?q=wonderwall")).json()[0]["id"]
+    await client.delete(f"/songs/{song_id}")
+
+    assert await search(client, "q=wonderwall") == []
+
+
+async def test_search_count_is_exact_when_asked(client: httpx.AsyncClient) -> None:
+    response = await client.get("/songs?q=beyonce", headers={"Prefer": "count=exact"})
+
+    assert response.headers["x-total-count"] == str(len(response.json()))
