@@ -21,9 +21,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
-        engine = create_async_engine(url, echo=settings.sql_echo)
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
-        return engine
+        return configure_sqlite(create_async_engine(url, echo=settings.sql_echo))
     return create_async_engine(
         url,
         echo=settings.sql_echo,
@@ -40,7 +38,24 @@ def ensure_sqlite_dir(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+def configure_sqlite(engine: AsyncEngine) -> AsyncEngine:
+    """Sets up every connection of a SQLite engine, and makes its transactions real.
+
+    Python's sqlite3 driver begins a transaction only before INSERT, UPDATE or
+    DELETE, so DDL and reads run outside one: SQLAlchemy's documented recipe is
+    to turn that off and emit BEGIN itself, which makes DDL transactional too.
+    """
+    event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _on_sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the writer; busy_timeout makes a writer wait
     # for the lock instead of failing at once with "database is locked".

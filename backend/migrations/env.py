@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 
 from app import models  # registers the tables on SQLModel.metadata
 from app.config import load_settings
+from app.db import configure_sqlite
 
 config = context.config
 
@@ -64,6 +65,8 @@ def do_run_migrations(connection: Connection) -> None:
 
 async def run_async_migrations() -> None:
     engine = create_async_engine(database_url(), poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        configure_sqlite(engine)  # one transaction per run, DDL included
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()
