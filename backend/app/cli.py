@@ -1,15 +1,17 @@
 """The `songbook` command: serve the API and migrate its database."""
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import schema
+from app import db, schema, songs
+from app import seed as seeding
 from app.config import Settings, SettingsError, load_settings
 
 cli = typer.Typer(
@@ -88,6 +90,35 @@ def status() -> None:
         typer.echo("The database is behind: run `songbook migrate`.")
         raise typer.Exit(1)
     typer.echo("The database is up to date.")
+
+
+@cli.command()
+def seed(
+    count: Annotated[int, typer.Option(min=1, help="How many songs to add.")] = 1000,
+    seed: Annotated[int, typer.Option(help="The same seed makes the same songs.")] = 1,
+) -> None:
+    """Add synthetic songs (varied names, accented artists, years) to measure on."""
+    settings = _settings()
+    started = time.perf_counter()
+    try:
+        inserted = asyncio.run(_seed(settings, count, seed))
+    except IntegrityError:
+        raise _fail(
+            "some of these songs are in the catalog already: seed an empty one, or use another --seed"
+        ) from None
+    except (DBAPIError, OSError) as exc:
+        raise _fail(f"cannot seed {_where(settings)}: {_reason(exc)}") from None
+    elapsed = time.perf_counter() - started
+    typer.echo(f"added {inserted:,} songs in {elapsed:.1f} s ({inserted / elapsed:,.0f} songs/s)")
+
+
+async def _seed(settings: Settings, count: int, seed: int) -> int:
+    engine = db.create_engine(settings)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            return await songs.insert_songs(session=session, songs=seeding.generate_songs(count, seed=seed))
+    finally:
+        await engine.dispose()
 
 
 async def _current_revisions(settings: Settings) -> set[str]:

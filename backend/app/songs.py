@@ -1,11 +1,14 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, delete, func, update
+import asyncpg
+from sqlalchemy import ColumnElement, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
@@ -45,6 +48,57 @@ async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
         await _raise_if_duplicate(session=session, name_key=song.name_key, artist_key=song.artist_key)
         raise
     return song
+
+
+async def insert_songs(*, session: AsyncSession, songs: Iterable[dict[str, Any]], batch_size: int = 50_000) -> int:
+    """Adds many songs, each with its derived columns, in committed batches; the count added.
+
+    A song already in the catalog fails its batch with an IntegrityError.
+    """
+    inserted = 0
+    rows = iter(songs)
+    while batch := list(islice(rows, batch_size)):
+        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            await _copy_songs(session, batch)
+        else:
+            await _insert_songs_sqlite(session, batch)
+        await session.commit()
+        inserted += len(batch)
+    return inserted
+
+
+async def _copy_songs(session: AsyncSession, batch: list[dict[str, Any]]) -> None:
+    # COPY, in binary: several times faster than any INSERT.
+    columns = list(batch[0])
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    try:
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            Song.__tablename__, records=[tuple(row[column] for column in columns) for row in batch], columns=columns
+        )
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # Raised by the driver itself, past SQLAlchemy: give it SQLAlchemy's shape.
+        raise IntegrityError(f"COPY {Song.__tablename__}", None, exc) from exc
+
+
+async def _insert_songs_sqlite(session: AsyncSession, batch: list[dict[str, Any]]) -> None:
+    # The search index's trigger costs ten times more, row by row, than one
+    # set-based insert of the batch into it. Dropping it is safe: DDL is
+    # transactional in SQLite, and no other writer runs while this one does.
+    connection = await session.connection()
+    trigger = (await connection.exec_driver_sql(SQLITE_SEARCH_TRIGGER_SQL)).scalar_one()
+    last_id = (await connection.exec_driver_sql("SELECT coalesce(max(id), 0) FROM song")).scalar_one()
+    await connection.exec_driver_sql("DROP TRIGGER song_search_insert")
+    await connection.execute(insert(Song.__table__), batch)  # type: ignore[attr-defined]
+    await connection.exec_driver_sql(
+        "INSERT INTO song_search (rowid, name_search, artist_search) "
+        "SELECT id, name_search, artist_search FROM song WHERE id > ?",
+        (last_id,),
+    )
+    await connection.exec_driver_sql(trigger)
+
+
+SQLITE_SEARCH_TRIGGER_SQL = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'song_search_insert'"
 
 
 async def get_song(*, session: AsyncSession, song_id: int) -> Song:
