@@ -5,7 +5,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := cd backend && $(UV) run --locked
 
-.PHONY: run test lint typecheck pytest sync check-docker clean
+.PHONY: run test lint typecheck pytest sync check-docker bench-queries clean
 
 # Without the dev tools: a laptop that only runs the service installs only what it needs.
 run: $(UV)
@@ -23,6 +23,10 @@ typecheck: sync
 
 pytest: sync
 	$(RUN) pytest $(PYTEST_ARGS)
+
+# Query latency at a million songs on PostgreSQL (BENCH_DATABASE_URL) and SQLite.
+bench-queries: sync
+	$(RUN) python bench/queries.py $(BENCH_ARGS)
 
 check-docker: sync
 	scripts/check-docker

@@ -54,9 +54,12 @@ def derived_columns(values: dict[str, Any]) -> dict[str, str]:
 KeyString = AutoString().with_variant(AutoString(collation="C"), "postgresql")
 
 # Made by the migrations, not declared here: autogenerate cannot represent them
-# (an expression index, a trigram index, SQLite's full-text table), so
+# (an expression index, PostgreSQL's search vector and vocabulary, SQLite's
+# full-text tables), so
 # migrations/env.py leaves them out of `alembic check`.
-MIGRATION_ONLY_OBJECTS = frozenset({"ix_song_year_sort", "ix_song_search_trgm", "song_search"})
+MIGRATION_ONLY_OBJECTS = frozenset(
+    {"ix_song_year_sort", "search_vector", "ix_song_search_vector", "search_term", "song_search", "song_search_terms"}
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

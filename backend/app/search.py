@@ -1,89 +1,110 @@
 """Fuzzy search over song names and artists, with each database's own machinery.
 
-Both databases search `name_search || ' ' || artist_search`: the name and the
-artist case-folded, accents and punctuation dropped (`models.search_fold`), so
-"beyonce" finds "Beyoncé" on both.
+Both databases index the words of `name_search` and `artist_search`: the name
+and the artist case-folded, accents and punctuation dropped
+(`models.search_fold`), so that "beyonce" finds "Beyoncé" on both. PostgreSQL
+keeps them in a full-text index (a `tsvector` column, GIN), SQLite in an FTS5
+table; each also keeps the vocabulary of the catalog, the distinct words.
 
-- PostgreSQL: pg_trgm. A GIN trigram index finds the rows whose word
-  similarity to the query passes a threshold (`<%`); they rank by word
-  similarity (`<<->`), then by whole-text similarity (`<->`).
-- SQLite: an FTS5 trigram index (kept in step with the table by triggers)
-  finds the rows sharing a trigram with the query; a fuzzy score from
-  rapidfuzz, registered as an SQL function, keeps and ranks the close ones.
+A query is read word by word, in two tiers of relevance:
 
-Both rank by a distance that depends only on the query and the row, never on
-the rest of the table, so paging a search neither skips nor repeats a song
-while others are added.
+1. every query word starts a word of the song ("yesterd" finds "Yesterday");
+2. else every query word, or a catalog word close to it, does ("beatels"
+   finds "Beatles"). The close words come from the vocabulary: found by
+   trigram similarity on PostgreSQL (pg_trgm), then, on both databases, kept
+   when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
+   passes `MIN_SIMILARITY`.
+
+Within a tier songs come in id order, so that a page is an index scan that
+stops after `limit` rows, whatever the number of matches; and so that paging a
+search neither skips nor repeats a song while others are added.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
-from rapidfuzz import fuzz
-from sqlalchemy import ColumnElement, Float, Select, func, literal, literal_column, select, text
-from sqlmodel import col
+from rapidfuzz.distance import DamerauLevenshtein
+from rapidfuzz.process import extract
+from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, literal_column, text
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Song, search_fold
-from app.paging import SortKey
 
-# Word similarity a row needs (pg_trgm's default, 0.6, misses "beatels" for "beatles").
-PG_WORD_SIMILARITY = 0.4
-# Highest distance (100 - rapidfuzz score) a row may have on SQLite.
-SQLITE_MAX_DISTANCE = 25.0
-SQLITE_DISTANCE_FUNCTION = "songbook_search_distance"
-
-# Written out as the indexes were made, so that the planners match them.
-SEARCHED: ColumnElement[str] = literal_column("(song.name_search || ' ' || song.artist_search)")
+MAX_WORDS = 8
+# Close enough to mean the query word: one edit in five letters, two in ten.
+MIN_SIMILARITY = 0.7
+MAX_ALTERNATIVES = 20
 
 
-def sqlite_distance(query: str, searched: str) -> float:
-    """How far a row's search text is from the query, 0 (contains it) to 100."""
-    return 100.0 - max(fuzz.partial_ratio(query, searched), fuzz.partial_token_sort_ratio(query, searched))
+@dataclass(frozen=True)
+class Search:
+    """A query, as full-text queries for each tier, in the database's syntax."""
+
+    starts: str  # tier 1: every query word starts a word
+    close: str  # tiers 1 and 2: every query word, or a word close to it
 
 
-def install_sqlite_function(dbapi_connection: Any) -> None:
-    dbapi_connection.create_function(SQLITE_DISTANCE_FUNCTION, 2, sqlite_distance, deterministic=True)
+async def plan(session: AsyncSession, query: str) -> Search:
+    """Reads the query, and looks up in the vocabulary the words close to each of its words."""
+    words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
+    postgres = _dialect(session) == "postgresql"
+    alternatives = [await _close_words(session, word, postgres=postgres) for word in words]
+    if postgres:
+        starts = " & ".join(f"{word}:*" for word in words)
+        close = " & ".join(
+            "(" + " | ".join([f"{word}:*", *others]) + ")" for word, others in zip(words, alternatives, strict=True)
+        )
+    else:
+        starts = " AND ".join(f'"{word}"*' for word in words)
+        close = " AND ".join(
+            "(" + " OR ".join([f'"{word}"*', *(f'"{other}"' for other in others)]) + ")"
+            for word, others in zip(words, alternatives, strict=True)
+        )
+    return Search(starts=starts or _NOTHING[postgres], close=close or _NOTHING[postgres])
 
 
-async def prepare(session: AsyncSession, query: str) -> None:
-    """Sets up the transaction of a search (PostgreSQL's similarity threshold)."""
+# A query of no words (only punctuation) finds nothing.
+_NOTHING = {True: "''", False: '""'}
+
+
+async def _close_words(session: AsyncSession, word: str, *, postgres: bool) -> list[str]:
+    if postgres:
+        # pg_trgm's % (similarity above 0.3), served by the trigram index, then the closest by edits.
+        found: ScalarResult[Any] = await session.exec(
+            select(literal_column("term"))
+            .select_from(text("search_term"))
+            .where(text("term % :word").bindparams(word=word))
+            .order_by(text("similarity(term, :word) DESC").bindparams(word=word))
+            .limit(200)
+        )
+        candidates = [str(term) for term in found]
+    else:
+        terms: ScalarResult[Any] = await session.exec(
+            select(literal_column("term")).select_from(text("song_search_terms"))
+        )
+        candidates = [str(term) for term in terms]
+    close = extract(
+        word,
+        candidates,
+        scorer=DamerauLevenshtein.normalized_similarity,
+        score_cutoff=MIN_SIMILARITY,
+        limit=MAX_ALTERNATIVES,
+    )
+    return sorted(term for term, _, _ in close if term != word)
+
+
+def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:
+    """The songs a full-text query (one of `Search`'s) finds."""
     if _dialect(session) == "postgresql":
-        # SET LOCAL rather than a connection setting: it ends with the
-        # transaction, and works through PgBouncer's transaction pooling.
-        connection = await session.connection()
-        await connection.execute(text(f"SET LOCAL pg_trgm.word_similarity_threshold = {PG_WORD_SIMILARITY}"))
-
-
-def matches(session: AsyncSession, query: str) -> ColumnElement[bool]:
-    """The rows the query finds."""
-    folded = search_fold(query)
-    if _dialect(session) == "postgresql":
-        return literal(folded).op("<%")(SEARCHED)
-    trigrams = sorted({word[i : i + 3] for word in folded.split() for i in range(len(word) - 2)})
-    if not trigrams:  # words of one or two letters: FTS5 trigrams cannot find them
-        return SEARCHED.contains(folded)
-    fts_query = " OR ".join(f'"{trigram}"' for trigram in trigrams)
-    candidates: Select[Any] = (
+        vector: ColumnElement[Any] = literal_column("song.search_vector")
+        return vector.op("@@")(func.to_tsquery("simple", full_text_query))
+    found: Select[Any] = (
         select(literal_column("rowid"))
         .select_from(text("song_search"))
-        .where(text("song_search MATCH :fts_query").bindparams(fts_query=fts_query))
+        .where(text("song_search MATCH :query").bindparams(bindparam("query", full_text_query, unique=True)))
     )
-    return col(Song.id).in_(candidates) & (_sqlite_distance(folded) <= SQLITE_MAX_DISTANCE)
-
-
-def relevance(session: AsyncSession, query: str) -> list[SortKey]:
-    """The sort keys of relevance, best first."""
-    folded = search_fold(query)
-    if _dialect(session) == "postgresql":
-        return [
-            SortKey("relevance", literal(folded).op("<<->", return_type=Float)(SEARCHED), float),
-            SortKey("similarity", literal(folded).op("<->", return_type=Float)(SEARCHED), float),
-        ]
-    return [SortKey("relevance", _sqlite_distance(folded), float)]
-
-
-def _sqlite_distance(folded: str) -> ColumnElement[float]:
-    return getattr(func, SQLITE_DISTANCE_FUNCTION)(folded, SEARCHED, type_=Float)  # type: ignore[no-any-return]
+    return col(Song.id).in_(found)
 
 
 def _dialect(session: AsyncSession) -> str:

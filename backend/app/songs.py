@@ -130,25 +130,48 @@ SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
 
 async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
     """A page of the songs that match `query`, in its order."""
-    signature, keys = _song_order(session, query)
+    found = await search.plan(session, query.q) if query.q else None
+    if found and (query.sort is None or query.sort.strip() == "relevance"):
+        return await _search_by_relevance(session=session, query=query, found=found)
+    signature, keys = _song_order(query)
     statement = select(Song, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
-    statement = statement.where(*_song_filters(session, query))
+    statement = statement.where(*_song_filters(session, query, found))
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         statement = statement.where(after(keys, values))
-    if query.q:
-        await search.prepare(session, query.q)
     statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
     rows: list[Any] = list((await session.exec(statement)).all())
     next_cursor = encode_cursor(signature, list(rows[-1][1:])) if len(rows) == query.limit else None
     return Page([row[0] for row in rows], next_cursor)
 
 
+async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[Song]:
+    """Songs whose words start with the query's first, then those with words close to them; each in id order."""
+    assert query.q is not None
+    signature = f"relevance?{search_fold(query.q)}"
+    tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
+    starts = search.matches(session, found.starts)
+    tiers = [starts, search.matches(session, found.close) & ~starts]
+    filters = _song_filters(session, query, found=None)
+    page: list[tuple[int, Song]] = []
+    for number, clause in enumerate(tiers, start=1):
+        if number < tier or len(page) == query.limit:
+            continue
+        # Each tier is its own query in id order: the database stops after the rows it needs.
+        statement = select(Song).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
+        rows = await session.exec(statement.order_by(col(Song.id)).limit(query.limit - len(page)))
+        page += [(number, song) for song in rows]
+    next_cursor = None
+    if len(page) == query.limit:
+        last_tier, last_song = page[-1]
+        next_cursor = encode_cursor(signature, [last_tier, last_song.id])
+    return Page([song for _, song in page], next_cursor)
+
+
 async def count_songs(*, session: AsyncSession, query: SongQuery, estimate: bool = False) -> int:
     """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
-    filters = _song_filters(session, query)
-    if query.q:
-        await search.prepare(session, query.q)
+    found = await search.plan(session, query.q) if query.q else None
+    filters = _song_filters(session, query, found)
     if estimate and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
         # The planner's row estimate costs no scan. SQLite has none: it counts.
         statement = select(col(Song.id)).where(*filters)
@@ -159,7 +182,7 @@ async def count_songs(*, session: AsyncSession, query: SongQuery, estimate: bool
     return (await session.exec(select(func.count()).select_from(Song).where(*filters))).one()
 
 
-def _song_filters(session: AsyncSession, query: SongQuery) -> list[ColumnElement[bool]]:
+def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:
     if query.year_from is not None and query.year_to is not None and query.year_from > query.year_to:
         raise InvalidParameter("query", "year_from", f"must not be after year_to ({query.year_to})")
     filters: list[ColumnElement[bool]] = []
@@ -171,29 +194,26 @@ def _song_filters(session: AsyncSession, query: SongQuery) -> list[ColumnElement
         filters.append(query.year == YEAR)  # type: ignore[arg-type]
     if query.year_from is not None or query.year_to is not None:
         filters.append(YEAR.between(query.year_from or YEAR_MIN, query.year_to or YEAR_MAX))
-    if query.q is not None:
-        filters.append(search.matches(session, query.q))
+    if found is not None:
+        filters.append(search.matches(session, found.close))
     return filters
 
 
-def _song_order(session: AsyncSession, query: SongQuery) -> tuple[str, list[SortKey]]:
+def _song_order(query: SongQuery) -> tuple[str, list[SortKey]]:
     """The sort keys `query.sort` names, ending in id; and the signature its cursors carry."""
-    spec = query.sort if query.sort is not None else ("relevance" if query.q else "id")
+    spec = query.sort if query.sort is not None else "id"
     keys: list[SortKey] = []
     for part in (part.strip() for part in spec.split(",")):
         descending, name = part.startswith("-"), part.removeprefix("-")
         if any(key.name == name for key in keys):
             raise InvalidParameter("query", "sort", f"{name!r} is named twice")
         if name == "relevance" and query.q:
-            if descending:
-                raise InvalidParameter("query", "sort", "relevance sorts best first only")
-            keys += search.relevance(session, query.q)
-        elif name in SORTABLE:
-            expression, kind = SORTABLE[name]
-            keys.append(SortKey(name, expression, kind, descending))
-        else:
+            raise InvalidParameter("query", "sort", "relevance sorts alone, best first")
+        if name not in SORTABLE:
             choices = ", ".join([*SORTABLE, *(["relevance"] if query.q else [])])
             raise InvalidParameter("query", "sort", f"unknown sort key {name!r}; use {choices}")
+        expression, kind = SORTABLE[name]
+        keys.append(SortKey(name, expression, kind, descending))
     if keys[-1].name != "id":
         # Ties are broken by id, in the direction of the last key, so that one index serves both.
         keys.append(SortKey("id", col(Song.id), int, keys[-1].descending))

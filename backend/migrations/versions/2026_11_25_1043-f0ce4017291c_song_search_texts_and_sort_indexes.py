@@ -72,18 +72,50 @@ def upgrade() -> None:
         # Byte-wise order and comparison for the keys, whatever the database's collation.
         op.execute('ALTER TABLE song ALTER COLUMN name_key TYPE varchar COLLATE "C"')
         op.execute('ALTER TABLE song ALTER COLUMN artist_key TYPE varchar COLLATE "C"')
-        # Fuzzy search: trigram similarity over name and artist, from a GIN index.
-        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        # Search: the words of name and artist in a full-text index, and the
+        # vocabulary of those words, kept by a trigger, with a trigram index to
+        # find the words a misspelt query word may mean.
         op.execute(
-            "CREATE INDEX ix_song_search_trgm ON song USING gin ((name_search || ' ' || artist_search) gin_trgm_ops)"
+            "ALTER TABLE song ADD COLUMN search_vector tsvector GENERATED ALWAYS AS "
+            "(to_tsvector('simple', name_search || ' ' || artist_search)) STORED"
+        )
+        op.execute("CREATE INDEX ix_song_search_vector ON song USING gin (search_vector)")
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        op.execute("CREATE TABLE search_term (term text PRIMARY KEY)")
+        op.execute("CREATE INDEX ix_search_term_trgm ON search_term USING gin (term gin_trgm_ops)")
+        op.execute(
+            """
+            CREATE FUNCTION song_search_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO search_term (term)
+                SELECT DISTINCT word
+                FROM new_rows, unnest(string_to_array(name_search || ' ' || artist_search, ' ')) AS word
+                WHERE word <> ''
+                ON CONFLICT DO NOTHING;
+                RETURN NULL;
+            END $$
+            """
+        )
+        for event in ("INSERT", "UPDATE"):
+            op.execute(
+                f"CREATE TRIGGER song_search_terms_{event.lower()} AFTER {event} ON song "
+                "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION song_search_terms()"
+            )
+        op.execute(
+            "INSERT INTO search_term (term) SELECT DISTINCT word FROM song, "
+            "unnest(string_to_array(name_search || ' ' || artist_search, ' ')) AS word "
+            "WHERE word <> '' ON CONFLICT DO NOTHING"
         )
     else:
-        # Fuzzy search: an FTS5 trigram index over name and artist, kept in
-        # step with the table by triggers (an external-content table).
+        # Search: an FTS5 index of the words of name and artist, kept in step
+        # with the table by triggers (an external-content table); its
+        # vocabulary, through fts5vocab, gives the words a misspelt query word
+        # may mean.
         op.execute(
             "CREATE VIRTUAL TABLE song_search USING fts5("
-            "name_search, artist_search, content='song', content_rowid='id', tokenize='trigram')"
+            "name_search, artist_search, content='song', content_rowid='id')"
         )
+        op.execute("CREATE VIRTUAL TABLE song_search_terms USING fts5vocab(song_search, row)")
         op.execute(
             "CREATE TRIGGER song_search_insert AFTER INSERT ON song BEGIN "
             "INSERT INTO song_search (rowid, name_search, artist_search) "
@@ -107,12 +139,17 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Downgrade schema."""
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP INDEX ix_song_search_trgm")
+        for event in ("insert", "update"):
+            op.execute(f"DROP TRIGGER song_search_terms_{event} ON song")
+        op.execute("DROP FUNCTION song_search_terms()")
+        op.execute("DROP TABLE search_term")
+        op.execute("ALTER TABLE song DROP COLUMN search_vector")
         op.execute('ALTER TABLE song ALTER COLUMN name_key TYPE varchar COLLATE "default"')
         op.execute('ALTER TABLE song ALTER COLUMN artist_key TYPE varchar COLLATE "default"')
     else:
         for trigger in ("song_search_update", "song_search_delete", "song_search_insert"):
             op.execute(f"DROP TRIGGER {trigger}")
+        op.execute("DROP TABLE song_search_terms")
         op.execute("DROP TABLE song_search")
     op.execute("DROP INDEX ix_song_year_sort")
     with op.batch_alter_table("song", **KEEP_AUTOINCREMENT) as batch_op:
