@@ -9,8 +9,10 @@ table; each also keeps the vocabulary of the catalog, the distinct words.
 A query is read word by word, in two tiers of relevance:
 
 1. every query word starts a word of the song ("yesterd" finds "Yesterday");
-2. else every query word, or a catalog word close to it, does ("beatels"
-   finds "Beatles"). The close words come from the vocabulary: found by
+2. else every query word, or one of the catalog's words closest to it, does
+   ("beatels" finds "Beatles");
+3. else every query word, or a catalog word close enough to it, does. The
+   close words come from the vocabulary: found by
    trigram similarity on PostgreSQL (pg_trgm), then, on both databases, kept
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
@@ -37,53 +39,92 @@ MIN_SIMILARITY = 0.7
 MAX_ALTERNATIVES = 20
 
 
+MAX_PREFIXED = 50
+
+
 @dataclass(frozen=True)
 class Search:
-    """A query, as full-text queries for each tier, in the database's syntax."""
+    """A query, as full-text queries for each tier in the database's syntax; None where nothing can match."""
 
-    starts: str  # tier 1: every query word starts a word
-    close: str  # tiers 1 and 2: every query word, or a word close to it
+    # Cumulative: tier k finds what queries[k] finds and queries[k - 1] does not.
+    # 1: every query word starts a word of the song; 2: or is one of the words
+    # closest to it; 3: or is close to it. None where nothing can match.
+    queries: tuple[str | None, ...]
+
+    @property
+    def everything(self) -> str | None:
+        """The query of all the tiers."""
+        return self.queries[-1]
+
+
+@dataclass(frozen=True)
+class _Word:
+    word: str
+    prefixed: list[str] | None  # the catalog's words that start with it; None if too many to list
+    closest: list[str]  # the catalog's words closest to it (within 0.05 of the best)
+    close: list[str]  # all the catalog's words close to it
 
 
 async def plan(session: AsyncSession, query: str) -> Search:
-    """Reads the query, and looks up in the vocabulary the words close to each of its words."""
-    words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
+    """Reads the query, and looks up each of its words in the catalog's vocabulary."""
     postgres = _dialect(session) == "postgresql"
-    alternatives = [await _close_words(session, word, postgres=postgres) for word in words]
-    if postgres:
-        starts = " & ".join(f"{word}:*" for word in words)
-        close = " & ".join(
-            "(" + " | ".join([f"{word}:*", *others]) + ")" for word, others in zip(words, alternatives, strict=True)
+    words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
+    found = [await _look_up(session, word, postgres=postgres) for word in words]
+    return Search(
+        queries=(
+            _full_text_query([_starting(word, postgres) for word in found], postgres),
+            _full_text_query([[*_starting(word, postgres), *word.closest] for word in found], postgres),
+            _full_text_query([[*_starting(word, postgres), *word.close] for word in found], postgres),
         )
-    else:
-        starts = " AND ".join(f'"{word}"*' for word in words)
-        close = " AND ".join(
-            "(" + " OR ".join([f'"{word}"*', *(f'"{other}"' for other in others)]) + ")"
-            for word, others in zip(words, alternatives, strict=True)
-        )
-    return Search(starts=starts or _NOTHING[postgres], close=close or _NOTHING[postgres])
+    )
 
 
-# A query of no words (only punctuation) finds nothing.
-_NOTHING = {True: "''", False: '""'}
+def _starting(word: _Word, postgres: bool) -> list[str]:
+    # Listing the words themselves, rather than a prefix query, lets the
+    # planner estimate from its statistics how many songs hold them.
+    if word.prefixed is not None:
+        return word.prefixed
+    return [f"{word.word}:*" if postgres else f'"{word.word}"*']
 
 
-async def _close_words(session: AsyncSession, word: str, *, postgres: bool) -> list[str]:
+def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | None:
+    """All the words, each as one of its alternatives; None when a word has none (nothing matches)."""
+    if not alternatives or not all(alternatives):
+        return None
+    quoted = [
+        [term if term.endswith("*") else (term if postgres else f'"{term}"') for term in terms]
+        for terms in alternatives
+    ]
     if postgres:
-        # pg_trgm's % (similarity above 0.3), served by the trigram index, then the closest by edits.
-        found: ScalarResult[Any] = await session.exec(
+        return " & ".join("(" + " | ".join(terms) + ")" for terms in quoted)
+    return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
+
+
+async def _look_up(session: AsyncSession, word: str, *, postgres: bool) -> _Word:
+    if postgres:
+        # The words it starts: a range of the vocabulary's primary key (byte-wise collation).
+        prefixed: ScalarResult[Any] = await session.exec(
+            select(literal_column("term"))
+            .select_from(text("search_term"))
+            .where(text("term >= :low AND term < :high").bindparams(low=word, high=word + "\U0010ffff"))
+            .limit(MAX_PREFIXED + 1)
+        )
+        starting: list[str] = [str(term) for term in prefixed]
+        # Candidates by trigram similarity (pg_trgm's %, above 0.3), served by the trigram index.
+        similar: ScalarResult[Any] = await session.exec(
             select(literal_column("term"))
             .select_from(text("search_term"))
             .where(text("term % :word").bindparams(word=word))
             .order_by(text("similarity(term, :word) DESC").bindparams(word=word))
             .limit(200)
         )
-        candidates = [str(term) for term in found]
+        candidates = [str(term) for term in similar]
     else:
         terms: ScalarResult[Any] = await session.exec(
             select(literal_column("term")).select_from(text("song_search_terms"))
         )
         candidates = [str(term) for term in terms]
+        starting = [term for term in candidates if term.startswith(word)][: MAX_PREFIXED + 1]
     close = extract(
         word,
         candidates,
@@ -91,7 +132,13 @@ async def _close_words(session: AsyncSession, word: str, *, postgres: bool) -> l
         score_cutoff=MIN_SIMILARITY,
         limit=MAX_ALTERNATIVES,
     )
-    return sorted(term for term, _, _ in close if term != word)
+    others = [match for match in close if not match[0].startswith(word)]  # best first
+    return _Word(
+        word=word,
+        prefixed=sorted(starting) if len(starting) <= MAX_PREFIXED else None,
+        closest=sorted(term for term, score, _ in others if score >= others[0][1] - 0.05),
+        close=sorted(term for term, _, _ in others),
+    )
 
 
 def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:

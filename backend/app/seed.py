@@ -3,10 +3,10 @@
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from itertools import islice, product
+from itertools import accumulate, islice, product
 from typing import Any
 
-from app.models import derived_columns
+from app.models import derived_columns, song_key
 
 # fmt: off
 FAMOUS_ARTISTS = [
@@ -43,41 +43,59 @@ NOUNS = [
     "City", "Train", "Window", "Ocean", "Highway", "Kiss", "Soul", "Angel", "Shadow", "Garden", "Mirror",
     "Stranger", "Morning", "Winter", "Summer", "Heaven", "Thunder", "Diamond", "Memory", "Letter", "Island",
 ]
-ENDINGS = ["", " (Remastered)", " (Live)", " Blues", " Again", " Tonight", " Forever", " No. 2"]
+COMMON_WORDS = [
+    "the", "you", "me", "my", "of", "in", "to", "on", "we", "all", "time", "baby", "day", "life", "world", "way",
+    "home", "light", "dance", "stay", "run", "cry", "never", "rock", "roll", "gold", "sun", "star", "wind", "sea",
+    "fall", "rise", "born", "free", "young", "old", "man", "woman", "friend", "lady", "king", "queen", "party",
+    "money", "water", "stone", "street", "town", "yesterday", "tomorrow", "goodbye", "hello", "lonely", "together",
+]
+ENDINGS = [" (Remastered)", " (Live)", " (Acoustic)", " - Radio Edit", " No. 2", " Part II"]
+SYLLABLES = [
+    "ka", "lo", "mi", "ra", "te", "su", "na", "vi", "do", "ré", "ba", "ko", "li", "ma", "sé", "to", "ru", "ne",
+    "ha", "zu", "pe", "ta", "gi", "no", "bel", "dor", "lin", "mar", "san", "tor", "vel", "ös", "ån", "qui",
+]
 # fmt: on
+VOCABULARY_SIZE = 30_000
 
 
-def _artists() -> list[str]:
+def _pseudo_words(rng: random.Random, count: int) -> list[str]:
+    """Made-up words of two to four syllables, some accented: the long tail of a catalog's vocabulary."""
+    words: dict[str, None] = {}
+    while len(words) < count:
+        words["".join(rng.choices(SYLLABLES, k=rng.choice((2, 2, 3, 3, 4))))] = None
+    return list(words)
+
+
+def _artists(pseudo: list[str]) -> list[str]:
     people = [f"{first} {last}" for first, last in product(FIRST_NAMES, LAST_NAMES)]
     bands = [f"The {word} {noun}" for word, noun in product(BAND_WORDS, BAND_NOUNS)]
-    return FAMOUS_ARTISTS + people + bands
-
-
-def _song_name(number: int) -> str:
-    """A distinct song name for each number: an adjective, a noun, more nouns as numbers grow, an ending."""
-    number, ending = divmod(number, len(ENDINGS))
-    number, adjective = divmod(number, len(ADJECTIVES))
-    number, noun = divmod(number, len(NOUNS))
-    words = [ADJECTIVES[adjective], NOUNS[noun]]
-    while number:  # bijective numeration: no two numbers give the same words
-        number, extra = divmod(number - 1, len(NOUNS))
-        words.append(NOUNS[extra])
-    return " ".join(words) + ENDINGS[ending]
+    invented = [f"{first.title()} {last.title()}" for first, last in zip(pseudo[::2], pseudo[1::2], strict=False)]
+    return FAMOUS_ARTISTS + people + bands + invented[:20_000]
 
 
 def generate_songs(count: int, *, seed: int = 1) -> Iterator[dict[str, Any]]:
-    """`count` distinct songs with their derived columns: the same songs for the same seed."""
+    """`count` distinct songs with their derived columns: the same songs for the same seed.
+
+    Words and artists are drawn with Zipf-like weights, as in real catalogs: a
+    few words ("love", "heart") are in many names, most in few; a few artists
+    have thousands of songs, most a handful.
+    """
     rng = random.Random(seed)  # noqa: S311 (test data, not secrets)
-    artists = _artists()
-    # A few artists have many songs, most have few (a Zipf-like spread).
-    weights = [1 / (rank + 1) ** 0.9 for rank in range(len(artists))]
-    songs_by_artist: dict[int, int] = {}
+    pseudo = _pseudo_words(rng, VOCABULARY_SIZE)
+    vocabulary = [*COMMON_WORDS, *(word.lower() for word in ADJECTIVES + NOUNS), *pseudo]
+    word_weights = list(accumulate(1 / (rank + 1) ** 1.05 for rank in range(len(vocabulary))))
+    artists = _artists(pseudo[::-1])
+    artist_weights = [1 / (rank + 1) ** 0.7 for rank in range(len(artists))]
+    names_by_artist: dict[int, set[str]] = {}
     start = datetime(2020, 1, 1, tzinfo=UTC)
-    for i, artist_index in enumerate(islice(_weighted(rng, weights), count)):
-        # Each artist's names are distinct, from a place in the list of its own.
-        count_so_far = songs_by_artist.get(artist_index, 0)
-        songs_by_artist[artist_index] = count_so_far + 1
-        name = _song_name((artist_index * 7919 * seed) % 100_000 + count_so_far)
+    for i, artist_index in enumerate(islice(_weighted(rng, artist_weights), count)):
+        taken = names_by_artist.setdefault(artist_index, set())
+        while True:  # each artist's names are distinct
+            words = rng.choices(vocabulary, cum_weights=word_weights, k=rng.choice((1, 2, 2, 2, 3, 3, 3, 4, 4, 5)))
+            name = " ".join(words).capitalize() + (rng.choice(ENDINGS) if rng.random() < 0.08 else "")
+            if song_key(name) not in taken:
+                taken.add(song_key(name))
+                break
         artist = artists[artist_index]
         year = None if rng.random() < 0.05 else rng.randint(1950, 2025)
         stamp = start + timedelta(seconds=i * 17)

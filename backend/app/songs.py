@@ -8,7 +8,7 @@ from itertools import islice
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from sqlalchemy import ColumnElement, delete, func, insert, update
+from sqlalchemy import ColumnElement, delete, false, func, insert, literal_column, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
@@ -117,7 +117,9 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
-YEAR = func.coalesce(col(Song.year), 0)  # songs without a year sort first; ix_song_year_sort serves it
+# Songs without a year sort first. A literal 0, not a parameter, so that SQLite
+# matches the expression of ix_song_year_sort.
+YEAR = func.coalesce(col(Song.year), literal_column("0"))
 
 SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
     "name": (col(Song.name_key), str),
@@ -146,16 +148,23 @@ async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
 
 
 async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[Song]:
-    """Songs whose words start with the query's first, then those with words close to them; each in id order."""
+    """The songs of each tier of `found` in turn, each tier in id order."""
     assert query.q is not None
     signature = f"relevance?{search_fold(query.q)}"
     tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
-    starts = search.matches(session, found.starts)
-    tiers = [starts, search.matches(session, found.close) & ~starts]
+    tiers: list[ColumnElement[bool] | None] = []
+    previous, previous_query = None, None
+    for full_text_query in found.queries:
+        clause = search.matches(session, full_text_query) if full_text_query else None
+        if full_text_query == previous_query:  # a tier that adds no words adds no songs
+            clause = None
+        tiers.append(clause & ~previous if clause is not None and previous is not None else clause)
+        if clause is not None:
+            previous, previous_query = clause, full_text_query
     filters = _song_filters(session, query, found=None)
     page: list[tuple[int, Song]] = []
     for number, clause in enumerate(tiers, start=1):
-        if number < tier or len(page) == query.limit:
+        if clause is None or number < tier or len(page) == query.limit:
             continue
         # Each tier is its own query in id order: the database stops after the rows it needs.
         statement = select(Song).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
@@ -195,7 +204,7 @@ def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search 
     if query.year_from is not None or query.year_to is not None:
         filters.append(YEAR.between(query.year_from or YEAR_MIN, query.year_to or YEAR_MAX))
     if found is not None:
-        filters.append(search.matches(session, found.close))
+        filters.append(search.matches(session, found.everything) if found.everything else false())
     return filters
 
 

@@ -81,7 +81,8 @@ def upgrade() -> None:
         )
         op.execute("CREATE INDEX ix_song_search_vector ON song USING gin (search_vector)")
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        op.execute("CREATE TABLE search_term (term text PRIMARY KEY)")
+        # Byte-wise, so that the primary key serves prefix ranges whatever the collation.
+        op.execute('CREATE TABLE search_term (term text COLLATE "C" PRIMARY KEY)')
         op.execute("CREATE INDEX ix_search_term_trgm ON search_term USING gin (term gin_trgm_ops)")
         op.execute(
             """
