@@ -12,8 +12,8 @@ A query is read word by word, in two tiers of relevance:
 2. else every query word, or one of the catalog's words closest to it, does
    ("beatels" finds "Beatles");
 3. else every query word, or a catalog word close enough to it, does. The
-   close words come from the vocabulary: found by
-   trigram similarity on PostgreSQL (pg_trgm), then, on both databases, kept
+   close words come from the vocabulary: the nearest by
+   trigram distance on PostgreSQL (pg_trgm), then, on both databases, kept
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
 
@@ -40,6 +40,7 @@ MAX_ALTERNATIVES = 20
 
 
 MAX_PREFIXED = 50
+CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,14 @@ async def _look_up(session: AsyncSession, word: str, *, postgres: bool) -> _Word
             .limit(MAX_PREFIXED + 1)
         )
         starting: list[str] = [str(term) for term in prefixed]
-        # Candidates by trigram similarity (pg_trgm's %, above 0.3), served by the trigram index.
+        # Candidates: the nearest words by trigram distance, from the trigram
+        # index (GiST, nearest first). No threshold: "lonley" is only 0.27
+        # similar to "lonely" by trigrams, one edit by Damerau-Levenshtein.
         similar: ScalarResult[Any] = await session.exec(
             select(literal_column("term"))
             .select_from(text("search_term"))
-            .where(text("term % :word").bindparams(word=word))
-            .order_by(text("similarity(term, :word) DESC").bindparams(word=word))
-            .limit(200)
+            .order_by(text("term <-> :word").bindparams(word=word))
+            .limit(CANDIDATES)
         )
         candidates = [str(term) for term in similar]
     else:

@@ -1,5 +1,6 @@
 """Fuzzy search (`q`): typos, accents and prefixes, ranked, paged, on each database."""
 
+import asyncio
 import re
 
 import httpx
@@ -115,3 +116,27 @@ async def test_search_count_is_exact_when_asked(client: httpx.AsyncClient) -> No
     response = await client.get("/songs?q=beyonce", headers={"Prefer": "count=exact"})
 
     assert response.headers["x-total-count"] == str(len(response.json()))
+
+
+async def test_search_pages_under_concurrent_inserts_visit_every_match_once(client: httpx.AsyncClient) -> None:
+    for n in range(12):
+        await client.post("/songs", json={"name": f"Lonely heart {n}", "artist": f"Band {n % 3}"})
+
+    async def add_more() -> None:
+        for n in range(12):
+            await client.post("/songs", json={"name": f"Lonely heart later {n}", "artist": "Band 9"})
+            await asyncio.sleep(0)
+
+    adding = asyncio.create_task(add_more())
+    seen: list[str] = []
+    url: str | None = "/songs?q=lonley%20hart&limit=2"
+    while url:
+        response = await client.get(url)
+        assert response.status_code == 200, response.text
+        seen += [song["name"] for song in response.json()]
+        match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
+        url = match.group(1) if match else None
+    await adding
+
+    assert len(seen) == len(set(seen))
+    assert {f"Lonely heart {n}" for n in range(12)} <= set(seen)
