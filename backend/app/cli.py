@@ -116,7 +116,17 @@ async def _seed(settings: Settings, count: int, seed: int) -> int:
     engine = db.create_engine(settings)
     try:
         async with db.create_sessionmaker(engine)() as session:
-            return await songs.insert_songs(session=session, songs=seeding.generate_songs(count, seed=seed))
+            inserted = await songs.insert_songs(session=session, songs=seeding.generate_songs(count, seed=seed))
+        # Fresh statistics for the planner after a bulk load; on PostgreSQL
+        # VACUUM also merges the full-text index's pending entries.
+        if engine.dialect.name == "postgresql":
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.exec_driver_sql("VACUUM ANALYZE song")
+        else:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql("ANALYZE")
+        return inserted
     finally:
         await engine.dispose()
 

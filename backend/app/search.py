@@ -12,8 +12,8 @@ A query is read word by word, in two tiers of relevance:
 2. else every query word, or one of the catalog's words closest to it, does
    ("beatels" finds "Beatles");
 3. else every query word, or a catalog word close enough to it, does. The
-   close words come from the vocabulary: the nearest by
-   trigram distance on PostgreSQL (pg_trgm), then, on both databases, kept
+   close words come from the vocabulary: those similar
+   by trigrams on PostgreSQL (pg_trgm), then, on both databases, kept
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
 
@@ -40,7 +40,9 @@ MAX_ALTERNATIVES = 20
 
 
 MAX_PREFIXED = 50
+MIN_PREFIX = 3
 CANDIDATES = 100
+TRIGRAM_SIMILARITY = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ async def plan(session: AsyncSession, query: str) -> Search:
     """Reads the query, and looks up each of its words in the catalog's vocabulary."""
     postgres = _dialect(session) == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
-    found = [await _look_up(session, word, postgres=postgres) for word in words]
+    candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words)
+    found = [_word(word, *candidates[word]) for word in words]
     return Search(
         queries=(
             _full_text_query([_starting(word, postgres) for word in found], postgres),
@@ -101,32 +104,46 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
     return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
 
 
-async def _look_up(session: AsyncSession, word: str, *, postgres: bool) -> _Word:
-    if postgres:
-        # The words it starts: a range of the vocabulary's primary key (byte-wise collation).
-        prefixed: ScalarResult[Any] = await session.exec(
-            select(literal_column("term"))
-            .select_from(text("search_term"))
-            .where(text("term >= :low AND term < :high").bindparams(low=word, high=word + "\U0010ffff"))
-            .limit(MAX_PREFIXED + 1)
-        )
-        starting: list[str] = [str(term) for term in prefixed]
-        # Candidates: the nearest words by trigram distance, from the trigram
-        # index (GiST, nearest first). No threshold: "lonley" is only 0.27
-        # similar to "lonely" by trigrams, one edit by Damerau-Levenshtein.
-        similar: ScalarResult[Any] = await session.exec(
-            select(literal_column("term"))
-            .select_from(text("search_term"))
-            .order_by(text("term <-> :word").bindparams(word=word))
-            .limit(CANDIDATES)
-        )
-        candidates = [str(term) for term in similar]
-    else:
-        terms: ScalarResult[Any] = await session.exec(
-            select(literal_column("term")).select_from(text("song_search_terms"))
-        )
-        candidates = [str(term) for term in terms]
-        starting = [term for term in candidates if term.startswith(word)][: MAX_PREFIXED + 1]
+async def _postgres_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """For each word, in one round trip: the vocabulary's words it starts, and its nearest words."""
+    # The words it starts: a range of the vocabulary's primary key (byte-wise
+    # collation). The words similar to it by trigrams, from the GIN index: at
+    # 0.2 rather than pg_trgm's 0.3, as "lonley" is only 0.27 similar to
+    # "lonely" by trigrams, though one edit away. SET LOCAL ends with the
+    # transaction (and works through PgBouncer's transaction pooling).
+    statement = text(
+        """
+        SELECT query.word, true, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+        CROSS JOIN LATERAL (
+            SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last
+            ORDER BY term LIMIT :prefixed
+        ) AS found
+        UNION ALL
+        SELECT query.word, false, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+        CROSS JOIN LATERAL (
+            SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :nearest
+        ) AS found
+        """
+    ).bindparams(words=words, last="\U0010ffff", prefixed=MAX_PREFIXED + 1, nearest=CANDIDATES)
+    connection = await session.connection()
+    await connection.execute(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
+    candidates: dict[str, tuple[list[str], list[str]]] = {word: ([], []) for word in words}
+    for word, is_prefix, term in await connection.execute(statement):
+        candidates[word][0 if is_prefix else 1].append(term)
+    return candidates
+
+
+async def _sqlite_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """For each word: the vocabulary's words it starts, and the whole vocabulary to choose close words from."""
+    terms: ScalarResult[Any] = await session.exec(select(literal_column("term")).select_from(text("song_search_terms")))
+    vocabulary = [str(term) for term in terms]
+    return {word: ([term for term in vocabulary if term.startswith(word)], vocabulary) for word in words}
+
+
+def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
+    if len(word) < MIN_PREFIX:
+        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
+        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
     close = extract(
         word,
         candidates,

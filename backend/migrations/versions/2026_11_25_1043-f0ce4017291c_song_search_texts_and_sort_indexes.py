@@ -83,7 +83,7 @@ def upgrade() -> None:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         # Byte-wise, so that the primary key serves prefix ranges whatever the collation.
         op.execute('CREATE TABLE search_term (term text COLLATE "C" PRIMARY KEY)')
-        op.execute("CREATE INDEX ix_search_term_trgm ON search_term USING gist (term gist_trgm_ops)")
+        op.execute("CREATE INDEX ix_search_term_trgm ON search_term USING gin (term gin_trgm_ops)")
         op.execute(
             """
             CREATE FUNCTION song_search_terms() RETURNS trigger LANGUAGE plpgsql AS $$
