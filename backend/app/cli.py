@@ -122,7 +122,7 @@ async def _seed(settings: Settings, count: int, seed: int) -> int:
         if engine.dialect.name == "postgresql":
             async with engine.connect() as connection:
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await connection.exec_driver_sql("VACUUM ANALYZE song")
+                await connection.exec_driver_sql("VACUUM ANALYZE")
         else:
             async with engine.begin() as connection:
                 await connection.exec_driver_sql("ANALYZE")

@@ -134,10 +134,22 @@ async def _postgres_candidates(session: AsyncSession, words: list[str]) -> dict[
 
 
 async def _sqlite_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """For each word: the vocabulary's words it starts, and the whole vocabulary to choose close words from."""
-    terms: ScalarResult[Any] = await session.exec(select(literal_column("term")).select_from(text("song_search_terms")))
-    vocabulary = [str(term) for term in terms]
-    return {word: ([term for term in vocabulary if term.startswith(word)], vocabulary) for word in words}
+    """For each word: the vocabulary's words it starts, and those that share its first letter.
+
+    fts5vocab reads the index for the range of terms asked, not the whole
+    vocabulary: a misspelt first letter goes uncorrected on SQLite.
+    """
+    candidates = {}
+    for word in words:
+        initial = word[0]
+        terms: ScalarResult[Any] = await session.exec(
+            select(literal_column("term"))
+            .select_from(text("song_search_terms"))
+            .where(text("term >= :low AND term < :high").bindparams(low=initial, high=initial + "\U0010ffff"))
+        )
+        vocabulary = [str(term) for term in terms]
+        candidates[word] = ([term for term in vocabulary if term.startswith(word)], vocabulary)
+    return candidates
 
 
 def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:

@@ -1,9 +1,12 @@
 """The `songbook` command."""
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
@@ -79,3 +82,29 @@ def test_bad_setting_stops_with_one_line_not_a_traceback(tmp_path: Path, command
         "songbook: invalid setting SONGBOOK_PORT='eighty': Input should be a valid integer, "
         "unable to parse string as an integer"
     ]
+
+
+def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    songbook = str(Path(sys.executable).parent / "songbook")
+    env = {"PATH": "/usr/bin:/bin", "SONGBOOK_DATA_DIR": str(tmp_path / "data"), "SONGBOOK_LOG_LEVEL": "warning"}
+    subprocess.run([songbook, "migrate"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([songbook, "serve", "--port", str(port)], env=env, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        created = httpx.post(f"{base}/songs", json={"name": "Yesterday", "artist": "The Beatles"})
+        listed = httpx.get(f"{base}/songs")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert created.status_code == 201
+    assert [song["name"] for song in listed.json()] == ["Yesterday"]
