@@ -176,7 +176,9 @@ def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:
     """The songs a full-text query (one of `Search`'s) finds."""
     if _dialect(session) == "postgresql":
         vector: ColumnElement[Any] = literal_column("song.search_vector")
-        return vector.op("@@")(func.to_tsquery("simple", full_text_query))
+        # The configuration as literal SQL: SQLAlchemy cannot render a REGCONFIG
+        # parameter inline, which the planner's estimate (EXPLAIN) needs.
+        return vector.op("@@")(func.to_tsquery(literal_column("'simple'"), full_text_query))
     found: Select[Any] = (
         select(literal_column("rowid"))
         .select_from(text("song_search"))

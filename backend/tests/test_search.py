@@ -118,6 +118,14 @@ async def test_search_count_is_exact_when_asked(client: httpx.AsyncClient) -> No
     assert response.headers["x-total-count"] == str(len(response.json()))
 
 
+@pytest.mark.parametrize("q", ["beatels", "x² ٣٤٥", "ǅungla ⅷ", "𝔘nicode", "İstanbul", "ﬁre"])
+async def test_any_search_with_an_estimated_count_answers(client: httpx.AsyncClient, q: str) -> None:
+    response = await client.get("/songs", params={"q": q}, headers={"Prefer": "count=estimated"})
+
+    assert response.status_code == 200
+    assert int(response.headers["x-total-count"]) >= 0
+
+
 async def test_search_pages_under_concurrent_inserts_visit_every_match_once(client: httpx.AsyncClient) -> None:
     for n in range(12):
         await client.post("/songs", json={"name": f"Lonely heart {n}", "artist": f"Band {n % 3}"})
