@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from pydantic_core import PydanticCustomError
 from sqlalchemy import CheckConstraint, DateTime, Dialect, Index, TypeDecorator, UniqueConstraint, func
 from sqlmodel import AutoString, Field, SQLModel
@@ -34,7 +34,8 @@ def song_key(text: str) -> str:
 
 def search_fold(text: str) -> str:
     """How search sees text: case-folded, accents dropped, punctuation as spaces ("Beyoncé" -> "beyonce")."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    # Compatibility forms first (mathematical bold H is H), then case, then decomposed again for the accents.
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     kept = "".join(" " if not char.isalnum() else char for char in decomposed if not unicodedata.combining(char))
     return " ".join(kept.split())
 
@@ -117,10 +118,15 @@ class Song(SQLModel, table=True):
     )
 
 
+def _nfc(value: object) -> object:
+    # Before the length is checked: normalising can lengthen a string.
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
 def _reject_control_characters(value: str) -> str:
     if any(unicodedata.category(char) == "Cc" for char in value):
         raise PydanticCustomError("control_characters", "must not contain control characters")
-    return unicodedata.normalize("NFC", value)
+    return value
 
 
 def _not_in_future(year: int) -> int:
@@ -132,6 +138,8 @@ def _not_in_future(year: int) -> int:
 SongText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX),
+    # A "before" validator runs ahead of all that stands to its left: NFC first.
+    BeforeValidator(_nfc),
     AfterValidator(_reject_control_characters),
 ]
 """A name or an artist: 1 to 200 characters once trimmed, no control characters."""
@@ -190,7 +198,11 @@ class SongPublic(SQLModel):
     updated_at: datetime
 
 
-SearchText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX)]
+SearchText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX),
+    AfterValidator(_reject_control_characters),
+]
 
 
 class SongQuery(SQLModel):

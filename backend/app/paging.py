@@ -10,7 +10,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, or_, tuple_
@@ -63,13 +63,17 @@ def decode_cursor(token: str, sort: str, kinds: Sequence[ValueKind]) -> list[Any
     """The key a cursor holds; a 422 problem when it is not one this service made for `sort`."""
     try:
         payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("v"), list):
         raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")
     if payload.get("s") != sort:
         raise InvalidParameter(
-            "query", "cursor", "this cursor belongs to another sort order or search", "cursor_mismatch"
+            "query",
+            "cursor",
+            "this cursor belongs to another sort order or search, or the catalog's words for this search "
+            "have changed since: start again from the first page",
+            "cursor_mismatch",
         )
     values = payload["v"]
     if len(values) != len(kinds):
@@ -82,12 +86,14 @@ def _value(value: Any, kind: ValueKind) -> Any:
     if kind is datetime and isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
     elif kind is float and type(value) in (int, float):
         return float(value)
-    elif (kind is int and type(value) is int and -(2**63) <= value < 2**63) or (kind is str and type(value) is str):
+    elif (kind is int and type(value) is int and -(2**31) <= value < 2**31) or (
+        kind is str and type(value) is str and "\x00" not in value
+    ):  # the columns are 32-bit
         return value
     raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")

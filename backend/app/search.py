@@ -22,6 +22,7 @@ stops after `limit` rows, whatever the number of matches; and so that paging a
 search neither skips nor repeats a song while others are added.
 """
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,11 @@ class Search:
     def everything(self) -> str | None:
         """The query of all the tiers."""
         return self.queries[-1]
+
+    @property
+    def fingerprint(self) -> str:
+        """Short, and changed when the words a page walk looks for change (the vocabulary grew)."""
+        return hashlib.sha256(repr(self.queries).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
     found = await search.plan(session, query.q) if query.q else None
     if found and (query.sort is None or query.sort.strip() == "relevance"):
         return await _search_by_relevance(session=session, query=query, found=found)
-    signature, keys = _song_order(query)
+    signature, keys = _song_order(query, found)
     statement = select(Song, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
     statement = statement.where(*_song_filters(session, query, found))
     if query.cursor:
@@ -150,7 +150,9 @@ async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
 async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[Song]:
     """The songs of each tier of `found` in turn, each tier in id order."""
     assert query.q is not None
-    signature = f"relevance?{search_fold(query.q)}"
+    # A cursor holds the words searched for: if the vocabulary changed them
+    # since, the walk must start again rather than skip or repeat songs.
+    signature = f"relevance?{search_fold(query.q)}?{found.fingerprint}"
     tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
     tiers: list[ColumnElement[bool] | None] = []
     previous, previous_query = None, None
@@ -208,7 +210,7 @@ def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search 
     return filters
 
 
-def _song_order(query: SongQuery) -> tuple[str, list[SortKey]]:
+def _song_order(query: SongQuery, found: search.Search | None) -> tuple[str, list[SortKey]]:
     """The sort keys `query.sort` names, ending in id; and the signature its cursors carry."""
     spec = query.sort if query.sort is not None else "id"
     keys: list[SortKey] = []
@@ -226,7 +228,7 @@ def _song_order(query: SongQuery) -> tuple[str, list[SortKey]]:
     if keys[-1].name != "id":
         # Ties are broken by id, in the direction of the last key, so that one index serves both.
         keys.append(SortKey("id", col(Song.id), int, keys[-1].descending))
-    signature = spec + (f"?{search_fold(query.q)}" if query.q else "")
+    signature = spec + (f"?{search_fold(query.q)}?{found.fingerprint}" if query.q and found else "")
     return signature, keys
 
 

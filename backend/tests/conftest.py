@@ -80,7 +80,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 async def _empty_catalog(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE song RESTART IDENTITY"))
+            await connection.execute(text("TRUNCATE song, search_term RESTART IDENTITY"))
         else:
             await connection.execute(text("DELETE FROM song"))
             await connection.execute(text("DELETE FROM sqlite_sequence"))

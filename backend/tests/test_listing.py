@@ -284,3 +284,34 @@ async def test_tampered_cursor_is_refused(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "cursor"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["0001-01-01T00:00:00+14:00", "x", 1],  # a date that cannot be in UTC
+        ["2020-01-01T00:00:00+00:00", "x", 2**40],  # an id past 32 bits
+        ["2020-01-01T00:00:00+00:00", "x\u0000", 1],  # a NUL
+    ],
+)
+async def test_cursor_values_out_of_range_are_refused(client: httpx.AsyncClient, values: list[object]) -> None:
+    import base64
+    import json
+
+    sort = "created_at,-name"
+    forged = base64.urlsafe_b64encode(json.dumps({"s": sort, "v": values}).encode()).decode()
+
+    response = await client.get(f"/songs?sort={sort}&cursor={forged}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "cursor"
+
+
+async def test_a_cursor_nested_too_deep_is_refused(client: httpx.AsyncClient) -> None:
+    import base64
+
+    forged = base64.urlsafe_b64encode(b"[" * 1100).decode()
+
+    response = await client.get(f"/songs?cursor={forged}")
+
+    assert response.status_code == 422

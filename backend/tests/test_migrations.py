@@ -101,3 +101,23 @@ def test_schema_checks_what_the_api_validates(empty_database: URL, values: str) 
             empty_database,
             f"INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, year) VALUES {values}",
         )
+
+
+def test_songs_of_the_first_revision_page_by_creation_time_on_every_database(empty_database: URL) -> None:
+    schema.upgrade(empty_database, FIRST_REVISION)
+    for n in range(3):
+        query(empty_database, f"INSERT INTO song (name, artist) VALUES ('Song {n}', 'A')")
+
+    schema.upgrade(empty_database)
+
+    stamps = query(empty_database, "SELECT created_at FROM song")
+    if empty_database.get_backend_name() == "sqlite":
+        assert all(len(str(stamp)) == 26 for (stamp,) in stamps), stamps
+
+
+def test_upgrade_refuses_songs_that_would_break_the_new_constraints(empty_database: URL) -> None:
+    schema.upgrade(empty_database, FIRST_REVISION)
+    query(empty_database, "INSERT INTO song (name, artist) VALUES ('Halo', 'Beyoncé'), ('halo ', 'BEYONCÉ')")
+
+    with pytest.raises(RuntimeError, match="songs 1 and 2 are the same song"):
+        schema.upgrade(empty_database)

@@ -111,3 +111,18 @@ def test_song_key_treats_case_and_unicode_forms_as_equal(first: str, second: str
 
 def test_song_key_keeps_accents_apart() -> None:
     assert song_key("Resume") != song_key("Résumé")
+
+
+async def test_a_name_that_grows_when_normalised_is_measured_after(client: httpx.AsyncClient) -> None:
+    # U+FB2C is three characters in NFC: 200 of them are 600.
+    response = await client.post("/songs", json={"name": "\ufb2c" * 200, "artist": "A"})
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "string_too_long"
+
+
+async def test_search_text_refuses_control_characters(client: httpx.AsyncClient) -> None:
+    songs = await client.get("/songs", params={"q": "a\u0000b"})
+    artists = await client.get("/artists", params={"prefix": "a\u0000"})
+
+    assert (songs.status_code, artists.status_code) == (422, 422)

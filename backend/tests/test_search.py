@@ -148,3 +148,17 @@ async def test_search_pages_under_concurrent_inserts_visit_every_match_once(clie
 
     assert len(seen) == len(set(seen))
     assert {f"Lonely heart {n}" for n in range(12)} <= set(seen)
+
+
+async def test_a_search_walk_whose_words_changed_is_told_to_start_again(client: httpx.AsyncClient) -> None:
+    for n in range(3):
+        await client.post("/songs", json={"name": f"Beautifool {n}", "artist": "Someone"})
+    first = await client.get("/songs?q=beautifull&limit=1")
+    await client.post("/songs", json={"name": "Beautiful", "artist": "Someone Else"})
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', first.headers["link"])
+    assert match is not None
+
+    response = await client.get(match.group(1))
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "cursor_mismatch"

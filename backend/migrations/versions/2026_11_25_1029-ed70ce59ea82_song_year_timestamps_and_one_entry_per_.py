@@ -49,6 +49,21 @@ def rebuild_on_sqlite(*, autoincrement: bool) -> dict[str, Any]:
     return {"recreate": "always", "table_kwargs": {"sqlite_autoincrement": autoincrement}}
 
 
+def _refuse_what_the_new_constraints_would(rows: Sequence[sa.Row[Any]]) -> None:
+    """Fails with the ids to fix, rather than with the constraint's bare error."""
+    seen: dict[tuple[str, str], int] = {}
+    problems = []
+    for id_, name, artist in rows:
+        if not 1 <= len(name.strip()) <= 200 or not 1 <= len(artist.strip()) <= 200:
+            problems.append(f"song {id_}: name and artist must be 1 to 200 characters once trimmed")
+        key = (song_key(name), song_key(artist))
+        if key in seen:
+            problems.append(f"songs {seen[key]} and {id_} are the same song (name and artist, ignoring case)")
+        seen.setdefault(key, id_)
+    if problems:
+        raise RuntimeError("fix these songs, then migrate again: " + "; ".join(problems[:20]))
+
+
 def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table("song") as batch_op:
@@ -63,6 +78,7 @@ def upgrade() -> None:
     # Songs written by the first revision have no keys yet: trim them and derive the keys.
     connection = op.get_bind()
     rows = connection.execute(sa.select(song.c.id, song.c.name, song.c.artist)).all()
+    _refuse_what_the_new_constraints_would(rows)
     for id_, name, artist in rows:
         connection.execute(
             song.update()
@@ -74,6 +90,12 @@ def upgrade() -> None:
                 artist_key=song_key(artist),
             )
         )
+
+    if connection.dialect.name == "sqlite":
+        # CURRENT_TIMESTAMP has no fraction of a second; the app writes six
+        # digits, and SQLite compares the texts: make the old rows alike.
+        op.execute("UPDATE song SET created_at = created_at || '.000000' WHERE length(created_at) = 19")
+        op.execute("UPDATE song SET updated_at = updated_at || '.000000' WHERE length(updated_at) = 19")
 
     with op.batch_alter_table("song", **rebuild_on_sqlite(autoincrement=True)) as batch_op:
         batch_op.alter_column("name", type_=sqlmodel.sql.sqltypes.AutoString(length=200))

@@ -33,7 +33,7 @@ song = sa.table(
 def search_fold(text: str) -> str:
     # A copy of app.models.search_fold as it is today: a migration must not
     # change when the app's code does.
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     kept = "".join(" " if not char.isalnum() else char for char in decomposed if not unicodedata.combining(char))
     return " ".join(kept.split())
 
