@@ -1,12 +1,11 @@
 """GET /artists: the artists with their song counts, paged, sorted and filtered by prefix."""
 
-import re
-
 import httpx
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.factories import make_song
+from tests.pages import walk
 
 
 @pytest.fixture(autouse=True)
@@ -50,15 +49,10 @@ async def test_artists_by_prefix_ignoring_case(client: httpx.AsyncClient) -> Non
 @pytest.mark.parametrize("sort", ["name", "-name", "songs", "-songs"])
 async def test_artist_pages_visit_each_artist_once(client: httpx.AsyncClient, sort: str) -> None:
     whole = await artists(client, f"sort={sort}")
-    paged: list[tuple[str, int]] = []
-    url: str | None = f"/artists?sort={sort}&limit=2"
-    while url:
-        response = await client.get(url)
-        paged += [(artist["name"], artist["songs"]) for artist in response.json()]
-        match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
-        url = match.group(1) if match else None
 
-    assert paged == whole
+    paged = await walk(client, f"/artists?sort={sort}&limit=2")
+
+    assert [(artist["name"], artist["songs"]) for artist in paged] == whole
 
 
 async def test_an_artists_songs_are_a_filter_away(client: httpx.AsyncClient) -> None:

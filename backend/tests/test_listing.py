@@ -2,13 +2,13 @@
 
 import asyncio
 import re
-from typing import Any
 
 import httpx
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.factories import make_song
+from tests.pages import next_link, walk
 
 CATALOG = [
     # name, artist, year
@@ -35,27 +35,10 @@ async def catalog(session: AsyncSession) -> dict[str, int]:
     return ids
 
 
-def next_link(response: httpx.Response) -> str | None:
-    match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
-    return match.group(1) if match else None
-
-
 async def names(client: httpx.AsyncClient, query: str) -> list[str]:
     response = await client.get(f"/songs?{query}")
     assert response.status_code == 200, response.text
     return [song["name"] for song in response.json()]
-
-
-async def walk(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
-    """Every song of a query, following the next links."""
-    songs: list[dict[str, Any]] = []
-    next_url: str | None = url
-    while next_url:
-        response = await client.get(next_url)
-        assert response.status_code == 200, response.text
-        songs += response.json()
-        next_url = next_link(response)
-    return songs
 
 
 @pytest.mark.usefixtures("catalog")

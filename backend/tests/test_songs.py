@@ -1,17 +1,12 @@
 """The /songs routes, end to end through the ASGI app, on each database."""
 
-import re
 from datetime import datetime
 
 import httpx
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.factories import make_song
-
-
-def next_link(response: httpx.Response) -> str | None:
-    match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("link", ""))
-    return match.group(1) if match else None
+from tests.pages import next_link
 
 
 async def test_create_answers_201_with_the_song_and_its_location(client: httpx.AsyncClient) -> None:
