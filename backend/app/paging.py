@@ -2,7 +2,8 @@
 
 A cursor holds the sort key of the last row of a page (and the sort it belongs
 to); the next page is the rows that sort after it. Unlike an offset, that reads
-no skipped rows and neither skips nor repeats a row when rows are added.
+no skipped rows, and rows added before the cursor do not shift the pages after
+it (a row committed late with an earlier key is not revisited).
 """
 
 import base64

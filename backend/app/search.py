@@ -18,8 +18,9 @@ A query is read word by word, in two tiers of relevance:
    passes `MIN_SIMILARITY`.
 
 Within a tier songs come in id order, so that a page is an index scan that
-stops after `limit` rows, whatever the number of matches; and so that paging a
-search neither skips nor repeats a song while others are added.
+stops after `limit` rows, whatever the number of matches. A search's cursors
+carry a fingerprint of the words it looks for: when added songs change them,
+the walk is told to start again rather than skip or repeat songs.
 """
 
 import hashlib
