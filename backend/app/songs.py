@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 from sqlalchemy import ColumnElement, delete, false, func, insert, literal_column, update
@@ -115,6 +115,7 @@ class Page(Generic[T]):
 
     items: list[T]
     next_cursor: str | None
+    total: int | None = None  # only when asked for
 
 
 # Songs without a year sort first. A literal 0, not a parameter, so that SQLite
@@ -130,11 +131,22 @@ SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
 }
 
 
-async def list_songs(*, session: AsyncSession, query: SongQuery) -> Page[Song]:
-    """A page of the songs that match `query`, in its order."""
+async def list_songs(
+    *, session: AsyncSession, query: SongQuery, count: Literal["exact", "estimated"] | None = None
+) -> Page[Song]:
+    """A page of the songs that match `query`, in its order; with their total if `count` asks for it."""
+    # Planned once for the page and the count, so that both look for the same words.
     found = await search.plan(session, query.q) if query.q else None
     if found and (query.sort is None or query.sort.strip() == "relevance"):
-        return await _search_by_relevance(session=session, query=query, found=found)
+        page = await _search_by_relevance(session=session, query=query, found=found)
+    else:
+        page = await _list_in_order(session=session, query=query, found=found)
+    if count is not None:
+        page.total = await _count_songs(session=session, query=query, found=found, estimate=count == "estimated")
+    return page
+
+
+async def _list_in_order(*, session: AsyncSession, query: SongQuery, found: search.Search | None) -> Page[Song]:
     signature, keys = _song_order(query, found)
     statement = select(Song, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
     statement = statement.where(*_song_filters(session, query, found))
@@ -179,9 +191,8 @@ async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found
     return Page([song for _, song in page], next_cursor)
 
 
-async def count_songs(*, session: AsyncSession, query: SongQuery, estimate: bool = False) -> int:
+async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search.Search | None, estimate: bool) -> int:
     """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
-    found = await search.plan(session, query.q) if query.q else None
     filters = _song_filters(session, query, found)
     if estimate and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
         # The planner's row estimate costs no scan. SQLite has none: it counts.

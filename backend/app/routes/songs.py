@@ -42,12 +42,11 @@ async def list_songs(
     ] = None,
 ) -> list[SongPublic]:
     """Lists, filters, sorts and searches the songs, a page at a time."""
-    page = await songs.list_songs(session=session, query=query)
-    set_next_link(request, response, page.next_cursor)
     count = preferred_count(prefer)
-    if count:
-        total = await songs.count_songs(session=session, query=query, estimate=count == "estimated")
-        response.headers["X-Total-Count"] = str(total)
+    page = await songs.list_songs(session=session, query=query, count=count)
+    set_next_link(request, response, page.next_cursor)
+    if page.total is not None:
+        response.headers["X-Total-Count"] = str(page.total)
         response.headers["Preference-Applied"] = f"count={count}"
     return page.items  # type: ignore[return-value]
 
