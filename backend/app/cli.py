@@ -1,18 +1,29 @@
 """The `songbook` command: serve the API and migrate its database."""
 
 import asyncio
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 import uvicorn
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from pydantic import ValidationError
+from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import db, schema, songs
+from app import db, formats, schema, songs
 from app import seed as seeding
 from app.config import Settings, SettingsError, load_settings
+from app.errors import AppError
+from app.formats import FileError, Format, RawRow, format_of, read_rows
+from app.importing import Import, MaxErrorsExceeded, OnConflict, Rejected, Summary
+from app.models import SongQuery
+from app.progress import RowProgress
 
 cli = typer.Typer(
     name="songbook",
@@ -92,6 +103,176 @@ def status() -> None:
     typer.echo("The database is up to date.")
 
 
+@cli.command("import")
+def import_songs(
+    files: Annotated[list[str], typer.Argument(help="CSV, NDJSON or JSON files; - reads standard input.")],
+    file_format: Annotated[
+        Format | None, typer.Option("--format", help="The files' format [default: told by the extension].")
+    ] = None,
+    on_conflict: Annotated[
+        OnConflict, typer.Option(help="For a row naming a song already there (or earlier in the input).")
+    ] = OnConflict.SKIP,
+    max_errors: Annotated[
+        int | None, typer.Option(min=0, help="Stop, importing nothing, after more rejected rows than this.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Check every row and report, but write nothing.")] = False,
+) -> None:
+    """Import songs from files, in one transaction: all of them, or (killed or failed) none.
+
+    Rejected rows are reported with their file and line; the others are imported.
+    Exit status: 0 all imported, 3 some rows rejected, 1 nothing imported.
+    """
+    settings = _settings()
+    sources = []
+    for name in files:
+        if name == "-" and file_format is None:
+            raise _fail("give --format to read standard input")
+        try:
+            sources.append((name, file_format or format_of(name)))
+        except FileError as exc:
+            raise _fail(str(exc)) from None
+    started = time.perf_counter()
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run))
+    except (FileError, MaxErrorsExceeded) as exc:
+        raise _fail(f"{exc}; nothing was imported") from None
+    except (DBAPIError, OSError) as exc:
+        raise _fail(f"cannot import into {_where(settings)}: {_reason(exc)}; nothing was imported") from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; nothing was imported") from None
+    elapsed = time.perf_counter() - started
+    verb = "would be" if dry_run else "were"
+    typer.echo(
+        f"{summary.read:,} rows read in {elapsed:.1f} s ({summary.read / elapsed:,.0f} rows/s): "
+        f"{summary.inserted:,} songs {verb} added, {summary.updated:,} updated, "
+        f"{summary.skipped:,} skipped as already there, {summary.rejected:,} rejected"
+        + ("; dry run, nothing was written" if dry_run else "")
+    )
+    if summary.rejected:
+        raise typer.Exit(3)
+
+
+async def _import(
+    settings: Settings,
+    files: list[tuple[str, Format]],
+    console: Console,
+    on_conflict: OnConflict,
+    max_errors: int | None,
+    dry_run: bool,
+) -> Summary:
+    engine = db.create_engine(settings)
+    try:
+        async with engine.connect() as connection, connection.begin() as transaction:
+            job = Import(
+                connection,
+                on_conflict,
+                rejected=lambda row: console.print(str(row), markup=False, highlight=False),
+                max_errors=max_errors,
+            )
+            await job.start()
+            with RowProgress(console) as progress:
+                for name, file_format in files:
+                    with _open(name) as stream:
+                        size = os.fstat(stream.fileno()).st_size if name != "-" else None
+                        label = "<stdin>" if name == "-" else name
+                        try:
+                            rows = progress.track(read_rows(stream, file_format), name=label, stream=stream, size=size)
+                            await job.stage(label, rows)
+                        except FileError as exc:
+                            raise FileError(f"{label}: {exc}") from None
+            progress.note(f"applying {job.summary.read:,} rows...")
+            await job.apply()
+            if dry_run:
+                await transaction.rollback()
+        return job.summary
+    finally:
+        await engine.dispose()
+
+
+def _report(console: Console, row: Rejected) -> None:
+    console.print(str(row), markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _open(name: str) -> Iterator[IO[bytes]]:
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        stream = open(name, "rb")  # noqa: SIM115 (closed below, after the errors of opening it are told apart)
+    except OSError as exc:
+        raise FileError(f"cannot read {name}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+@cli.command("export")
+def export_songs(
+    output: Annotated[str, typer.Option("--output", "-o", help="The file to write; - for standard output.")] = "-",
+    file_format: Annotated[
+        Format | None, typer.Option("--format", help="csv or ndjson [default: told by the extension, else csv].")
+    ] = None,
+    artist: Annotated[str | None, typer.Option(help="Only this artist's songs.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only songs of this name.")] = None,
+    year: Annotated[int | None, typer.Option(help="Only songs of this year.")] = None,
+    year_from: Annotated[int | None, typer.Option(help="Only songs of this year or later.")] = None,
+    year_to: Annotated[int | None, typer.Option(help="Only songs of this year or earlier.")] = None,
+    q: Annotated[str | None, typer.Option(help="Only songs this search finds.")] = None,
+) -> None:
+    """Export the songs (all, or those the filters match, as GET /songs takes them), in id order."""
+    settings = _settings()
+    try:
+        query = SongQuery(artist=artist, name=name, year=year, year_from=year_from, year_to=year_to, q=q)
+    except ValidationError as exc:
+        raise _fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    try:
+        chosen = file_format or (format_of(output) if output != "-" else Format.CSV)
+    except FileError as exc:
+        raise _fail(str(exc)) from None
+    if chosen is Format.JSON:
+        raise _fail("export writes csv or ndjson")
+    started = time.perf_counter()
+    try:
+        count = asyncio.run(_export(settings, query, chosen, output))
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    except (DBAPIError, AppError) as exc:
+        raise _fail(f"cannot export from {_where(settings)}: {_reason(exc)}") from None
+    elapsed = time.perf_counter() - started
+    typer.echo(f"exported {count:,} songs in {elapsed:.1f} s ({count / elapsed:,.0f} songs/s)", err=True)
+
+
+async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
+    engine = db.create_engine(settings)
+    count = 0
+    try:
+        with _create(output) as stream:
+            if file_format is Format.CSV:
+                stream.write(formats.csv_header().encode())
+            async with db.create_sessionmaker(engine)() as session:
+                async for batch in songs.stream_songs(session=session, query=query):
+                    text = formats.csv_text(batch).encode() if file_format is Format.CSV else formats.ndjson_text(batch)
+                    stream.write(text)
+                    count += len(batch)
+        return count
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _create(name: str) -> Iterator[IO[bytes]]:
+    if name == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    # Written beside the target and renamed into place: an export that fails leaves no half file.
+    partial = Path(f"{name}.partial")
+    with open(partial, "wb") as stream:
+        yield stream
+    partial.replace(name)
+
+
 @cli.command()
 def seed(
     count: Annotated[int, typer.Option(min=1, help="How many songs to add.")] = 1000,
@@ -101,22 +282,23 @@ def seed(
     settings = _settings()
     started = time.perf_counter()
     try:
-        inserted = asyncio.run(_seed(settings, count, seed))
-    except IntegrityError:
-        raise _fail(
-            "some of these songs are in the catalog already: seed an empty one, or use another --seed"
-        ) from None
+        summary = asyncio.run(_seed(settings, count, seed))
     except (DBAPIError, OSError) as exc:
         raise _fail(f"cannot seed {_where(settings)}: {_reason(exc)}") from None
     elapsed = time.perf_counter() - started
-    typer.echo(f"added {inserted:,} songs in {elapsed:.1f} s ({inserted / elapsed:,.0f} songs/s)")
+    skipped = f" ({summary.skipped:,} were there already)" if summary.skipped else ""
+    typer.echo(f"added {summary.inserted:,} songs in {elapsed:.1f} s ({count / elapsed:,.0f} songs/s){skipped}")
 
 
-async def _seed(settings: Settings, count: int, seed: int) -> int:
+async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     engine = db.create_engine(settings)
     try:
-        async with db.create_sessionmaker(engine)() as session:
-            inserted = await songs.insert_songs(session=session, songs=seeding.generate_songs(count, seed=seed))
+        async with engine.begin() as connection:
+            job = Import(connection)
+            await job.start()
+            rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
+            await job.stage("seed", rows)
+            await job.apply()
         # Fresh statistics for the planner after a bulk load; on PostgreSQL
         # VACUUM also merges the full-text index's pending entries.
         if engine.dialect.name == "postgresql":
@@ -126,7 +308,7 @@ async def _seed(settings: Settings, count: int, seed: int) -> int:
         else:
             async with engine.begin() as connection:
                 await connection.exec_driver_sql("ANALYZE")
-        return inserted
+        return job.summary
     finally:
         await engine.dispose()
 

@@ -32,6 +32,14 @@ class FieldError(BaseModel):
     type: str = Field(examples=["string_too_long"])
 
 
+class BatchDuplicate(BaseModel):
+    """An item of a batch that names a song already there: in the catalog, or earlier in the batch."""
+
+    index: int = Field(description="The item's place in the batch, from 0.")
+    existing_id: int | None = Field(default=None, description="The catalog's song it repeats.")
+    same_as: int | None = Field(default=None, description="The earlier item it repeats.")
+
+
 class Problem(BaseModel):
     """An error, as every route answers one (RFC 9457)."""
 
@@ -42,6 +50,10 @@ class Problem(BaseModel):
     code: str = Field(description="Stable machine-readable code.", examples=["not-found"])
     errors: list[FieldError] | None = Field(default=None, description="For invalid input: each field and why.")
     existing_id: int | None = Field(default=None, description="For a duplicate: the id of the song already there.")
+    duplicates: list[BatchDuplicate] | None = Field(
+        default=None,
+        description="For a batch refused under `on_conflict=error`: each item naming a song already there.",
+    )
 
 
 class AppError(Exception):
@@ -71,6 +83,17 @@ class DuplicateSong(AppError):
             f"The catalog already has this song, with id {existing_id}.",
             headers={"Location": f"/songs/{existing_id}"},
             existing_id=existing_id,
+        )
+
+
+class DuplicateSongs(AppError):
+    status_code = 409
+    code = "duplicate-songs"
+
+    def __init__(self, duplicates: list[BatchDuplicate]) -> None:
+        super().__init__(
+            f"{len(duplicates)} of the songs are in the catalog already or repeated in the batch; nothing was written.",
+            duplicates=[duplicate.model_dump(exclude_none=True) for duplicate in duplicates],
         )
 
 

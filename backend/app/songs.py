@@ -1,26 +1,28 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 
-import asyncpg
-from sqlalchemy import ColumnElement, delete, false, func, insert, literal_column, update
+from sqlalchemy import ColumnElement, delete, false, func, literal_column, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import search
-from app.errors import DuplicateSong, InvalidParameter, NotFound
+from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound
+from app.formats import RawRow, Row
+from app.importing import Import, OnConflict, Rejected
 from app.models import (
     YEAR_MAX,
     YEAR_MIN,
     ArtistPublic,
     ArtistQuery,
+    BatchItem,
+    BatchResult,
     Song,
     SongCreate,
     SongQuery,
@@ -50,55 +52,37 @@ async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
     return song
 
 
-async def insert_songs(*, session: AsyncSession, songs: Iterable[dict[str, Any]], batch_size: int = 50_000) -> int:
-    """Adds many songs, each with its derived columns, in committed batches; the count added.
+BATCH_MAX = 1000
 
-    A song already in the catalog fails its batch with an IntegrityError.
+
+async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
+    """Adds songs, all in one transaction, under the conflict rule of `songbook import`.
+
+    Under `OnConflict.ERROR`, a song already there (or twice in the batch) is a
+    `DuplicateSongs` error and nothing is written.
     """
-    inserted = 0
-    rows = iter(songs)
-    while batch := list(islice(rows, batch_size)):
-        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-            await _copy_songs(session, batch)
-        else:
-            await _insert_songs_sqlite(session, batch)
-        await session.commit()
-        inserted += len(batch)
-    return inserted
-
-
-async def _copy_songs(session: AsyncSession, batch: list[dict[str, Any]]) -> None:
-    # COPY, in binary: several times faster than any INSERT.
-    columns = list(batch[0])
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    try:
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            Song.__tablename__, records=[tuple(row[column] for column in columns) for row in batch], columns=columns
+    rejected: list[Rejected] = []
+    job = Import(await session.connection(), on_conflict, rejected=rejected.append)
+    await job.start()
+    await job.stage("body", (RawRow(index, song.model_dump()) for index, song in enumerate(songs_in)))
+    outcomes = await job.apply(outcomes=True)
+    if rejected:
+        await session.rollback()
+        raise DuplicateSongs(
+            [BatchDuplicate(index=row.line, existing_id=row.existing_id, same_as=row.same_as) for row in rejected]
         )
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        # Raised by the driver itself, past SQLAlchemy: give it SQLAlchemy's shape.
-        raise IntegrityError(f"COPY {Song.__tablename__}", None, exc) from exc
-
-
-async def _insert_songs_sqlite(session: AsyncSession, batch: list[dict[str, Any]]) -> None:
-    # The search index's trigger costs ten times more, row by row, than one
-    # set-based insert of the batch into it. Dropping it is safe: DDL is
-    # transactional in SQLite, and no other writer runs while this one does.
-    connection = await session.connection()
-    trigger = (await connection.exec_driver_sql(SQLITE_SEARCH_TRIGGER_SQL)).scalar_one()
-    last_id = (await connection.exec_driver_sql("SELECT coalesce(max(id), 0) FROM song")).scalar_one()
-    await connection.exec_driver_sql("DROP TRIGGER song_search_insert")
-    await connection.execute(insert(Song.__table__), batch)  # type: ignore[attr-defined]
-    await connection.exec_driver_sql(
-        "INSERT INTO song_search (rowid, name_search, artist_search) "
-        "SELECT id, name_search, artist_search FROM song WHERE id > ?",
-        (last_id,),
+    await session.commit()
+    # Ranks count the staged songs from 1, in the order given.
+    items = [
+        BatchItem(index=rank - 1, status=outcome.status, id=outcome.id) for rank, outcome in sorted(outcomes.items())
+    ]
+    statuses = [item.status for item in items]
+    return BatchResult(
+        created=statuses.count("created"),
+        updated=statuses.count("updated"),
+        duplicates=statuses.count("duplicate"),
+        items=items,
     )
-    await connection.exec_driver_sql(trigger)
-
-
-SQLITE_SEARCH_TRIGGER_SQL = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'song_search_insert'"
 
 
 async def get_song(*, session: AsyncSession, song_id: int) -> Song:
@@ -202,6 +186,27 @@ async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search
         plan = (await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
         return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
     return (await session.exec(select(func.count()).select_from(Song).where(*filters))).one()
+
+
+EXPORT_COLUMNS = (Song.id, Song.name, Song.artist, Song.year, Song.created_at, Song.updated_at)
+
+
+async def stream_songs(*, session: AsyncSession, query: SongQuery, batch_size: int = 5000) -> AsyncGenerator[list[Row]]:
+    """Every song that `query`'s filters and search match, in id order, a batch at a time.
+
+    One statement on a server-side cursor: memory stays flat, and the songs
+    are those of one snapshot of the catalog. `query`'s sort and paging are ignored.
+    """
+    found = await search.plan(session, query.q) if query.q else None
+    statement = (
+        select(*(col(column) for column in EXPORT_COLUMNS))
+        .where(*_song_filters(session, query, found))
+        .order_by(col(Song.id))
+        .execution_options(yield_per=batch_size)
+    )
+    result = await session.stream(statement)
+    async for partition in result.partitions():
+        yield [tuple(row) for row in partition]  # type: ignore[misc]
 
 
 def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:

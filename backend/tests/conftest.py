@@ -13,12 +13,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import schema
 from app.config import Settings, async_url
 from app.main import create_app
+from tests.catalog import empty, empty_catalog
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -73,17 +74,18 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The real application, its lifespan run, over an empty catalog."""
     application = create_app(settings)
     async with LifespanManager(application):
-        await _empty_catalog(application.state.engine)
+        await empty_catalog(application.state.engine)
         yield application
 
 
-async def _empty_catalog(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE song, search_term RESTART IDENTITY"))
-        else:
-            await connection.execute(text("DELETE FROM song"))
-            await connection.execute(text("DELETE FROM sqlite_sequence"))
+@pytest.fixture
+def catalog(database_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> URL:
+    """For tests of commands: the migrated database, emptied, named by DATABASE_URL."""
+
+    empty(database_url)
+    monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
+    monkeypatch.chdir(tmp_path)
+    return database_url
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ OPERATIONS = [
     ("/songs", "get"),
     ("/artists", "get"),
     ("/songs", "post"),
+    ("/songs/batch", "post"),
     ("/songs/{song_id}", "get"),
     ("/songs/{song_id}", "patch"),
     ("/songs/{song_id}", "delete"),
@@ -46,6 +47,7 @@ def test_errors_are_documented_as_problem_details(openapi: dict[str, Any], path:
     ("path", "method", "statuses"),
     [
         ("/songs", "post", {"201", "400", "409", "413", "415", "422"}),
+        ("/songs/batch", "post", {"200", "400", "409", "413", "415", "422"}),
         ("/songs/{song_id}", "get", {"200", "404", "422"}),
         ("/songs/{song_id}", "patch", {"200", "404", "409", "422"}),
         ("/songs/{song_id}", "delete", {"204", "404"}),
@@ -58,7 +60,13 @@ def test_the_statuses_each_route_answers_are_documented(
     assert statuses <= openapi["paths"][path][method]["responses"].keys()
 
 
-@pytest.mark.parametrize("schema", ["SongCreate", "SongUpdate", "SongPublic"])
+def test_the_listing_documents_its_export_formats(openapi: dict[str, Any]) -> None:
+    content = openapi["paths"]["/songs"]["get"]["responses"]["200"]["content"]
+
+    assert {"application/json", "text/csv", "application/x-ndjson"} <= content.keys()
+
+
+@pytest.mark.parametrize("schema", ["SongCreate", "SongUpdate", "SongPublic", "BatchResult"])
 def test_song_shapes_have_examples(openapi: dict[str, Any], schema: str) -> None:
     assert openapi["components"]["schemas"][schema]["examples"]
 

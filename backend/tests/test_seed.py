@@ -1,13 +1,14 @@
-"""Synthetic songs (`songbook seed`) and the bulk insert under them."""
+"""Synthetic songs: `songbook seed`."""
 
-import httpx
-import pytest
-from sqlalchemy.exc import IntegrityError
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
 
-from app import songs
+from app.cli import cli
 from app.models import SongCreate
 from app.seed import generate_songs
+from tests.catalog import rows, search
+
+runner = CliRunner()
 
 
 def test_the_same_seed_makes_the_same_songs() -> None:
@@ -26,28 +27,16 @@ def test_songs_are_distinct_valid_and_varied() -> None:
     assert any(song["year"] is None for song in generated)
 
 
-async def test_inserted_songs_are_listed_and_searchable(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    inserted = await songs.insert_songs(session=session, songs=generate_songs(300), batch_size=100)
+def test_seed_adds_songs_that_are_listed_and_searchable(catalog: URL) -> None:
+    result = runner.invoke(cli, ["seed", "--count", "300"])
+    again = runner.invoke(cli, ["seed", "--count", "300"])
 
-    listed = await client.get("/songs?limit=500")
-    beatles = await client.get("/songs?q=beatels&limit=500")
-
-    assert inserted == 300
-    assert len(listed.json()) == 300
-    assert beatles.json()
-    assert all(song["artist"] == "The Beatles" for song in beatles.json()[:5])
-
-
-async def test_a_failed_batch_adds_nothing_and_search_keeps_up(
-    client: httpx.AsyncClient, session: AsyncSession
-) -> None:
-    await songs.insert_songs(session=session, songs=generate_songs(10))
-
-    with pytest.raises(IntegrityError):
-        await songs.insert_songs(session=session, songs=[*generate_songs(15)][5:])
-    await session.rollback()
-    created = await client.post("/songs", json={"name": "Karma Police", "artist": "Radiohead"})
-
-    assert len((await client.get("/songs")).json()) == 11
-    assert created.status_code == 201
-    assert [song["name"] for song in (await client.get("/songs?q=karma polise")).json()] == ["Karma Police"]
+    assert result.exit_code == 0, result.output
+    assert "added 300 songs" in result.stdout
+    assert "added 0 songs" in again.stdout
+    assert "(300 were there already)" in again.stdout
+    songs = rows(catalog)
+    assert len(songs) == 300
+    beatles = [song_id for song_id, _, artist, _ in songs if artist == "The Beatles"]
+    assert beatles
+    assert set(beatles) <= set(search(catalog, "beatles"))

@@ -1,13 +1,17 @@
 """The /songs routes: thin adapters over `app.songs`."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
-from app import songs
+from app import formats, songs
 from app.db import SessionDep
-from app.errors import problem_responses
-from app.models import SongCreate, SongPublic, SongQuery, SongUpdate
+from app.errors import InvalidParameter, problem_responses
+from app.formats import Format
+from app.importing import OnConflict
+from app.models import BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
 from app.routes.links import preferred_count, set_next_link
 
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(500, 503))
@@ -22,6 +26,10 @@ SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
             "description": "A page of the matching songs. The next page is in the `Link` header, absent on "
             "the last page; the total, when asked for with `Prefer: count=exact` (or `count=estimated`, "
             "PostgreSQL's planner estimate), in `X-Total-Count`.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}, "example": formats.csv_header()},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
             "headers": {
                 "Link": {"description": 'The next page: `<URL>; rel="next"`.', "schema": {"type": "string"}},
                 "X-Total-Count": {"description": "How many songs match.", "schema": {"type": "integer"}},
@@ -41,7 +49,14 @@ async def list_songs(
         Header(description="`count=exact` or `count=estimated` to be told the total in `X-Total-Count`."),
     ] = None,
 ) -> list[SongPublic]:
-    """Lists, filters, sorts and searches the songs, a page at a time."""
+    """Lists, filters, sorts and searches the songs, a page at a time.
+
+    With `Accept: text/csv` or `application/x-ndjson`, streams every matching
+    song instead (an export), in id order, without paging.
+    """
+    export = _export_format(request.headers.get("accept", ""))
+    if export is not None:
+        return await _export(request, query, export)  # type: ignore[return-value]
     count = preferred_count(prefer)
     page = await songs.list_songs(session=session, query=query, count=count)
     set_next_link(request, response, page.next_cursor)
@@ -66,6 +81,28 @@ async def create_song(song_in: SongCreate, response: Response, session: SessionD
     return song  # type: ignore[return-value]
 
 
+@router.post("/batch", responses=problem_responses(400, 409, 413, 415, 422))
+async def create_songs(
+    songs_in: Annotated[
+        list[SongCreate], Body(min_length=1, max_length=songs.BATCH_MAX, description="1 to 1,000 songs.")
+    ],
+    session: SessionDep,
+    on_conflict: Annotated[
+        OnConflict,
+        Query(
+            description="For a song already there (or repeated in the batch): `skip` leaves it as it is, "
+            "`update` takes the batch's spelling and year, `error` refuses the batch with 409."
+        ),
+    ] = OnConflict.SKIP,
+) -> BatchResult:
+    """Adds up to 1,000 songs at once, atomically, and tells what became of each.
+
+    If any song is invalid the batch is refused with 422, naming each one
+    (`errors[].field` is `index.field`), and nothing is written.
+    """
+    return await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
+
+
 @router.get("/{song_id}", responses=problem_responses(404, 422))
 async def get_song(song_id: SongId, session: SessionDep) -> SongPublic:
     """Gets one song."""
@@ -87,3 +124,59 @@ async def update_song(song_id: SongId, changes: SongUpdate, session: SessionDep)
 async def delete_song(song_id: SongId, session: SessionDep) -> None:
     """Removes a song."""
     await songs.delete_song(session=session, song_id=song_id)
+
+
+EXPORT_MEDIA_TYPES = {"text/csv": Format.CSV, "application/x-ndjson": Format.NDJSON}
+
+
+def _export_format(accept: str) -> Format | None:
+    """The export format `accept` prefers over JSON, if any (RFC 9110 quality values)."""
+    choices = []
+    for position, entry in enumerate(accept.split(",")):
+        media_type, *parameters = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        choices.append((-quality, position, media_type.lower()))
+    for quality, _, media_type in sorted(choices):
+        if quality < 0 and media_type in EXPORT_MEDIA_TYPES:
+            return EXPORT_MEDIA_TYPES[media_type]
+        if quality < 0 and media_type in ("application/json", "application/*", "*/*"):
+            return None
+    return None
+
+
+async def _export(request: Request, query: SongQuery, export: Format) -> StreamingResponse:
+    if paging := [name for name in ("cursor", "limit", "sort") if name in request.query_params]:
+        raise InvalidParameter(
+            "query", paging[0], "an export has every matching song, in id order: leave out cursor, limit and sort"
+        )
+    # A session of its own, open until the last row is sent: the request's closes with the route.
+    session = request.app.state.sessionmaker()
+    batches = songs.stream_songs(session=session, query=query)
+    try:
+        first = await anext(batches, None)  # a failing database is a 503 now, before any byte is sent
+    except BaseException:
+        await session.close()
+        raise
+
+    async def body() -> AsyncIterator[str | bytes]:
+        try:
+            if export is Format.CSV:
+                yield formats.csv_header()
+            batch = first
+            while batch is not None:
+                yield formats.csv_text(batch) if export is Format.CSV else formats.ndjson_text(batch)
+                batch = await anext(batches, None)
+        finally:
+            await batches.aclose()
+            await session.close()
+
+    media_type = "text/csv; charset=utf-8" if export is Format.CSV else "application/x-ndjson"
+    disposition = f'attachment; filename="songs.{export.value}"'
+    return StreamingResponse(body(), media_type=media_type, headers={"Content-Disposition": disposition})

@@ -1,0 +1,221 @@
+"""Song files: CSV, NDJSON and JSON arrays read row by row, and CSV and NDJSON written, all streamed."""
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import PurePath
+from typing import IO, Any
+
+import orjson
+
+# What an export writes, in this order; an import reads the same columns.
+COLUMNS = ("id", "name", "artist", "year", "created_at", "updated_at")
+REQUIRED = ("name", "artist")
+
+# Undecodable bytes, kept by errors="surrogateescape" so that the row can be named.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d{1,10}\s*")
+_BOM = b"\xef\xbb\xbf"
+_JSON_ELEMENT_MAX = 1024 * 1024  # a song is a few hundred bytes: anything far larger is not one
+
+
+class Format(StrEnum):
+    CSV = "csv"
+    NDJSON = "ndjson"
+    JSON = "json"
+
+
+_EXTENSIONS = {".csv": Format.CSV, ".ndjson": Format.NDJSON, ".jsonl": Format.NDJSON, ".json": Format.JSON}
+
+
+class FileError(Exception):
+    """A file that cannot be read as songs at all (no header, not a JSON array...)."""
+
+
+def format_of(path: str) -> Format:
+    """The format a file name's extension tells."""
+    suffix = PurePath(path).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise FileError(f"{path}: cannot tell the format from the extension; give --format csv, ndjson or json")
+    return _EXTENSIONS[suffix]
+
+
+@dataclass(slots=True)
+class RawRow:
+    """One record as read from a file: its fields, or why it could not be read."""
+
+    line: int
+    fields: dict[str, Any] | None
+    error: str | None = None
+
+
+def read_rows(stream: IO[bytes], file_format: Format) -> Iterator[RawRow]:
+    """The records of a file, each with the line it starts on; streamed, however large the file."""
+    if file_format is Format.NDJSON:
+        yield from _read_ndjson(stream)
+        return
+    # Undecodable bytes are kept (as surrogates) so that only their row is rejected.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        yield from (_read_csv(text) if file_format is Format.CSV else _read_json_array(text))
+    finally:
+        text.detach()  # the caller's stream stays the caller's to close
+
+
+def _read_csv(text: IO[str]) -> Iterator[RawRow]:
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        return
+    names = [name.strip().lower() for name in header]
+    if missing := [name for name in REQUIRED if name not in names]:
+        raise FileError(f"line 1: the header has no {' and no '.join(missing)} column (it has: {', '.join(names)})")
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise FileError(f"line 1: the header names {', '.join(repeated)} more than once")
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield RawRow(line, None, f"not valid CSV: {exc}")
+            continue
+        if not values:
+            continue  # a blank line
+        if _UNDECODABLE.search("".join(values)):
+            yield RawRow(line, None, "not UTF-8")
+        elif len(values) > len(names):
+            yield RawRow(line, None, f"has {len(values)} fields, but the header names {len(names)}")
+        else:
+            yield RawRow(line, _csv_fields(names, values))
+
+
+def _csv_fields(names: list[str], values: list[str]) -> dict[str, Any]:
+    # CSV has only text: an empty optional field is no value, and numbers are read as numbers.
+    fields: dict[str, Any] = dict(zip(names, values, strict=False))
+    for name in ("year", "id", "created_at", "updated_at"):
+        value = fields.get(name)
+        if value is not None and not value.strip():
+            fields[name] = None
+        elif name in ("year", "id") and value is not None and _WHOLE_NUMBER.fullmatch(value):
+            fields[name] = int(value)
+    return fields
+
+
+def _read_ndjson(stream: IO[bytes]) -> Iterator[RawRow]:
+    for line, raw in enumerate(stream, start=1):
+        data = (raw.removeprefix(_BOM) if line == 1 else raw).rstrip(b"\r\n")
+        if not data.strip():
+            continue
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            yield RawRow(line, None, _json_error(data, exc))
+            continue
+        if isinstance(value, dict):
+            yield RawRow(line, value)
+        else:
+            yield RawRow(line, None, f"not a JSON object but {_json_kind(value)}")
+
+
+def _json_error(data: bytes, exc: ValueError) -> str:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    return f"not valid JSON: {exc.args[0] if exc.args else exc}"
+
+
+def _json_kind(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
+    """The elements of a JSON array, decoded one at a time from a sliding buffer."""
+    decoder = json.JSONDecoder()
+    buffer, position, line = "", 0, 1
+    eof = False
+
+    def at_next_token() -> str:
+        """Skips whitespace, reading more as needed; the next character, or '' at the end of the file."""
+        nonlocal buffer, position, line, eof
+        while True:
+            stripped = len(buffer) - len(buffer[position:].lstrip())
+            line += buffer.count("\n", position, stripped)
+            position = stripped
+            if position < len(buffer) or eof:
+                return buffer[position : position + 1]
+            buffer, position = text.read(65536), 0
+            eof = not buffer
+
+    if at_next_token() != "[":
+        raise FileError(f"line {line}: a .json file must hold one array of songs")
+    position += 1
+    if at_next_token() == "]":
+        return
+    while True:
+        at_next_token()
+        start_line = line
+        while True:
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+                break
+            except json.JSONDecodeError as exc:
+                more = "" if eof else text.read(65536)
+                if not more:
+                    raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
+                if len(buffer) - position > _JSON_ELEMENT_MAX:
+                    raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB") from None
+                buffer = buffer[position:] + more
+                position = 0
+        element = buffer[position:end]
+        line += element.count("\n")
+        position = end
+        if _UNDECODABLE.search(element):
+            yield RawRow(start_line, None, "not UTF-8")
+        elif isinstance(value, dict):
+            yield RawRow(start_line, value)
+        else:
+            yield RawRow(start_line, None, f"not a JSON object but {_json_kind(value)}")
+        separator = at_next_token()
+        position += 1
+        if separator == "]":
+            return
+        if separator != ",":
+            found = repr(separator) if separator else "the end of the file"
+            raise FileError(f"line {line}: expected ',' or ']' after an element, found {found}")
+
+
+# Export: rows are (id, name, artist, year, created_at, updated_at) tuples.
+Row = tuple[int, str, str, int | None, datetime, datetime]
+
+
+def _timestamp(value: datetime) -> str:
+    # As the JSON API writes it: RFC 3339 in UTC, with Z.
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def csv_header() -> str:
+    return ",".join(COLUMNS) + "\n"
+
+
+def csv_text(rows: list[Row]) -> str:
+    """Rows as CSV lines (quoted where needed), with the timestamps as the JSON API writes them."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(
+        (song_id, name, artist, "" if year is None else year, _timestamp(created), _timestamp(updated))
+        for song_id, name, artist, year, created, updated in rows
+    )
+    return buffer.getvalue()
+
+
+def ndjson_text(rows: list[Row]) -> bytes:
+    """Rows as JSON objects, one per line."""
+    option = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+    return b"".join(orjson.dumps(dict(zip(COLUMNS, row, strict=True)), option=option) for row in rows)

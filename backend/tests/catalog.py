@@ -1,0 +1,63 @@
+"""Reading a catalog straight from its database, for tests of commands that write it."""
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.db import configure_sqlite
+
+
+async def empty_catalog(engine: AsyncEngine) -> None:
+    """Deletes every song, and restarts the ids."""
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text("TRUNCATE song, search_term RESTART IDENTITY"))
+        else:
+            await connection.execute(text("DELETE FROM song"))
+            await connection.execute(text("DELETE FROM sqlite_sequence"))
+
+
+def empty(url: URL) -> None:
+    """`empty_catalog`, for tests that are not async themselves."""
+
+    async def run() -> None:
+        engine = create_async_engine(url)
+        try:
+            await empty_catalog(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def rows(url: URL) -> list[tuple[int, str, str, int | None]]:
+    """Every song as (id, name, artist, year), in id order."""
+    return [row[:4] for row in full_rows(url)]
+
+
+def full_rows(url: URL) -> list[tuple[Any, ...]]:
+    """Every song as (id, name, artist, year, created_at, updated_at), in id order."""
+    return asyncio.run(_select(url, "SELECT id, name, artist, year, created_at, updated_at FROM song ORDER BY id"))
+
+
+def search(url: URL, word: str) -> list[int]:
+    """The ids of the songs whose full-text index has `word`."""
+    if url.get_backend_name() == "postgresql":
+        sql = "SELECT id FROM song WHERE search_vector @@ to_tsquery('simple', :word) ORDER BY id"
+    else:
+        sql = "SELECT rowid FROM song_search WHERE song_search MATCH :word ORDER BY rowid"
+    return [row[0] for row in asyncio.run(_select(url, sql, word=word))]
+
+
+async def _select(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
+    engine = create_async_engine(url)
+    if url.get_backend_name() == "sqlite":
+        configure_sqlite(engine)
+    try:
+        async with engine.connect() as connection:
+            return [tuple(row) for row in await connection.execute(text(sql), parameters)]
+    finally:
+        await engine.dispose()

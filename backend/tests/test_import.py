@@ -1,0 +1,248 @@
+"""`songbook import`: files in, every row accounted for, all or nothing."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner, Result
+
+from app.cli import cli
+from tests.catalog import rows, search
+
+runner = CliRunner()
+
+
+def rejections(result: Result) -> list[str]:
+    """The lines of the output that report a rejected row: file:line: reason."""
+    return [line for line in result.stderr.splitlines() if re.match(r".+:\d+: ", line)]
+
+
+def write(path: Path, content: str | bytes) -> str:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+def test_csv_with_bom_quotes_commas_and_extra_columns(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.csv",
+        "\ufeffName,artist,year,album\n"
+        '"Hello, ""World""",Adele,2015,25\n'
+        "Halo,Beyoncé,,I Am...\n"
+        '"Earth, Wind & Fire",September,1978,\n',
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 0, result.output
+    assert "3 songs were added, 0 updated, 0 skipped as already there, 0 rejected" in result.stdout
+    assert rows(catalog) == [
+        (1, 'Hello, "World"', "Adele", 2015),
+        (2, "Halo", "Beyoncé", None),
+        (3, "Earth, Wind & Fire", "September", 1978),
+    ]
+    assert search(catalog, "beyonce") == [2]
+
+
+def test_each_rejected_row_is_named_with_file_line_and_reason(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.csv",
+        b"name,artist,year\n"
+        b'"Two\nlines",Adele,2015\n'  # lines 2-3: a quoted newline, a control character
+        b"Fine,Adele,2015\n"
+        b"No artist,,2015\n"
+        b"Bad year,Adele,19x5\n"
+        b"Too early,Adele,1200\n" + b"x" * 201 + b",Adele,\n"
+        b"Caf\xe9,Latin-1,\n"
+        b"Only a name\n"
+        b"Also fine,Adele\n",
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 3
+    assert rejections(result) == [
+        f"{songs}:2: name: must not contain control characters",
+        f"{songs}:5: artist: String should have at least 1 character",
+        f"{songs}:6: year: Input should be a valid integer",
+        f"{songs}:7: year: Input should be greater than or equal to 1860",
+        f"{songs}:8: name: String should have at most 200 characters",
+        f"{songs}:9: not UTF-8",
+        f"{songs}:10: artist: Field required",
+    ]
+    assert "2 songs were added, 0 updated, 0 skipped as already there, 7 rejected" in result.stdout
+    assert [name for _, name, _, _ in rows(catalog)] == ["Fine", "Also fine"]
+
+
+def test_ndjson_and_json_arrays_name_their_lines(catalog: URL, tmp_path: Path) -> None:
+    ndjson = write(
+        tmp_path / "songs.ndjson",
+        '{"name": "Halo", "artist": "Beyoncé", "year": 2008}\n\n{"name": "Broken\n[1, 2]\n{"name": "Xo"}\n',
+    )
+    array = write(tmp_path / "more.json", '[\n  {"name": "Creep", "artist": "Radiohead"},\n  "song",\n  {"year": 1}\n]')
+
+    result = runner.invoke(cli, ["import", ndjson, array])
+
+    assert result.exit_code == 3
+    assert rejections(result) == [
+        f"{ndjson}:3: not valid JSON: unexpected end of data: line 1 column 17 (char 16)",
+        f"{ndjson}:4: not a JSON object but an array",
+        f"{ndjson}:5: artist: Field required",
+        f"{array}:3: not a JSON object but a string",
+        f"{array}:4: name: Field required; artist: Field required; year: Input should be greater than or equal to 1860",
+    ]
+    assert [name for _, name, _, _ in rows(catalog)] == ["Halo", "Creep"]
+
+
+def test_standard_input_with_a_format(catalog: URL) -> None:
+    lines = "".join(json.dumps({"name": f"Song {i}", "artist": "Band"}) + "\n" for i in range(3))
+
+    result = runner.invoke(cli, ["import", "--format", "ndjson", "-"], input=lines)
+
+    assert result.exit_code == 0, result.output
+    assert len(rows(catalog)) == 3
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["-"], "give --format to read standard input"),
+        (["songs.txt"], "songs.txt: cannot tell the format from the extension"),
+        (["missing.csv"], "No such file or directory"),
+    ],
+)
+def test_unusable_arguments_fail_before_anything_is_written(catalog: URL, arguments: list[str], message: str) -> None:
+    result = runner.invoke(cli, ["import", *arguments])
+
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert rows(catalog) == []
+
+
+def test_a_file_that_is_not_songs_fails_the_whole_import(catalog: URL, tmp_path: Path) -> None:
+    good = write(tmp_path / "good.csv", "name,artist\nHalo,Beyoncé\n")
+    bad = write(tmp_path / "bad.csv", "title,singer\nHalo,Beyoncé\n")
+
+    result = runner.invoke(cli, ["import", good, bad])
+
+    assert result.exit_code == 1
+    assert f"{bad}: line 1: the header has no name and no artist column (it has: title, singer)" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert rows(catalog) == []
+
+
+SONGS = "name,artist,year\nYesterday,The Beatles,1965\nHalo,Beyoncé,2008\n"
+AGAIN = "name,artist,year\nYESTERDAY,the beatles,1966\nCreep,Radiohead,1992\nyesterday,The Beatles,\n"
+
+
+def test_skip_keeps_what_is_there_and_the_first_of_the_file(catalog: URL, tmp_path: Path) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+
+    result = runner.invoke(cli, ["import", write(tmp_path / "b.csv", AGAIN)])
+
+    assert result.exit_code == 0, result.output
+    assert "1 songs were added, 0 updated, 2 skipped as already there, 0 rejected" in result.stdout
+    assert rows(catalog) == [
+        (1, "Yesterday", "The Beatles", 1965),
+        (2, "Halo", "Beyoncé", 2008),
+        (3, "Creep", "Radiohead", 1992),
+    ]
+
+
+def test_update_takes_the_last_of_the_file_and_keeps_a_year_it_does_not_give(catalog: URL, tmp_path: Path) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+
+    result = runner.invoke(cli, ["import", "--on-conflict", "update", write(tmp_path / "b.csv", AGAIN)])
+
+    assert result.exit_code == 0, result.output
+    assert "1 songs were added, 1 updated, 1 skipped as already there, 0 rejected" in result.stdout
+    assert rows(catalog)[0] == (1, "yesterday", "The Beatles", 1965)
+    assert len(rows(catalog)) == 3
+
+
+def test_error_rejects_songs_already_there_and_imports_the_rest(catalog: URL, tmp_path: Path) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+    again = write(tmp_path / "b.csv", AGAIN)
+
+    result = runner.invoke(cli, ["import", "--on-conflict", "error", again])
+
+    assert result.exit_code == 3
+    assert rejections(result) == [
+        f"{again}:2: the catalog has this song already, with id 1",
+        f"{again}:4: the catalog has this song already, with id 1",
+    ]
+    assert [name for _, name, _, _ in rows(catalog)] == ["Yesterday", "Halo", "Creep"]
+
+
+def test_error_names_the_earlier_row_a_row_repeats(catalog: URL, tmp_path: Path) -> None:
+    first = write(tmp_path / "a.csv", "name,artist\nCreep,Radiohead\n")
+    second = write(tmp_path / "b.csv", "name,artist\nKarma Police,Radiohead\nCREEP,radiohead\nkarma police,Radiohead\n")
+
+    result = runner.invoke(cli, ["import", "--on-conflict", "error", first, second])
+
+    assert result.exit_code == 3
+    assert rejections(result) == [
+        f"{second}:3: the same song as {first}:2",
+        f"{second}:4: the same song as line 2",
+    ]
+    assert [name for _, name, _, _ in rows(catalog)] == ["Creep", "Karma Police"]
+
+
+def test_max_errors_stops_and_imports_nothing(catalog: URL, tmp_path: Path) -> None:
+    songs = write(tmp_path / "songs.csv", "name,artist\nGood,Band\n,Band\n,Band\nAlso good,Band\n")
+
+    stopped = runner.invoke(cli, ["import", "--max-errors", "1", songs])
+    tolerated = runner.invoke(cli, ["import", "--max-errors", "2", songs])
+
+    assert stopped.exit_code == 1
+    assert "more than 1 rows rejected; nothing was imported" in stopped.stderr
+    assert tolerated.exit_code == 3
+    assert [name for _, name, _, _ in rows(catalog)] == ["Good", "Also good"]
+
+
+def test_dry_run_reports_what_would_happen_and_writes_nothing(catalog: URL, tmp_path: Path) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+
+    result = runner.invoke(cli, ["import", "--dry-run", write(tmp_path / "b.csv", AGAIN + ",Nobody,\n")])
+
+    assert result.exit_code == 3
+    assert "1 songs would be added, 0 updated, 2 skipped as already there, 1 rejected" in result.stdout
+    assert "dry run, nothing was written" in result.stdout
+    assert len(rows(catalog)) == 2
+    # Nothing half-done is left behind either: a real import still works.
+    assert runner.invoke(cli, ["import", write(tmp_path / "c.csv", AGAIN)]).exit_code == 0
+    assert search(catalog, "creep") == [song_id for song_id, name, _, _ in rows(catalog) if name == "Creep"]
+
+
+def test_ids_from_an_export_are_kept_and_never_handed_out_again(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.csv",
+        "id,name,artist\n7,Halo,Beyoncé\n3,Creep,Radiohead\n7,Other,Band\n,No id,Band\n",
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+    taken = runner.invoke(cli, ["import", write(tmp_path / "taken.csv", "id,name,artist\n3,New,Band\n")])
+    after = runner.invoke(cli, ["import", write(tmp_path / "new.csv", "name,artist\nNewest,Band\n")])
+
+    assert result.exit_code == 3
+    assert f"{songs}:4: id 7 is given to an earlier row too" in result.stderr
+    assert taken.exit_code == 3
+    assert "taken.csv:2: id 3 is another song's" in taken.stderr
+    assert after.exit_code == 0
+    ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
+    assert ids["Halo"] == 7
+    assert ids["Creep"] == 3
+    assert ids["No id"] > 7
+    assert ids["Newest"] > ids["No id"]
+
+
+def test_an_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
+
+    result = runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+
+    assert result.exit_code == 1
+    assert "cannot import into postgresql+asyncpg://songbook:***@127.0.0.1:9/songbook" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert "Traceback" not in result.output

@@ -1,0 +1,108 @@
+"""An import killed at any moment, or cut off from its database, leaves nothing behind."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.catalog import rows
+
+SONGBOOK = str(Path(sys.executable).parent / "songbook")
+ROWS = 22_000  # more than one staging batch
+HEADER = "name,artist,year\n"
+LINES = [f"Song {i},Band {i % 97},{1950 + i % 70}\n" for i in range(ROWS)]
+EXPECTED = sorted((f"Song {i}", f"Band {i % 97}", 1950 + i % 70) for i in range(ROWS))
+
+
+def start_import() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [SONGBOOK, "import", "--format", "csv", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], marker: str) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        if marker in line:
+            return
+    pytest.fail(f"the import ended before printing {marker!r}")
+
+
+def catalog_songs(url: URL) -> list[tuple[str, str, int | None]]:
+    return sorted((name, artist, year) for _, name, artist, year in rows(url))
+
+
+@pytest.mark.parametrize("moment", ["while reading", "while applying"])
+def test_killed_import_leaves_nothing_and_the_rerun_completes_it(catalog: URL, moment: str) -> None:
+    with start_import() as process:
+        assert process.stdin is not None
+        process.stdin.write(HEADER + "".join(LINES[: ROWS - 1000]))
+        process.stdin.flush()
+        if moment == "while reading":
+            # A first batch is staged; the import waits for the rest of its input.
+            time.sleep(2)
+        else:
+            process.stdin.write("".join(LINES[ROWS - 1000 :]))
+            process.stdin.close()
+            wait_for_line(process, "applying")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    assert catalog_songs(catalog) in ([], EXPECTED)
+    rerun = subprocess.run(
+        [SONGBOOK, "import", "--format", "csv", "-"],
+        input=HEADER + "".join(LINES),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert catalog_songs(catalog) == EXPECTED
+
+
+async def _cut_off_imports(url: URL) -> int:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state LIKE 'idle in%'"
+                )
+            )
+            return len(result.all())
+    finally:
+        await engine.dispose()
+
+
+def test_a_connection_lost_mid_import_is_a_clear_message(catalog: URL) -> None:
+    if catalog.get_backend_name() != "postgresql":
+        pytest.skip("a SQLite file cannot drop its connection")
+    with start_import() as process:
+        assert process.stdin is not None
+        process.stdin.write(HEADER + "".join(LINES[: ROWS - 1000]))
+        process.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not asyncio.run(_cut_off_imports(catalog)):
+            assert time.monotonic() < deadline, "the import never staged its first batch"
+            time.sleep(0.2)
+        _, stderr = process.communicate("".join(LINES[ROWS - 1000 :]), timeout=60)
+
+    assert process.returncode == 1
+    assert "songbook: cannot import into postgresql+asyncpg://" in stderr
+    assert stderr.rstrip().endswith("nothing was imported")
+    assert "Traceback" not in stderr
+    assert rows(catalog) == []
