@@ -5,7 +5,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := cd backend && $(UV) run --locked
 
-.PHONY: run test lint typecheck pytest sync check-docker bench-queries clean
+.PHONY: run test lint typecheck pytest sync check-docker bench-queries bench-transfer clean
 
 # Without the dev tools: a laptop that only runs the service installs only what it needs.
 run: $(UV)
@@ -27,6 +27,11 @@ pytest: sync
 # Query latency at a million songs on PostgreSQL (BENCH_DATABASE_URL) and SQLite.
 bench-queries: sync
 	$(RUN) python bench/queries.py $(BENCH_ARGS)
+
+# Bulk import and export of a million songs on PostgreSQL (BENCH_TRANSFER_DATABASE_URL,
+# dropped and made again) and SQLite, against psql's \copy of the same file.
+bench-transfer: sync
+	$(RUN) python bench/transfer.py $(BENCH_ARGS)
 
 check-docker: sync
 	scripts/check-docker

@@ -16,7 +16,7 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app import db, formats, schema, songs
+from app import db, schema, songs
 from app import seed as seeding
 from app.config import Settings, SettingsError, load_settings
 from app.errors import AppError
@@ -248,13 +248,12 @@ async def _export(settings: Settings, query: SongQuery, file_format: Format, out
     count = 0
     try:
         with _create(output) as stream:
-            if file_format is Format.CSV:
-                stream.write(formats.csv_header().encode())
             async with db.create_sessionmaker(engine)() as session:
-                async for batch in songs.stream_songs(session=session, query=query):
-                    text = formats.csv_text(batch).encode() if file_format is Format.CSV else formats.ndjson_text(batch)
-                    stream.write(text)
-                    count += len(batch)
+                async for chunk in songs.export_songs(session=session, query=query, file_format=file_format):
+                    stream.write(chunk)
+                    count += chunk.count(b"\n")
+        if file_format is Format.CSV:
+            count -= 1  # the header
         return count
     finally:
         await engine.dispose()
@@ -294,7 +293,7 @@ async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     engine = db.create_engine(settings)
     try:
         async with engine.begin() as connection:
-            job = Import(connection)
+            job = Import(connection, bulk=True)
             await job.start()
             rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
             await job.stage("seed", rows)

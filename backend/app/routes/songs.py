@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from app import formats, songs
+from app import exporting, songs
 from app.db import SessionDep
 from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
@@ -27,7 +27,7 @@ SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
             "the last page; the total, when asked for with `Prefer: count=exact` (or `count=estimated`, "
             "PostgreSQL's planner estimate), in `X-Total-Count`.",
             "content": {
-                "text/csv": {"schema": {"type": "string"}, "example": formats.csv_header()},
+                "text/csv": {"schema": {"type": "string"}, "example": exporting.CSV_HEADER},
                 "application/x-ndjson": {"schema": {"type": "string"}},
             },
             "headers": {
@@ -158,20 +158,18 @@ async def _export(request: Request, query: SongQuery, export: Format) -> Streami
         )
     # A session of its own, open until the last row is sent: the request's closes with the route.
     session = request.app.state.sessionmaker()
-    batches = songs.stream_songs(session=session, query=query)
+    batches = songs.export_songs(session=session, query=query, file_format=export)
     try:
         first = await anext(batches, None)  # a failing database is a 503 now, before any byte is sent
     except BaseException:
         await session.close()
         raise
 
-    async def body() -> AsyncIterator[str | bytes]:
+    async def body() -> AsyncIterator[bytes]:
         try:
-            if export is Format.CSV:
-                yield formats.csv_header()
             batch = first
             while batch is not None:
-                yield formats.csv_text(batch) if export is Format.CSV else formats.ndjson_text(batch)
+                yield batch
                 batch = await anext(batches, None)
         finally:
             await batches.aclose()
