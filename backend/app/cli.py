@@ -163,28 +163,27 @@ async def _import(
 ) -> Summary:
     engine = db.create_engine(settings)
     try:
-        async with engine.connect() as connection, connection.begin() as transaction:
+        async with engine.connect() as connection:
+            await connection.execution_options(**db.WRITE_OPTIONS)
             job = Import(
-                connection,
-                on_conflict,
-                rejected=lambda row: console.print(str(row), markup=False, highlight=False),
-                max_errors=max_errors,
+                connection, on_conflict, rejected=lambda row: _report(console, row), max_errors=max_errors, bulk=True
             )
-            await job.start()
-            with RowProgress(console) as progress:
-                for name, file_format in files:
-                    with _open(name) as stream:
-                        size = os.fstat(stream.fileno()).st_size if name != "-" else None
-                        label = "<stdin>" if name == "-" else name
-                        try:
+            async with connection.begin() as transaction:
+                await job.start()
+                with RowProgress(console) as progress:
+                    for name, file_format in files:
+                        with _open(name) as stream:
+                            size = os.fstat(stream.fileno()).st_size if name != "-" else None
+                            label = "<stdin>" if name == "-" else name
                             rows = progress.track(read_rows(stream, file_format), name=label, stream=stream, size=size)
-                            await job.stage(label, rows)
-                        except FileError as exc:
-                            raise FileError(f"{label}: {exc}") from None
-            progress.note(f"applying {job.summary.read:,} rows...")
-            await job.apply()
-            if dry_run:
-                await transaction.rollback()
+                            try:
+                                await job.stage(label, rows)
+                            except FileError as exc:
+                                raise FileError(f"{label}: {exc}") from None
+                progress.note(f"applying {job.summary.read:,} rows...")
+                await job.apply()
+                if dry_run:
+                    await transaction.rollback()
         return job.summary
     finally:
         await engine.dispose()
@@ -292,12 +291,14 @@ def seed(
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     engine = db.create_engine(settings)
     try:
-        async with engine.begin() as connection:
+        async with engine.connect() as connection:
+            await connection.execution_options(**db.WRITE_OPTIONS)
             job = Import(connection, bulk=True)
-            await job.start()
-            rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
-            await job.stage("seed", rows)
-            await job.apply()
+            async with connection.begin():
+                await job.start()
+                songs = seeding.generate_songs(count, seed=seed)
+                await job.stage("seed", (RawRow(line, song) for line, song in enumerate(songs, start=1)))
+                await job.apply()
         # Fresh statistics for the planner after a bulk load; on PostgreSQL
         # VACUUM also merges the full-text index's pending entries.
         if engine.dialect.name == "postgresql":

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    require_if_match: bool = False
 
     @field_validator("database_url")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
@@ -50,7 +50,19 @@ def configure_sqlite(engine: AsyncEngine) -> AsyncEngine:
 
 
 def _on_sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+# A SQLite transaction that begins with BEGIN reads first and takes the write
+# lock at its first write; if another writer committed in between, SQLite
+# fails it at once ("database is locked"), whatever the busy timeout. One
+# that writes takes the lock at BEGIN instead, and waits its turn.
+WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
+
+
+async def write_connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection, for a unit of work that writes; call it before its first statement."""
+    return await session.connection(execution_options=WRITE_OPTIONS)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

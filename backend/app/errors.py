@@ -74,6 +74,25 @@ class NotFound(AppError):
     code = "not-found"
 
 
+class PreconditionFailed(AppError):
+    status_code = 412
+    code = "precondition-failed"
+
+    def __init__(self, song_id: int, etag: str) -> None:
+        super().__init__(
+            f"Song {song_id} has changed since: its ETag is now {etag}. Read it again, then retry.",
+            headers={"ETag": etag},
+        )
+
+
+class PreconditionRequired(AppError):
+    status_code = 428
+    code = "precondition-required"
+
+    def __init__(self) -> None:
+        super().__init__("Send If-Match with the ETag of the song as you read it (GET /songs/{id}).")
+
+
 class DuplicateSong(AppError):
     status_code = 409
     code = "duplicate-song"
@@ -158,6 +177,9 @@ _EXAMPLES = {
     400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
     404: problem_body(404, "not-found", "No song has id 42."),
     409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
+    412: problem_body(
+        412, "precondition-failed", 'Song 7 has changed since: its ETag is now "3". Read it again, then retry.'
+    ),
     413: problem_body(413, "payload-too-large", "The request body is larger than 1048576 bytes."),
     415: problem_body(
         415, "unsupported-media-type", "Send the request body as JSON, with Content-Type: application/json."
@@ -174,6 +196,9 @@ _EXAMPLES = {
                 "type": "string_too_short",
             }
         ],
+    ),
+    428: problem_body(
+        428, "precondition-required", "Send If-Match with the ETag of the song as you read it (GET /songs/{id})."
     ),
     500: problem_body(500, "internal-error", "The service failed to answer this request."),
     503: problem_body(503, "database-unavailable", "The database is not answering; try again shortly."),

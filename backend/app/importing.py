@@ -309,6 +309,7 @@ class Import:
                     artist_key=c.artist_key,
                     name_search=c.name_search,
                     artist_search=c.artist_search,
+                    version=song.c.version + 1,
                     updated_at=func.coalesce(c.updated_at, now),
                 )
             )

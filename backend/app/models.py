@@ -130,6 +130,8 @@ class Song(SQLModel, table=True):
     artist_key: str = Field(sa_type=KeyString)
     name_search: str
     artist_search: str
+    # Counts the song's changes, from 1: its ETag, for optimistic concurrency.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, sa_column_kwargs={"server_default": func.now()}
     )

@@ -1,7 +1,7 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -13,7 +13,16 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import exporting, search
-from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound
+from app.db import write_connection
+from app.errors import (
+    AppError,
+    BatchDuplicate,
+    DuplicateSong,
+    DuplicateSongs,
+    InvalidParameter,
+    NotFound,
+    PreconditionFailed,
+)
 from app.formats import Format, RawRow
 from app.importing import Import, OnConflict, Rejected
 from app.models import (
@@ -42,6 +51,7 @@ async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
     now = utcnow()
     values = song_in.model_dump()
     song = Song.model_validate(values | derived_columns(values) | {"created_at": now, "updated_at": now})
+    await write_connection(session)
     session.add(song)
     try:
         await session.commit()
@@ -62,7 +72,7 @@ async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_
     `DuplicateSongs` error and nothing is written.
     """
     rejected: list[Rejected] = []
-    job = Import(await session.connection(), on_conflict, rejected=rejected.append)
+    job = Import(await write_connection(session), on_conflict, rejected=rejected.append)
     await job.start()
     await job.stage("body", (RawRow(index, song.model_dump()) for index, song in enumerate(songs_in)))
     outcomes = await job.apply(outcomes=True)
@@ -277,19 +287,39 @@ async def list_artists(*, session: AsyncSession, query: ArtistQuery) -> Page[Art
     return Page([ArtistPublic(name=name, songs=count) for _, name, count in rows], next_cursor)
 
 
-async def update_song(*, session: AsyncSession, song_id: int, changes: SongUpdate) -> Song:
-    """Changes the fields given in `changes`; a `DuplicateSong` error if that makes it another song."""
-    values = changes.model_dump(exclude_unset=True)
+async def update_song(
+    *, session: AsyncSession, song_id: int, changes: SongUpdate, versions: Collection[int] | None = None
+) -> Song:
+    """Changes the fields given in `changes`; a `DuplicateSong` error if that makes it another song.
+
+    With `versions`, only if the song is at one of them (else `PreconditionFailed`).
+    """
+    return await _write(session, song_id, changes.model_dump(exclude_unset=True), versions)
+
+
+async def replace_song(
+    *, session: AsyncSession, song_id: int, song_in: SongCreate, versions: Collection[int] | None = None
+) -> Song:
+    """Replaces every field of the song (a year left out is no year)."""
+    return await _write(session, song_id, song_in.model_dump(), versions)
+
+
+async def _write(session: AsyncSession, song_id: int, values: dict[str, Any], versions: Collection[int] | None) -> Song:
     if not values:
-        return await get_song(session=session, song_id=song_id)
-    # One UPDATE ... RETURNING: no read-then-write for a concurrent writer to slip between.
+        current = await get_song(session=session, song_id=song_id)
+        if versions is not None and current.version not in versions:
+            raise PreconditionFailed(song_id, f'"{current.version}"')
+        return current
+    # One UPDATE ... RETURNING: no read-then-write for a concurrent writer to slip
+    # between, and the version it checks is the one it increments.
     statement = (
         update(Song)
-        .where(col(Song.id) == song_id)
-        .values(**values, **derived_columns(values), updated_at=utcnow())
+        .where(col(Song.id) == song_id, *_at_version(versions))
+        .values(**values, **derived_columns(values), version=col(Song.version) + 1, updated_at=utcnow())
         .returning(Song)
         .execution_options(populate_existing=True)
     )
+    await write_connection(session)
     try:
         song: Song | None = (await session.exec(statement)).scalar_one_or_none()
         await session.commit()
@@ -302,17 +332,27 @@ async def update_song(*, session: AsyncSession, song_id: int, changes: SongUpdat
         )
         raise
     if song is None:
-        raise _not_found(song_id)
+        raise await _why_not_written(session, song_id)
     return song
 
 
-async def delete_song(*, session: AsyncSession, song_id: int) -> None:
-    """Removes a song from the catalog."""
-    result = await session.exec(delete(Song).where(col(Song.id) == song_id).returning(col(Song.id)))
-    deleted = result.scalar_one_or_none()
+def _at_version(versions: Collection[int] | None) -> list[ColumnElement[bool]]:
+    return [] if versions is None else [col(Song.version).in_(versions) if versions else false()]
+
+
+async def _why_not_written(session: AsyncSession, song_id: int) -> AppError:
+    version = (await session.exec(select(Song.version).where(Song.id == song_id))).first()
+    return _not_found(song_id) if version is None else PreconditionFailed(song_id, f'"{version}"')
+
+
+async def delete_song(*, session: AsyncSession, song_id: int, versions: Collection[int] | None = None) -> None:
+    """Removes a song from the catalog; with `versions`, only if it is at one of them."""
+    statement = delete(Song).where(col(Song.id) == song_id, *_at_version(versions)).returning(col(Song.id))
+    await write_connection(session)
+    deleted = (await session.exec(statement)).scalar_one_or_none()
     await session.commit()
     if deleted is None:
-        raise _not_found(song_id)
+        raise await _why_not_written(session, song_id)
 
 
 async def find_song_id(*, session: AsyncSession, name_key: str, artist_key: str) -> int | None:

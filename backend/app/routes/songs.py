@@ -12,6 +12,7 @@ from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
 from app.importing import OnConflict
 from app.models import BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
+from app.routes import preconditions
 from app.routes.links import preferred_count, set_next_link
 
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(500, 503))
@@ -78,6 +79,7 @@ async def create_song(song_in: SongCreate, response: Response, session: SessionD
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
     song = await songs.create_song(session=session, song_in=song_in)
     response.headers["Location"] = f"/songs/{song.id}"
+    response.headers["ETag"] = preconditions.etag(song)
     return song  # type: ignore[return-value]
 
 
@@ -103,27 +105,82 @@ async def create_songs(
     return await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
 
 
-@router.get("/{song_id}", responses=problem_responses(404, 422))
-async def get_song(song_id: SongId, session: SessionDep) -> SongPublic:
-    """Gets one song."""
-    return await songs.get_song(session=session, song_id=song_id)  # type: ignore[return-value]
+ETAG = {
+    "ETag": {"description": "The song's version, for `If-Match` and `If-None-Match`.", "schema": {"type": "string"}}
+}
+IfMatch = Annotated[
+    str | None,
+    Header(description='The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.'),
+]
 
 
-@router.patch("/{song_id}", responses=problem_responses(400, 404, 409, 413, 415, 422))
-async def update_song(song_id: SongId, changes: SongUpdate, session: SessionDep) -> SongPublic:
+@router.get(
+    "/{song_id}",
+    responses={
+        200: {"headers": ETAG},
+        304: {"description": "Not modified: the song still has the ETag in `If-None-Match`.", "headers": ETAG},
+        **problem_responses(404, 422),
+    },
+)
+async def get_song(
+    song_id: SongId,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    if_none_match: Annotated[str | None, Header(description="An ETag read before: 304 if it is still so.")] = None,
+) -> SongPublic:
+    """Gets one song, with its ETag."""
+    song = await songs.get_song(session=session, song_id=song_id)
+    if preconditions.not_modified(request, song):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": preconditions.etag(song)})  # type: ignore[return-value]
+    response.headers["ETag"] = preconditions.etag(song)
+    return song  # type: ignore[return-value]
+
+
+WRITE_ERRORS = problem_responses(400, 404, 409, 412, 413, 415, 422, 428)
+
+
+@router.patch("/{song_id}", responses={200: {"headers": ETAG}, **WRITE_ERRORS})
+async def update_song(
+    song_id: SongId,
+    changes: SongUpdate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    if_match: IfMatch = None,
+) -> SongPublic:
     """Changes the fields given; the others stay as they are."""
-    return await songs.update_song(session=session, song_id=song_id, changes=changes)  # type: ignore[return-value]
+    versions = preconditions.if_match(request)
+    song = await songs.update_song(session=session, song_id=song_id, changes=changes, versions=versions)
+    response.headers["ETag"] = preconditions.etag(song)
+    return song  # type: ignore[return-value]
+
+
+@router.put("/{song_id}", responses={200: {"headers": ETAG}, **WRITE_ERRORS})
+async def replace_song(
+    song_id: SongId,
+    song_in: SongCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    if_match: IfMatch = None,
+) -> SongPublic:
+    """Replaces the song: every field, a year left out being no year."""
+    versions = preconditions.if_match(request)
+    song = await songs.replace_song(session=session, song_id=song_id, song_in=song_in, versions=versions)
+    response.headers["ETag"] = preconditions.etag(song)
+    return song  # type: ignore[return-value]
 
 
 @router.delete(
     "/{song_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(404, 412, 422, 428),
 )
-async def delete_song(song_id: SongId, session: SessionDep) -> None:
+async def delete_song(song_id: SongId, request: Request, session: SessionDep, if_match: IfMatch = None) -> None:
     """Removes a song."""
-    await songs.delete_song(session=session, song_id=song_id)
+    await songs.delete_song(session=session, song_id=song_id, versions=preconditions.if_match(request))
 
 
 EXPORT_MEDIA_TYPES = {"text/csv": Format.CSV, "application/x-ndjson": Format.NDJSON}

@@ -1,0 +1,44 @@
+"""Conditional requests (RFC 9110): a song's version is its strong ETag."""
+
+from collections.abc import Collection
+
+from fastapi import Request
+
+from app.errors import PreconditionRequired
+from app.models import Song
+
+ANY: Collection[int] | None = None  # If-Match: *
+
+
+def etag(song: Song) -> str:
+    return f'"{song.version}"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def if_match(request: Request) -> Collection[int] | None:
+    """The versions `If-Match` accepts: `ANY` (None) for `*` or no header; an empty set if none can match.
+
+    With the `require_if_match` setting, a write without it is refused (428).
+    """
+    header = request.headers.get("if-match")
+    if header is None:
+        if request.app.state.settings.require_if_match:
+            raise PreconditionRequired
+        return ANY
+    tags = _tags(header)
+    if "*" in tags:
+        return ANY
+    # Strong comparison: a weak tag (W/"1") never matches, nor does one that is not ours.
+    return {int(tag[1:-1]) for tag in tags if len(tag) > 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit()}
+
+
+def not_modified(request: Request, song: Song) -> bool:
+    """Whether `If-None-Match` names the song's current ETag (weak comparison, as GET asks)."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    tags = [tag.removeprefix("W/") for tag in _tags(header)]
+    return "*" in tags or etag(song) in tags

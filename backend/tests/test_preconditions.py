@@ -1,0 +1,163 @@
+"""Versions and ETags: conditional reads, and writes that never overwrite a change unseen."""
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.factories import make_song
+
+
+async def test_a_song_carries_its_version_as_a_strong_etag(client: httpx.AsyncClient) -> None:
+    created = await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"})
+    song_id = created.json()["id"]
+
+    read = await client.get(f"/songs/{song_id}")
+    changed = await client.patch(f"/songs/{song_id}", json={"year": 2008})
+
+    assert created.headers["etag"] == '"1"'
+    assert read.headers["etag"] == '"1"'
+    assert changed.headers["etag"] == '"2"'
+    assert (await client.get(f"/songs/{song_id}")).headers["etag"] == '"2"'
+
+
+async def test_if_none_match_answers_304_while_the_song_is_unchanged(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    song = await make_song(session)
+
+    unchanged = await client.get(f"/songs/{song.id}", headers={"If-None-Match": '"1"'})
+    await client.patch(f"/songs/{song.id}", json={"year": 1966})
+    changed = await client.get(f"/songs/{song.id}", headers={"If-None-Match": 'W/"1"'})
+
+    assert unchanged.status_code == 304
+    assert unchanged.headers["etag"] == '"1"'
+    assert unchanged.content == b""
+    assert changed.status_code == 200
+    assert changed.json()["year"] == 1966
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT", "DELETE"])
+async def test_a_stale_if_match_is_412_and_changes_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, method: str
+) -> None:
+    song = await make_song(session, name="Yesterday", year=1965)
+    await client.patch(f"/songs/{song.id}", json={"year": 1966})  # now at version 2
+    body = {"name": "Yesterday", "artist": "The Beatles", "year": 1967} if method != "DELETE" else None
+
+    response = await client.request(method, f"/songs/{song.id}", json=body, headers={"If-Match": '"1"'})
+
+    assert response.status_code == 412
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "precondition-failed"
+    assert response.headers["etag"] == '"2"'
+    assert (await client.get(f"/songs/{song.id}")).json()["year"] == 1966
+
+
+@pytest.mark.parametrize("if_match", ['"1"', '"7", "1"', "*"])
+async def test_a_current_if_match_lets_the_write_through(
+    client: httpx.AsyncClient, session: AsyncSession, if_match: str
+) -> None:
+    song = await make_song(session)
+
+    response = await client.patch(f"/songs/{song.id}", json={"year": 1970}, headers={"If-Match": if_match})
+
+    assert response.status_code == 200
+    assert response.json()["year"] == 1970
+
+
+@pytest.mark.parametrize("if_match", ['W/"1"', "1", '"one"', '""'])
+async def test_a_weak_or_foreign_tag_never_matches(
+    client: httpx.AsyncClient, session: AsyncSession, if_match: str
+) -> None:
+    song = await make_song(session)
+
+    response = await client.delete(f"/songs/{song.id}", headers={"If-Match": if_match})
+
+    assert response.status_code == 412
+    assert (await client.get(f"/songs/{song.id}")).status_code == 200
+
+
+async def test_a_precondition_on_a_missing_song_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.patch("/songs/99", json={"year": 1970}, headers={"If-Match": '"1"'})
+
+    assert response.status_code == 404
+
+
+async def test_put_replaces_every_field(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, name="Yesterday", artist="The Beatles", year=1965)
+
+    response = await client.put(f"/songs/{song.id}", json={"name": "Yesterday (Remastered)", "artist": "The Beatles"})
+
+    assert response.status_code == 200
+    assert response.json()["name"] == "Yesterday (Remastered)"
+    assert response.json()["year"] is None
+    assert response.headers["etag"] == '"2"'
+    assert (await client.put(f"/songs/{song.id}", json={"name": "X"})).status_code == 422
+
+
+async def test_the_setting_can_require_if_match_on_writes(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    song = await make_song(session)
+    app.state.settings.require_if_match = True
+
+    refused = await client.patch(f"/songs/{song.id}", json={"year": 1970})
+    deleted = await client.delete(f"/songs/{song.id}", headers={"If-Match": '"1"'})
+
+    assert refused.status_code == 428
+    assert refused.json()["code"] == "precondition-required"
+    assert deleted.status_code == 204
+
+
+async def test_concurrent_editors_lose_no_update(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    song = await make_song(session, year=1900)
+    editors, increments = 8, 5
+
+    async def editor() -> int:
+        conflicts = 0
+        for _ in range(increments):
+            while True:  # read, change, write if unchanged since; else read again
+                read = await client.get(f"/songs/{song.id}")
+                written = await client.patch(
+                    f"/songs/{song.id}",
+                    json={"year": read.json()["year"] + 1},
+                    headers={"If-Match": read.headers["etag"]},
+                )
+                if written.status_code == 200:
+                    break
+                assert written.status_code == 412
+                conflicts += 1
+        return conflicts
+
+    await asyncio.gather(*(editor() for _ in range(editors)))
+
+    final = await client.get(f"/songs/{song.id}")
+    assert final.json()["year"] == 1900 + editors * increments
+    assert final.headers["etag"] == f'"{1 + editors * increments}"'
+
+
+async def test_concurrent_writes_to_one_version_let_exactly_one_through(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    song = await make_song(session, year=1900)
+
+    responses = await asyncio.gather(
+        *(client.patch(f"/songs/{song.id}", json={"year": 1901 + i}, headers={"If-Match": '"1"'}) for i in range(10))
+    )
+
+    assert sorted(response.status_code for response in responses) == [200] + [412] * 9
+
+
+async def test_concurrent_creates_of_one_song_make_one_row(client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/songs", json={"name": "Creep", "artist": "Radiohead"}) for _ in range(10))
+    )
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 9
+    created = next(response for response in responses if response.status_code == 201).json()["id"]
+    assert {response.json()["existing_id"] for response in responses if response.status_code == 409} == {created}
+    assert len((await client.get("/songs")).json()) == 1
