@@ -4,10 +4,11 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, TypeVar
 
 import typer
 import uvicorn
@@ -15,14 +16,15 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import db, schema, songs
+from app import db, keys, schema, songs
 from app import seed as seeding
 from app.config import Settings, SettingsError, load_settings
-from app.errors import AppError
+from app.errors import AppError, NotFound
 from app.formats import FileError, Format, RawRow, format_of, read_rows
 from app.importing import Import, MaxErrorsExceeded, OnConflict, Rejected, Summary
-from app.models import SongQuery
+from app.models import ApiKeyCreate, ApiKeyPublic, SongQuery
 from app.progress import RowProgress
 
 cli = typer.Typer(
@@ -34,8 +36,11 @@ cli = typer.Typer(
 )
 migrate_cli = typer.Typer(help="Migrate the database schema (to the latest revision by default).")
 cli.add_typer(migrate_cli, name="migrate")
+keys_cli = typer.Typer(help="Make, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
 
 APP_DIR = Path(__file__).resolve().parent
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -311,6 +316,70 @@ async def _seed(settings: Settings, count: int, seed: int) -> Summary:
         return job.summary
     finally:
         await engine.dispose()
+
+
+class KeyScope(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+@keys_cli.command("create")
+def create_key(
+    name: Annotated[str, typer.Option(help="A name for the key, unique: who or what uses it.")],
+    scope: Annotated[KeyScope, typer.Option(help="read, write (and read) or admin (and manage keys).")],
+) -> None:
+    """Make a key and print it: this once only, as only its hash is kept."""
+    try:
+        key_in = ApiKeyCreate(name=name, scope=scope.value)
+    except ValidationError as exc:
+        raise _fail("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
+    created = _with_session(lambda session: keys.create_key(session=session, key_in=key_in))
+    typer.echo(created.key)
+    typer.echo(f"Made key {created.id} ({created.name!r}, {created.scope}); it is shown this once.", err=True)
+
+
+@keys_cli.command("list")
+def list_keys() -> None:
+    """List the keys (never their secrets)."""
+    for key in _with_session(lambda session: keys.list_keys(session=session)):
+        used = key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never"
+        state = f"revoked {key.revoked_at.isoformat(timespec='seconds')}" if key.revoked_at else "active"
+        typer.echo(f"{key.id}\t{key.name}\t{key.scope}\tsb_{key.prefix}_...\tlast used {used}\t{state}")
+
+
+@keys_cli.command("revoke")
+def revoke_key(key: Annotated[str, typer.Argument(help="The key's name or id.")]) -> None:
+    """Revoke a key: it is refused from now on."""
+
+    async def revoke(session: AsyncSession) -> ApiKeyPublic:
+        key_id = int(key) if key.isdigit() else await keys.find_key_id(session=session, name=key)
+        await session.commit()  # the lookup's transaction ends; the revocation is a write of its own
+        if key_id is None:
+            raise NotFound(f"no key is named {key!r}")
+        return await keys.revoke_key(session=session, key_id=key_id)
+
+    revoked = _with_session(revoke)
+    typer.echo(f"Revoked key {revoked.id} ({revoked.name!r}).")
+
+
+def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    settings = _settings()
+
+    async def run() -> T:
+        engine = db.create_engine(settings)
+        try:
+            async with db.create_sessionmaker(engine)() as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except AppError as exc:
+        raise _fail(exc.detail) from None
+    except (DBAPIError, OSError) as exc:
+        raise _fail(f"cannot reach {_where(settings)}: {_reason(exc)}") from None
 
 
 async def _current_revisions(settings: Settings) -> set[str]:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     require_if_match: bool = False
+    require_read_key: bool = False
+    statement_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
+    cors_origins: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -47,6 +50,11 @@ class Settings(BaseSettings):
         if value:
             async_url(value)  # raises ValueError with the reason
         return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The origins browsers may call the API from: comma-separated, `*` for any."""
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def sqlalchemy_url(self) -> URL:

@@ -26,8 +26,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
         echo=settings.sql_echo,
         pool_size=settings.pool_size,
         max_overflow=0,
-        # asyncpg would wait a minute for an unreachable server.
-        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args={
+            # asyncpg would wait a minute for an unreachable server.
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            # A statement that runs (or waits for a lock) longer is cancelled: a 503, never a hang.
+            "server_settings": {"statement_timeout": str(settings.statement_timeout_ms)},
+        },
     )
 
 

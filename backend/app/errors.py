@@ -175,6 +175,8 @@ def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict
 
 _EXAMPLES = {
     400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
+    401: problem_body(401, "unauthorized", "This needs an API key with the write scope: Authorization: Bearer <key>."),
+    403: problem_body(403, "forbidden", "The key 'reader' has the read scope; this needs write."),
     404: problem_body(404, "not-found", "No song has id 42."),
     409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
     412: problem_body(
@@ -294,6 +296,24 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
+# PostgreSQL gave up on a statement: cancelled by statement_timeout, or a lock
+# it could not get. Transient: the client may retry.
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01"})
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sa_exc.DBAPIError)
+    if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        logger.warning("database statement gave up: %s", getattr(exc.orig, "sqlstate", None))
+        return problem_response(
+            503,
+            DatabaseUnavailable.code,
+            "The database took too long to answer; try again shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return await _internal_error(request, exc)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Logged with its traceback here; the client learns nothing of the internals.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -308,4 +328,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     for exc_class in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
         app.add_exception_handler(exc_class, _database_unavailable)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(Exception, _internal_error)

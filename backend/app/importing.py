@@ -38,7 +38,7 @@ from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, derived_columns, utcnow
 
 BATCH_SIZE = 20_000
-SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_CACHE_KIB = 32 * 1024
 
 
 class OnConflict(StrEnum):

@@ -8,8 +8,9 @@ from fastapi import FastAPI
 from app import db, schema
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
+from app.headers import install_headers
 from app.limits import BodySizeLimit
-from app.routes import artists, health, songs
+from app.routes import artists, health, keys, songs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_headers(app, settings.cors_origin_list)
     app.include_router(songs.router)
     app.include_router(artists.router)
+    app.include_router(keys.router)
     app.include_router(health.router)
     return app

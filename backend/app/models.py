@@ -321,3 +321,51 @@ class BatchResult(SQLModel):
     updated: int
     duplicates: int
     items: list[BatchItem]
+
+
+Scope = Literal["read", "write", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")  # each allows what those before it do
+
+
+class ApiKey(SQLModel, table=True):
+    """A key a client sends as `Authorization: Bearer`; stored only as its SHA-256."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=TEXT_MAX, unique=True)
+    scope: str = Field(max_length=5)
+    # The key's public part, by which it is found; the rest is only hashed.
+    prefix: str = Field(max_length=16, unique=True)
+    secret_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ApiKeyCreate(SQLModel):
+    """A key to make: its name, unique, and what it may do."""
+
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"name": "importer", "scope": "write"}]}}
+
+    name: SongText
+    scope: Scope
+
+
+class ApiKeyPublic(SQLModel):
+    """A key as listed: never its secret."""
+
+    id: int
+    name: str
+    scope: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new key, with its secret: shown this once, never again."""
+
+    key: str

@@ -5,6 +5,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import schema
+from app import keys, schema
 from app.config import Settings, async_url
 from app.main import create_app
+from app.models import ApiKeyCreate, Scope
 from tests.catalog import empty, empty_catalog
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -88,10 +90,32 @@ def catalog(database_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     return database_url
 
 
+async def make_key(app: FastAPI, scope: Scope, name: str | None = None) -> str:
+    async with app.state.sessionmaker() as session:
+        key_in = ApiKeyCreate(name=name or f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
+        return (await keys.create_key(session=session, key_in=key_in)).key
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI, key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the app, sending `key` if given."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://songbook.test", headers=headers) as client:
+        yield client
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://songbook.test") as client:
+    """A client with a write key, as most programs that use the API have."""
+    async with client_for(app, await make_key(app, "write")) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client without a key."""
+    async with client_for(app, None) as client:
         yield client
 
 

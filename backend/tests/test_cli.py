@@ -88,6 +88,15 @@ def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Pa
     songbook = str(Path(sys.executable).parent / "songbook")
     env = {"PATH": "/usr/bin:/bin", "SONGBOOK_DATA_DIR": str(tmp_path / "data"), "SONGBOOK_LOG_LEVEL": "warning"}
     subprocess.run([songbook, "migrate"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    key = subprocess.run(
+        [songbook, "keys", "create", "--name", "me", "--scope", "write"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -100,11 +109,17 @@ def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Pa
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        created = httpx.post(f"{base}/songs", json={"name": "Yesterday", "artist": "The Beatles"})
+        refused = httpx.post(f"{base}/songs", json={"name": "Yesterday", "artist": "The Beatles"})
+        created = httpx.post(
+            f"{base}/songs",
+            json={"name": "Yesterday", "artist": "The Beatles"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
         listed = httpx.get(f"{base}/songs")
     finally:
         server.terminate()
         server.wait(timeout=30)
 
+    assert refused.status_code == 401
     assert created.status_code == 201
     assert [song["name"] for song in listed.json()] == ["Yesterday"]

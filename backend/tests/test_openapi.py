@@ -17,6 +17,9 @@ OPERATIONS = [
     ("/songs/{song_id}", "patch"),
     ("/songs/{song_id}", "put"),
     ("/songs/{song_id}", "delete"),
+    ("/keys", "post"),
+    ("/keys", "get"),
+    ("/keys/{key_id}", "delete"),
     ("/healthz", "get"),
     ("/readyz", "get"),
 ]

@@ -5,12 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app import songs
+from app.auth import require
 from app.db import SessionDep
 from app.errors import problem_responses
 from app.models import ArtistPublic, ArtistQuery
 from app.routes.links import set_next_link
 
-router = APIRouter(prefix="/artists", tags=["artists"], responses=problem_responses(500, 503))
+router = APIRouter(
+    prefix="/artists", tags=["artists"], dependencies=[require("read")], responses=problem_responses(401, 403, 500, 503)
+)
 
 
 @router.get(

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, sta
 from fastapi.responses import StreamingResponse
 
 from app import exporting, songs
+from app.auth import require
 from app.db import SessionDep
 from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
@@ -15,13 +16,16 @@ from app.models import BatchResult, SongCreate, SongPublic, SongQuery, SongUpdat
 from app.routes import preconditions
 from app.routes.links import preferred_count, set_next_link
 
-router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(500, 503))
+router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503))
+
+READ, WRITE = require("read"), require("write")
 
 SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
 
 
 @router.get(
     "",
+    dependencies=[READ],
     responses={
         200: {
             "description": "A page of the matching songs. The next page is in the `Link` header, absent on "
@@ -69,6 +73,7 @@ async def list_songs(
 
 @router.post(
     "",
+    dependencies=[WRITE],
     status_code=status.HTTP_201_CREATED,
     responses={
         201: {"headers": {"Location": {"description": "The new song's URL.", "schema": {"type": "string"}}}},
@@ -83,7 +88,7 @@ async def create_song(song_in: SongCreate, response: Response, session: SessionD
     return song  # type: ignore[return-value]
 
 
-@router.post("/batch", responses=problem_responses(400, 409, 413, 415, 422))
+@router.post("/batch", dependencies=[WRITE], responses=problem_responses(400, 409, 413, 415, 422))
 async def create_songs(
     songs_in: Annotated[
         list[SongCreate], Body(min_length=1, max_length=songs.BATCH_MAX, description="1 to 1,000 songs.")
@@ -116,6 +121,7 @@ IfMatch = Annotated[
 
 @router.get(
     "/{song_id}",
+    dependencies=[READ],
     responses={
         200: {"headers": ETAG},
         304: {"description": "Not modified: the song still has the ETag in `If-None-Match`.", "headers": ETAG},
@@ -140,7 +146,7 @@ async def get_song(
 WRITE_ERRORS = problem_responses(400, 404, 409, 412, 413, 415, 422, 428)
 
 
-@router.patch("/{song_id}", responses={200: {"headers": ETAG}, **WRITE_ERRORS})
+@router.patch("/{song_id}", dependencies=[WRITE], responses={200: {"headers": ETAG}, **WRITE_ERRORS})
 async def update_song(
     song_id: SongId,
     changes: SongUpdate,
@@ -156,7 +162,7 @@ async def update_song(
     return song  # type: ignore[return-value]
 
 
-@router.put("/{song_id}", responses={200: {"headers": ETAG}, **WRITE_ERRORS})
+@router.put("/{song_id}", dependencies=[WRITE], responses={200: {"headers": ETAG}, **WRITE_ERRORS})
 async def replace_song(
     song_id: SongId,
     song_in: SongCreate,
@@ -174,6 +180,7 @@ async def replace_song(
 
 @router.delete(
     "/{song_id}",
+    dependencies=[WRITE],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(404, 412, 422, 428),

@@ -1,0 +1,65 @@
+"""Who may do what: `Authorization: Bearer <key>`, checked against the key's scope."""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app import keys
+from app.errors import AppError
+from app.keys import Caller
+from app.models import Scope
+
+REALM = 'Bearer realm="songbook"'
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `songbook keys create` makes one.")
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+async def caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller | None:
+    """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
+    if request.headers.get("authorization") is None:
+        return None
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
+    # A session of its own, ended before the route's begins.
+    async with request.app.state.sessionmaker() as session:
+        found = await keys.check_key(session=session, key=credentials.credentials)
+    if found is None:
+        raise Unauthorized(
+            "This key is not valid: unknown, mistyped or revoked.",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    return found
+
+
+def require(scope: Scope) -> Any:
+    """A dependency that lets the request through only with a key of `scope` (or a greater one)."""
+
+    async def check(request: Request, found: Annotated[Caller | None, Depends(caller)]) -> Caller | None:
+        if scope == "read" and not request.app.state.settings.require_read_key:
+            return found  # reads are public
+        if found is None:
+            raise Unauthorized(
+                f"This needs an API key with the {scope} scope: Authorization: Bearer <key>.",
+                headers={"WWW-Authenticate": REALM},
+            )
+        if not found.may(scope):
+            raise Forbidden(
+                f"The key {found.name!r} has the {found.scope} scope; this needs {scope}.",
+                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
+            )
+        return found
+
+    return Depends(check)

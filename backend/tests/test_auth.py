@@ -1,0 +1,147 @@
+"""API keys: who may write, who may read, and keys managed by command and over HTTP."""
+
+import logging
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from typer.testing import CliRunner
+
+from app.cli import cli
+from tests.conftest import client_for, make_key
+
+SONG = {"name": "Halo", "artist": "Beyoncé"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/songs", SONG),
+        ("POST", "/songs/batch", [SONG]),
+        ("PATCH", "/songs/1", {"year": 2008}),
+        ("PUT", "/songs/1", SONG),
+        ("DELETE", "/songs/1", None),
+    ],
+)
+async def test_a_write_without_a_key_is_401(anonymous: httpx.AsyncClient, method: str, path: str, body: object) -> None:
+    response = await anonymous.request(method, path, json=body)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="songbook"'
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
+
+
+async def test_reads_are_public_by_default(anonymous: httpx.AsyncClient, client: httpx.AsyncClient) -> None:
+    created = (await client.post("/songs", json=SONG)).json()
+
+    assert (await anonymous.get("/songs")).json() == [created]
+    assert (await anonymous.get(f"/songs/{created['id']}")).status_code == 200
+    assert (await anonymous.get("/artists")).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Bearer sb_00000000_nope", "Bearer not-a-key", "Basic dXNlcjpwYXNz", "Bearer"])
+async def test_a_bad_key_is_401_even_where_none_is_needed(anonymous: httpx.AsyncClient, header: str) -> None:
+    response = await anonymous.get("/songs", headers={"Authorization": header})
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith('Bearer realm="songbook"')
+
+
+async def test_a_read_key_may_not_write(app: FastAPI) -> None:
+    async with client_for(app, await make_key(app, "read", "reader")) as reader:
+        response = await reader.post("/songs", json=SONG)
+
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"
+    assert response.json()["detail"] == "The key 'reader' has the read scope; this needs write."
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="songbook", error="insufficient_scope", scope="write"'
+    )
+
+
+async def test_a_setting_makes_reads_need_a_read_key(app: FastAPI, anonymous: httpx.AsyncClient) -> None:
+    app.state.settings.require_read_key = True
+
+    refused = await anonymous.get("/songs")
+    async with client_for(app, await make_key(app, "read")) as reader:
+        allowed = await reader.get("/songs")
+    health = await anonymous.get("/healthz")
+
+    assert refused.status_code == 401
+    assert allowed.status_code == 200
+    assert health.status_code == 200
+
+
+async def test_an_admin_key_manages_keys_over_http(app: FastAPI, client: httpx.AsyncClient) -> None:
+    async with client_for(app, await make_key(app, "admin", "root")) as admin:
+        created = await admin.post("/keys", json={"name": "importer", "scope": "write"})
+        key = created.json()["key"]
+        listed = await admin.get("/keys")
+        async with client_for(app, key) as importer:
+            before = await importer.post("/songs", json=SONG)
+            revoked = await admin.delete(f"/keys/{created.json()['id']}")
+            after = await importer.post("/songs", json={"name": "Creep", "artist": "Radiohead"})
+        again = await admin.post("/keys", json={"name": "importer", "scope": "read"})
+    by_writer = await client.get("/keys")
+
+    assert created.status_code == 201
+    assert key.startswith(f"sb_{created.json()['prefix']}_")
+    assert {entry["name"] for entry in listed.json()} >= {"root", "importer"}
+    assert all("key" not in entry and "secret_hash" not in entry for entry in listed.json())
+    assert before.status_code == 201
+    assert revoked.json()["revoked_at"] is not None
+    assert after.status_code == 401
+    assert again.status_code == 409
+    assert by_writer.status_code == 403
+
+
+async def test_keys_are_stored_only_as_hashes_and_record_their_last_use(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
+    key = await make_key(app, "write", "hashed")
+    async with client_for(app, key) as writer:
+        await writer.post("/songs", json=SONG)
+    async with app.state.engine.connect() as connection:
+        row = (await connection.execute(text("SELECT * FROM api_key WHERE name = 'hashed'"))).one()
+
+    assert key not in " ".join(str(value) for value in row)
+    assert row.secret_hash != key
+    assert row.last_used_at is not None
+
+
+async def test_no_key_appears_in_the_logs(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+    key = await make_key(app, "read")
+    caplog.set_level(logging.DEBUG)
+    async with client_for(app, key) as reader:
+        await reader.post("/songs", json=SONG)
+        await reader.get("/songs")
+    async with client_for(app, key + "x") as mistyped:
+        await mistyped.get("/songs")
+
+    assert caplog.records  # the requests were logged at all
+    assert key not in caplog.text
+
+
+def test_keys_by_command(catalog: URL) -> None:
+    runner = CliRunner()
+
+    created = runner.invoke(cli, ["keys", "create", "--name", "laptop", "--scope", "write"])
+    duplicate = runner.invoke(cli, ["keys", "create", "--name", "laptop", "--scope", "read"])
+    listed = runner.invoke(cli, ["keys", "list"])
+    revoked = runner.invoke(cli, ["keys", "revoke", "laptop"])
+    missing = runner.invoke(cli, ["keys", "revoke", "desktop"])
+
+    key = created.stdout.strip()
+    assert created.exit_code == 0
+    assert key.startswith("sb_")
+    assert "shown this once" in created.stderr
+    assert duplicate.exit_code == 1
+    assert "A key is named 'laptop' already." in duplicate.stderr
+    assert "laptop\twrite\tsb_" in listed.stdout
+    assert key not in listed.stdout
+    assert revoked.exit_code == 0
+    assert "revoked" in runner.invoke(cli, ["keys", "list"]).stdout
+    assert missing.exit_code == 1

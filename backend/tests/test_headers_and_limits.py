@@ -1,0 +1,94 @@
+"""Security headers, CORS, and the database's statement timeout."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import client_for, make_key
+from tests.factories import make_song
+
+
+@asynccontextmanager
+async def client_with(settings: Settings, **changes: object) -> AsyncIterator[httpx.AsyncClient]:
+    application = create_app(settings.model_copy(update=changes))
+    async with LifespanManager(application), client_for(application, await make_key(application, "write")) as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", ["/songs", "/songs/404", "/healthz", "/nowhere"])
+async def test_every_answer_tells_browsers_to_do_nothing_clever_with_it(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+async def test_the_docs_page_may_load_its_scripts(client: httpx.AsyncClient) -> None:
+    response = await client.get("/docs")
+
+    assert response.status_code == 200
+    assert "content-security-policy" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
+    response = await client.get("/songs", headers={"Origin": "https://example.org"})
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_answers_the_origins_configured(settings: Settings) -> None:
+    async with client_with(settings, cors_origins="https://example.org, https://songs.example") as client:
+        preflight = await client.options(
+            "/songs/1",
+            headers={
+                "Origin": "https://songs.example",
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "if-match, content-type",
+            },
+        )
+        allowed = await client.get("/songs", headers={"Origin": "https://example.org"})
+        other = await client.get("/songs", headers={"Origin": "https://elsewhere.example"})
+
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://songs.example"
+    assert "PATCH" in preflight.headers["access-control-allow-methods"]
+    assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+    assert "ETag" in allowed.headers["access-control-expose-headers"]
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
+    settings: Settings, database_url: URL, session: AsyncSession
+) -> None:
+    if database_url.get_backend_name() != "postgresql":
+        pytest.skip("SQLite has no statement timeout: its busy timeout bounds the wait for a lock")
+    song = await make_song(session)
+    holder = create_async_engine(database_url)
+    try:
+        async with holder.connect() as connection, connection.begin():
+            await connection.execute(text("SELECT 1 FROM song WHERE id = :id FOR UPDATE"), {"id": song.id})
+            async with client_with(settings, statement_timeout_ms=300) as client:
+                started = time.monotonic()
+                response = await asyncio.wait_for(client.patch(f"/songs/{song.id}", json={"year": 1970}), 10)
+                waited = time.monotonic() - started
+    finally:
+        await holder.dispose()
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert response.json()["code"] == "database-unavailable"
+    assert waited < 5
