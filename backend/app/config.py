@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     require_if_match: bool = False
     require_read_key: bool = False
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 24 * 3600
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
     cors_origins: str = ""
 

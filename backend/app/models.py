@@ -369,3 +369,20 @@ class ApiKeyCreated(ApiKeyPublic):
     """A new key, with its secret: shown this once, never again."""
 
     key: str
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """A write sent with an `Idempotency-Key`, and the answer it got: replayed to a retry of it."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_expires_at", "expires_at"),)
+
+    api_key_id: int = Field(foreign_key="api_key.id", primary_key=True, ondelete="CASCADE")
+    key: str = Field(max_length=255, primary_key=True)
+    request_hash: str = Field(max_length=64)
+    # None while the first request is being answered.
+    status: int | None = Field(default=None)
+    response_headers: str | None = Field(default=None)  # JSON
+    response_body: str | None = Field(default=None)
+    claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)

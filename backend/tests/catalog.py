@@ -14,9 +14,10 @@ async def empty_catalog(engine: AsyncEngine) -> None:
     """Deletes every song and API key, and restarts the ids."""
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            await connection.execute(text("TRUNCATE song, search_term, api_key RESTART IDENTITY"))
+            await connection.execute(text("TRUNCATE song, search_term, idempotency_key, api_key RESTART IDENTITY"))
         else:
             await connection.execute(text("DELETE FROM song"))
+            await connection.execute(text("DELETE FROM idempotency_key"))
             await connection.execute(text("DELETE FROM api_key"))
             await connection.execute(text("DELETE FROM sqlite_sequence"))
 

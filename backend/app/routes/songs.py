@@ -4,14 +4,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from app import exporting, songs
+from app import exporting, idempotency, songs
 from app.auth import require
 from app.db import SessionDep
 from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
 from app.importing import OnConflict
+from app.keys import Caller
 from app.models import BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
 from app.routes import preconditions
 from app.routes.links import preferred_count, set_next_link
@@ -71,29 +72,57 @@ async def list_songs(
     return page.items  # type: ignore[return-value]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Any unique string (a UUID): a retry with the same key and request gets the first answer "
+        "again, with `Idempotent-Replayed: true`, and writes nothing more. Kept 24 hours, per API key."
+    ),
+]
+REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.", "schema": {"type": "string"}}}
+
+
 @router.post(
     "",
-    dependencies=[WRITE],
     status_code=status.HTTP_201_CREATED,
     responses={
-        201: {"headers": {"Location": {"description": "The new song's URL.", "schema": {"type": "string"}}}},
+        201: {
+            "headers": {
+                "Location": {"description": "The new song's URL.", "schema": {"type": "string"}},
+                "ETag": {"description": "The song's version.", "schema": {"type": "string"}},
+                **REPLAYED,
+            }
+        },
         **problem_responses(400, 409, 413, 415, 422),
     },
 )
-async def create_song(song_in: SongCreate, response: Response, session: SessionDep) -> SongPublic:
+async def create_song(
+    song_in: SongCreate,
+    request: Request,
+    session: SessionDep,
+    caller: Annotated[Caller | None, WRITE],
+    idempotency_key: IdempotencyKey = None,
+) -> SongPublic:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
-    song = await songs.create_song(session=session, song_in=song_in)
-    response.headers["Location"] = f"/songs/{song.id}"
-    response.headers["ETag"] = preconditions.etag(song)
-    return song  # type: ignore[return-value]
+
+    async def create() -> JSONResponse:
+        song = await songs.create_song(session=session, song_in=song_in)
+        body = SongPublic.model_validate(song).model_dump(mode="json")
+        headers = {"Location": f"/songs/{song.id}", "ETag": preconditions.etag(song)}
+        return JSONResponse(body, status_code=status.HTTP_201_CREATED, headers=headers)
+
+    return await idempotency.run_once(request, caller, song_in.model_dump(), create)  # type: ignore[return-value]
 
 
-@router.post("/batch", dependencies=[WRITE], responses=problem_responses(400, 409, 413, 415, 422))
+@router.post("/batch", responses={200: {"headers": REPLAYED}, **problem_responses(400, 409, 413, 415, 422)})
 async def create_songs(
     songs_in: Annotated[
         list[SongCreate], Body(min_length=1, max_length=songs.BATCH_MAX, description="1 to 1,000 songs.")
     ],
+    request: Request,
     session: SessionDep,
+    caller: Annotated[Caller | None, WRITE],
+    idempotency_key: IdempotencyKey = None,
     on_conflict: Annotated[
         OnConflict,
         Query(
@@ -107,7 +136,13 @@ async def create_songs(
     If any song is invalid the batch is refused with 422, naming each one
     (`errors[].field` is `index.field`), and nothing is written.
     """
-    return await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
+
+    async def create() -> JSONResponse:
+        result = await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    payload = [song.model_dump() for song in songs_in]
+    return await idempotency.run_once(request, caller, payload, create)  # type: ignore[return-value]
 
 
 ETAG = {

@@ -1,0 +1,146 @@
+"""Idempotency-Key: a retried write gets the first answer and writes nothing more."""
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import update
+
+from app.config import Settings
+from app.main import create_app
+from app.models import IdempotencyRecord, utcnow
+from tests.conftest import client_for, make_key
+
+SONG = {"name": "Halo", "artist": "Beyoncé", "year": 2008}
+
+
+def key(value: str) -> dict[str, str]:
+    return {"Idempotency-Key": value}
+
+
+async def count_songs(client: httpx.AsyncClient) -> int:
+    return len((await client.get("/songs")).json())
+
+
+async def test_a_retry_replays_the_first_answer(client: httpx.AsyncClient) -> None:
+    first = await client.post("/songs", json=SONG, headers=key("a1"))
+    retry = await client.post("/songs", json=dict(reversed(SONG.items())), headers=key("a1"))
+
+    assert first.status_code == 201
+    assert retry.status_code == 201
+    assert retry.json() == first.json()
+    assert retry.headers["location"] == first.headers["location"]
+    assert retry.headers["etag"] == first.headers["etag"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await count_songs(client) == 1
+
+
+async def test_the_same_key_for_another_request_is_422(client: httpx.AsyncClient) -> None:
+    await client.post("/songs", json=SONG, headers=key("a1"))
+
+    other = await client.post("/songs", json=SONG | {"year": 2009}, headers=key("a1"))
+
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency-key-reused"
+    assert await count_songs(client) == 1
+
+
+async def test_an_error_answer_is_replayed_too(client: httpx.AsyncClient) -> None:
+    await client.post("/songs", json=SONG)
+
+    first = await client.post("/songs", json=SONG, headers=key("dup"))
+    retry = await client.post("/songs", json=SONG, headers=key("dup"))
+
+    assert first.status_code == 409
+    assert (retry.status_code, retry.json()) == (409, first.json())
+    assert retry.headers["content-type"] == "application/problem+json"
+
+
+async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncClient) -> None:
+    async with client_for(app, await make_key(app, "write")) as other:
+        mine = await client.post("/songs", json=SONG, headers=key("same"))
+        theirs = await other.post("/songs", json={"name": "Creep", "artist": "Radiohead"}, headers=key("same"))
+
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert await count_songs(client) == 2
+
+
+async def test_simultaneous_requests_with_one_key_create_one_song(client: httpx.AsyncClient) -> None:
+    responses = await asyncio.gather(*(client.post("/songs", json=SONG, headers=key("race")) for _ in range(10)))
+
+    created = [response for response in responses if response.status_code == 201]
+    in_use = [response for response in responses if response.status_code == 409]
+    assert created
+    assert len(created) + len(in_use) == 10
+    assert {response.json()["id"] for response in created} == {created[0].json()["id"]}
+    assert all(response.json()["code"] == "idempotency-key-in-use" for response in in_use)
+    assert all(response.headers["retry-after"] == "1" for response in in_use)
+    assert await count_songs(client) == 1
+
+
+async def test_the_batch_route_is_idempotent(client: httpx.AsyncClient) -> None:
+    batch = [SONG, {"name": "Creep", "artist": "Radiohead"}]
+
+    first = await client.post("/songs/batch", json=batch, headers=key("b1"))
+    retry = await client.post("/songs/batch", json=batch, headers=key("b1"))
+    other_rule = await client.post("/songs/batch?on_conflict=update", json=batch, headers=key("b1"))
+
+    assert first.json()["created"] == 2
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert other_rule.status_code == 422
+
+
+@pytest.mark.parametrize("value", [b"", b"x" * 256, "naïve".encode(), b"two words"])
+async def test_a_malformed_idempotency_key_is_422(client: httpx.AsyncClient, value: bytes) -> None:
+    response = await client.post("/songs", json=SONG, headers={b"Idempotency-Key": value})
+
+    assert response.status_code == 422
+    assert await count_songs(client) == 0
+
+
+async def test_an_expired_answer_is_not_replayed(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await client.post("/songs", json=SONG, headers=key("old"))
+    await set_records(app, expires_at=utcnow() - timedelta(seconds=1))
+
+    retry = await client.post("/songs", json=SONG, headers=key("old"))
+
+    assert retry.status_code == 409  # done again: the song is there already
+    assert "idempotent-replayed" not in retry.headers
+
+
+async def test_a_claim_whose_request_died_is_taken_over(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await client.post("/songs", json={"name": "Creep", "artist": "Radiohead"}, headers=key("died"))
+    await client.delete("/songs/1")
+    await set_records(app, status=None, claimed_at=utcnow() - timedelta(minutes=3))
+
+    retry = await client.post("/songs", json={"name": "Creep", "artist": "Radiohead"}, headers=key("died"))
+
+    assert retry.status_code == 201
+    assert "idempotent-replayed" not in retry.headers
+
+
+async def set_records(app: FastAPI, **values: object) -> None:
+    async with app.state.sessionmaker() as session:
+        await session.exec(update(IdempotencyRecord).values(**values))
+        await session.commit()
+
+
+async def test_answers_are_seen_by_every_instance(app: FastAPI, client: httpx.AsyncClient, settings: Settings) -> None:
+    first = await client.post("/songs", json=SONG, headers=key("shared"))
+    other_instance = create_app(settings)
+    async with LifespanManager(other_instance):
+        transport = httpx.ASGITransport(app=other_instance)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://songbook.test",
+            headers={"Authorization": client.headers["authorization"]},
+        ) as other:
+            retry = await other.post("/songs", json=SONG, headers=key("shared"))
+
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
