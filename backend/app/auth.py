@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app import keys
+from app import keys, ratelimit
 from app.errors import AppError
 from app.keys import Caller
 from app.models import Scope
@@ -29,7 +29,15 @@ async def caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller | None:
     """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
+    settings = request.app.state.settings
     if request.headers.get("authorization") is None:
+        address = request.client.host if request.client else "unknown"
+        await ratelimit.limit(
+            request.app.state.buckets,
+            f"address:{address}",
+            settings.anonymous_rate_limit_per_second,
+            settings.anonymous_rate_limit_burst,
+        )
         return None
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
@@ -41,6 +49,9 @@ async def caller(
             "This key is not valid: unknown, mistyped or revoked.",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
+    await ratelimit.limit(
+        request.app.state.buckets, f"key:{found.prefix}", settings.rate_limit_per_second, settings.rate_limit_burst
+    )
     return found
 
 

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     require_if_match: bool = False
     require_read_key: bool = False
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 24 * 3600
+    # Token buckets: per API key, and per client address for requests without one. 0 turns a limit off.
+    rate_limit_per_second: Annotated[float, Field(ge=0)] = 100.0
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 200
+    anonymous_rate_limit_per_second: Annotated[float, Field(ge=0)] = 20.0
+    anonymous_rate_limit_burst: Annotated[int, Field(ge=1)] = 60
+    redis_url: str = ""
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
     cors_origins: str = ""
 

@@ -37,6 +37,7 @@ class Caller:
     key_id: int
     name: str
     scope: Scope
+    prefix: str
 
     def may(self, scope: Scope) -> bool:
         return SCOPES.index(self.scope) >= SCOPES.index(scope)
@@ -102,7 +103,7 @@ async def check_key(*, session: AsyncSession, key: str) -> Caller | None:
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, _hash(key)):
         return None
     assert row.id is not None
-    caller = Caller(row.id, row.name, row.scope)  # type: ignore[arg-type]
+    caller = Caller(row.id, row.name, row.scope, row.prefix)  # type: ignore[arg-type]
     await session.commit()  # the read is over; the write below is a transaction of its own
     now = time.monotonic()
     if now - _last_recorded.get(row.prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:

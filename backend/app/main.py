@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import db, schema
+from app import db, ratelimit, schema
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
@@ -23,9 +23,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = db.create_sessionmaker(engine)
         app.state.schema_heads = schema.head_revisions()
+        app.state.buckets = ratelimit.buckets(settings.redis_url)
         try:
             yield
         finally:
+            await app.state.buckets.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -40,7 +40,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_idempotency_key_expires_at", ["expires_at"], unique=False)
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("idempotency_key", schema=None) as batch_op:
         batch_op.drop_index("ix_idempotency_key_expires_at")

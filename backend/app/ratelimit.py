@@ -1,0 +1,121 @@
+"""Rate limits: a token bucket per API key, and per client address for requests without one.
+
+A bucket holds up to `burst` tokens and refills at `per_second`; each request
+takes one, and with none left it is answered 429 with the seconds until the
+next in `Retry-After`. Buckets live in the process by default, or in Redis
+when `redis_url` is set, so that every instance of the service shares them.
+If Redis cannot be reached, requests are let through (and logged): a limit
+must not take the service down with it.
+"""
+
+import logging
+import math
+import time
+from typing import Protocol
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from app.errors import AppError
+
+logger = logging.getLogger(__name__)
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    code = "too-many-requests"
+
+
+class Buckets(Protocol):
+    async def take(self, name: str, per_second: float, burst: int) -> float:
+        """Takes a token from bucket `name`: 0 if there was one, else the seconds until there is."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBuckets:
+    """Buckets in this process: for one process, or instances that need not agree."""
+
+    MAX_BUCKETS = 100_000
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # name: (tokens, when)
+
+    async def take(self, name: str, per_second: float, burst: int) -> float:
+        now = time.monotonic()
+        tokens, then = self._buckets.get(name, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - then) * per_second)
+        if len(self._buckets) >= self.MAX_BUCKETS:
+            self._forget_full(now, per_second, burst)
+        if tokens >= 1:
+            self._buckets[name] = (tokens - 1, now)
+            return 0.0
+        self._buckets[name] = (tokens, now)
+        return (1 - tokens) / per_second
+
+    def _forget_full(self, now: float, per_second: float, burst: int) -> None:
+        # A bucket full again is the same as no bucket: many clients cannot grow this without end.
+        self._buckets = {
+            name: (tokens, then)
+            for name, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * per_second < burst
+        }
+
+    async def close(self) -> None:
+        return None
+
+
+# Atomic in Redis, on Redis's clock: instances with skewed clocks still agree.
+_TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'when')
+local tokens = tonumber(state[1]) or burst
+local when = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - when) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'when', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisBuckets:
+    """Buckets in Redis, shared by every instance that uses the same Redis."""
+
+    PREFIX = "songbook:rate:"
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._take = self._redis.register_script(_TAKE)
+
+    async def take(self, name: str, per_second: float, burst: int) -> float:
+        try:
+            wait = await self._take(keys=[self.PREFIX + name], args=[per_second, burst])
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limits not applied: Redis is unreachable (%s)", type(exc).__name__)
+            return 0.0
+        return float(wait)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def buckets(redis_url: str) -> Buckets:
+    return RedisBuckets(redis_url) if redis_url else MemoryBuckets()
+
+
+async def limit(bucket_store: Buckets, name: str, per_second: float, burst: int) -> None:
+    """Takes a token for `name`, or refuses the request with 429; a rate of 0 means no limit."""
+    if per_second <= 0:
+        return
+    wait = await bucket_store.take(name, per_second, burst)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        raise TooManyRequests(
+            f"Too many requests: at most {per_second:g} a second, {burst} at once. Retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
