@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app import keys, ratelimit
@@ -74,3 +74,21 @@ def require(scope: Scope) -> Any:
         return found
 
     return Depends(check)
+
+
+def document_public_reads(app: FastAPI, *, require_read_key: bool) -> None:
+    """Marks the key as optional on the reads in the OpenAPI description, unless reads need one."""
+    if require_read_key:
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            described = generate()
+            for path, operations in described.get("paths", {}).items():
+                read = operations.get("get")
+                if read and "security" in read and not path.startswith("/keys"):
+                    read["security"] = [{}, *read["security"]]  # none, or a key
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

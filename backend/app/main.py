@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import db, ratelimit, schema
+from app.auth import document_public_reads
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    document_public_reads(app, require_read_key=settings.require_read_key)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_headers(app, settings.cors_origin_list)
     app.include_router(songs.router)

@@ -17,7 +17,7 @@ router = APIRouter(
 )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(409, 422))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(400, 409, 413, 415, 422))
 async def create_key(key_in: ApiKeyCreate, session: SessionDep) -> ApiKeyCreated:
     """Makes a key. Its secret (`key`) is in this answer only: keep it."""
     return await keys.create_key(session=session, key_in=key_in)
