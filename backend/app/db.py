@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.config import Settings
 
 CONNECT_TIMEOUT_SECONDS = 5
+COMMAND_TIMEOUT_MARGIN_SECONDS = 2
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -31,6 +32,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "timeout": CONNECT_TIMEOUT_SECONDS,
             # A statement that runs (or waits for a lock) longer is cancelled: a 503, never a hang.
             "server_settings": {"statement_timeout": str(settings.statement_timeout_ms)},
+            # And if the server goes silent (a network cut), the client stops waiting too.
+            "command_timeout": settings.statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_SECONDS
+            if settings.statement_timeout_ms
+            else None,
         },
     )
 

@@ -303,8 +303,9 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01"})
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.DBAPIError)
-    if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
-        logger.warning("database statement gave up: %s", getattr(exc.orig, "sqlstate", None))
+    # The connection was lost mid-statement (SQLAlchemy drops the pool's others with it), or the statement gave up.
+    if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        logger.warning("database unavailable: %s", type(exc.orig).__name__)
         return problem_response(
             503,
             DatabaseUnavailable.code,
@@ -326,7 +327,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for exc_class in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+    for exc_class in (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+    ):
         app.add_exception_handler(exc_class, _database_unavailable)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(Exception, _internal_error)
