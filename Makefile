@@ -5,12 +5,19 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := cd backend && $(UV) run --locked
 
-.PHONY: run test lint typecheck pytest sync check-docker bench-queries bench-transfer clean
+.PHONY: run key test lint typecheck pytest sync check-docker bench-queries bench-transfer clean
 
 # Without the dev tools: a laptop that only runs the service installs only what it needs.
 run: $(UV)
 	cd backend && $(UV) run --locked --no-dev songbook migrate
 	cd backend && $(UV) run --locked --no-dev songbook serve
+
+# A write key for the local service (make key SCOPE=admin NAME=... for others); printed once.
+SCOPE ?= write
+NAME ?= $(SCOPE)-$(shell date +%Y%m%d-%H%M%S)
+key: $(UV)
+	cd backend && $(UV) run --locked --no-dev songbook migrate >/dev/null
+	cd backend && $(UV) run --locked --no-dev songbook keys create --name "$(NAME)" --scope "$(SCOPE)"
 
 test: lint typecheck pytest
 
