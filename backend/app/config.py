@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.models import BATCH_SIZE_CEILING, PAGE_SIZE_CEILING
+
 ENV_PREFIX = "SONGBOOK_"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -39,6 +41,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_CEILING)] = 500
+    max_batch_size: Annotated[int, Field(ge=1, le=BATCH_SIZE_CEILING)] = 1000
     require_if_match: bool = False
     require_read_key: bool = False
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 24 * 3600

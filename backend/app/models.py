@@ -20,6 +20,9 @@ SQLModel.metadata.naming_convention = {
 }
 
 TEXT_MAX = 200
+# What the page and batch size settings may be raised to, at most.
+PAGE_SIZE_CEILING = 10_000
+BATCH_SIZE_CEILING = 10_000
 YEAR_MIN = 1860  # the oldest recording of a song that survives
 YEAR_MAX = 9999
 
@@ -258,7 +261,9 @@ class SongQuery(SQLModel):
         "Default: relevance with `q`, else id.",
         examples=["artist,-year"],
     )
-    limit: int = pydantic.Field(default=50, ge=1, le=500, description="Songs per page.")
+    limit: int = pydantic.Field(
+        default=50, ge=1, le=PAGE_SIZE_CEILING, description="Songs per page: at most 500, unless configured otherwise."
+    )
     cursor: str | None = pydantic.Field(
         default=None,
         max_length=2000,
@@ -273,7 +278,12 @@ class ArtistQuery(SQLModel):
         default=None, description="Artists whose name starts with this, ignoring case."
     )
     sort: str | None = pydantic.Field(default=None, description="name, -name, songs or -songs (default name).")
-    limit: int = pydantic.Field(default=50, ge=1, le=500, description="Artists per page.")
+    limit: int = pydantic.Field(
+        default=50,
+        ge=1,
+        le=PAGE_SIZE_CEILING,
+        description="Artists per page: at most 500, unless configured otherwise.",
+    )
     cursor: str | None = pydantic.Field(
         default=None, max_length=2000, description="From the `Link` of the previous page."
     )

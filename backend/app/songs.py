@@ -62,9 +62,6 @@ async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
     return song
 
 
-BATCH_MAX = 1000
-
-
 async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
     """Adds songs, all in one transaction, under the conflict rule of `songbook import`.
 

@@ -86,7 +86,7 @@ async def test_an_invalid_song_refuses_the_whole_batch_naming_each(client: httpx
     assert (await client.get("/songs")).json() == []
 
 
-@pytest.mark.parametrize(("count", "message"), [(0, "at least 1 item"), (1001, "at most 1000 items")])
+@pytest.mark.parametrize(("count", "message"), [(0, "at least 1 item"), (1001, "a batch holds at most 1000 songs")])
 async def test_a_batch_holds_1_to_1000_songs(client: httpx.AsyncClient, count: int, message: str) -> None:
     songs = [{"name": f"Song {i}", "artist": "Band"} for i in range(count)]
 

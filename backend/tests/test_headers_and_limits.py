@@ -92,3 +92,19 @@ async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
     assert response.headers["retry-after"]
     assert response.json()["code"] == "database-unavailable"
     assert waited < 5
+
+
+async def test_page_and_batch_sizes_are_settings(settings: Settings) -> None:
+    async with client_with(settings, max_page_size=10, max_batch_size=2) as client:
+        page = await client.get("/songs?limit=10")
+        too_long = await client.get("/songs?limit=11")
+        artists = await client.get("/artists?limit=11")
+        batch = await client.post("/songs/batch", json=[{"name": f"Song {i}", "artist": "Band"} for i in range(3)])
+
+    assert page.status_code == 200
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"][0]["field"] == "limit"
+    assert too_long.json()["errors"][0]["message"] == "must be at most 10, this service's largest page"
+    assert artists.status_code == 422
+    assert batch.status_code == 422
+    assert batch.json()["detail"] == "body songs: a batch holds at most 2 songs; this one has 3"

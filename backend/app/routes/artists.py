@@ -9,7 +9,7 @@ from app.auth import require
 from app.db import SessionDep
 from app.errors import problem_responses
 from app.models import ArtistPublic, ArtistQuery
-from app.routes.links import set_next_link
+from app.routes.links import check_page_size, set_next_link
 
 router = APIRouter(
     prefix="/artists", tags=["artists"], dependencies=[require("read")], responses=problem_responses(401, 403, 500, 503)
@@ -31,6 +31,7 @@ async def list_artists(
     request: Request, response: Response, session: SessionDep, query: Annotated[ArtistQuery, Query()]
 ) -> list[ArtistPublic]:
     """Lists the artists, by name or by number of songs."""
+    check_page_size(request, query.limit)
     page = await songs.list_artists(session=session, query=query)
     set_next_link(request, response, page.next_cursor)
     return page.items

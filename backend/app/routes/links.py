@@ -1,8 +1,17 @@
-"""HTTP details shared by the listing routes: the next-page link and the count preference."""
+"""HTTP details shared by the listing routes: the page size, the next-page link and the count preference."""
 
 from typing import Literal
 
 from fastapi import Request, Response
+
+from app.errors import InvalidParameter
+
+
+def check_page_size(request: Request, limit: int) -> None:
+    """Refuses a page larger than the service's limit (the `max_page_size` setting)."""
+    largest = request.app.state.settings.max_page_size
+    if limit > largest:
+        raise InvalidParameter("query", "limit", f"must be at most {largest}, this service's largest page")
 
 
 def set_next_link(request: Request, response: Response, next_cursor: str | None) -> None:

@@ -13,9 +13,9 @@ from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
 from app.importing import OnConflict
 from app.keys import Caller
-from app.models import BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
+from app.models import BATCH_SIZE_CEILING, BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
 from app.routes import preconditions
-from app.routes.links import preferred_count, set_next_link
+from app.routes.links import check_page_size, preferred_count, set_next_link
 
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503))
 
@@ -63,6 +63,7 @@ async def list_songs(
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
         return await _export(request, query, export)  # type: ignore[return-value]
+    check_page_size(request, query.limit)
     count = preferred_count(prefer)
     page = await songs.list_songs(session=session, query=query, count=count)
     set_next_link(request, response, page.next_cursor)
@@ -117,7 +118,8 @@ async def create_song(
 @router.post("/batch", responses={200: {"headers": REPLAYED}, **problem_responses(400, 409, 413, 415, 422)})
 async def create_songs(
     songs_in: Annotated[
-        list[SongCreate], Body(min_length=1, max_length=songs.BATCH_MAX, description="1 to 1,000 songs.")
+        list[SongCreate],
+        Body(min_length=1, max_length=BATCH_SIZE_CEILING, description="1 to 1,000 songs, unless configured otherwise."),
     ],
     request: Request,
     session: SessionDep,
@@ -136,6 +138,9 @@ async def create_songs(
     If any song is invalid the batch is refused with 422, naming each one
     (`errors[].field` is `index.field`), and nothing is written.
     """
+    largest = request.app.state.settings.max_batch_size
+    if len(songs_in) > largest:
+        raise InvalidParameter("body", "songs", f"a batch holds at most {largest} songs; this one has {len(songs_in)}")
 
     async def create() -> JSONResponse:
         result = await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
