@@ -30,21 +30,24 @@ async def caller(
 ) -> Caller | None:
     """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
     settings = request.app.state.settings
+    address = request.client.host if request.client else "unknown"
+    by_address = (
+        request.app.state.buckets,
+        f"address:{address}",
+        settings.anonymous_rate_limit_per_second,
+        settings.anonymous_rate_limit_burst,
+    )
     if request.headers.get("authorization") is None:
-        address = request.client.host if request.client else "unknown"
-        await ratelimit.limit(
-            request.app.state.buckets,
-            f"address:{address}",
-            settings.anonymous_rate_limit_per_second,
-            settings.anonymous_rate_limit_burst,
-        )
+        await ratelimit.limit(*by_address)
         return None
     if credentials is None or credentials.scheme.lower() != "bearer":
+        await ratelimit.limit(*by_address)
         raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
     # A session of its own, ended before the route's begins.
     async with request.app.state.sessionmaker() as session:
         found = await keys.check_key(session=session, key=credentials.credentials)
     if found is None:
+        await ratelimit.limit(*by_address)  # bad keys count against their sender's address
         raise Unauthorized(
             "This key is not valid: unknown, mistyped or revoked.",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},

@@ -17,6 +17,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from app.headers import API_POLICY, SECURITY_HEADERS
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -318,7 +320,10 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Logged with its traceback here; the client learns nothing of the internals.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, "internal-error", "The service failed to answer this request.")
+    response = problem_response(500, "internal-error", "The service failed to answer this request.")
+    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the security headers are added here.
+    response.headers.update({name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, API_POLICY)})
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

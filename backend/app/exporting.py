@@ -10,7 +10,9 @@ line break.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, literal_column
@@ -53,9 +55,11 @@ async def stream(connection: AsyncConnection, statement: Select[Any], file_forma
     for it knows the export has started well.
     """
     header = CSV_HEADER.encode() if file_format is Format.CSV else b""
-    async for chunk in _chunks(connection, statement, file_format):
-        yield header + chunk
-        header = b""
+    # aclosing: a reader that stops early closes every layer now, in order, not at garbage collection.
+    async with aclosing(_chunks(connection, statement, file_format)) as chunks:
+        async for chunk in chunks:
+            yield header + chunk
+            header = b""
     if header:
         yield header
 
@@ -69,8 +73,11 @@ async def _chunks(connection: AsyncConnection, statement: Select[Any], file_form
         options = (
             {"format": "csv"} if file_format is Format.CSV else {"format": "csv", "delimiter": "\x02", "quote": "\x01"}
         )
-        async for chunk in _copy_out(connection, driver, str(compiled), parameters, options):
-            yield chunk
+        # An export takes as long as the catalog is large: no statement timeout for it.
+        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        async with aclosing(_copy_out(connection, driver, str(compiled), parameters, options)) as chunks:
+            async for chunk in chunks:
+                yield chunk
         return
     cursor = await driver.execute(str(compiled), parameters)  # type: ignore[union-attr]
     try:
@@ -81,6 +88,7 @@ async def _chunks(connection: AsyncConnection, statement: Select[Any], file_form
 
 
 BATCH_ROWS = 10_000
+EXPORT_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 async def _copy_out(
@@ -92,7 +100,10 @@ async def _copy_out(
 
     async def copy() -> None:
         try:
-            await driver.copy_from_query(query, *parameters, output=chunks.put, **options)
+            # The client's own timeout too would cut a long export short (it covers the whole COPY).
+            await driver.copy_from_query(
+                query, *parameters, output=chunks.put, timeout=EXPORT_TIMEOUT_SECONDS, **options
+            )
         finally:
             await chunks.put(None)
 
@@ -105,6 +116,8 @@ async def _copy_out(
         if not task.done():
             # The reader left early: the connection is mid-COPY, so it is closed, not reused.
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
             await connection.invalidate()
 
 

@@ -12,14 +12,13 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -34,6 +33,7 @@ REPLAYED_HEADERS = ("location", "etag", "content-type")
 # A claim this old with no answer belongs to a request that died: a retry may take it over.
 ABANDONED_AFTER = timedelta(minutes=2)
 PRUNE_EVERY = 100  # claims; then expired answers are deleted
+CLAIM_ATTEMPTS = 3
 
 _claims = 0
 
@@ -56,7 +56,11 @@ def _fingerprint(request: Request, payload: Any) -> str:
 
 
 async def run_once(
-    request: Request, caller: Caller | None, payload: Any, write: Callable[[], Awaitable[JSONResponse]]
+    request: Request,
+    session: AsyncSession,
+    caller: Caller | None,
+    payload: Any,
+    write: Callable[[], Awaitable[JSONResponse]],
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
@@ -69,10 +73,9 @@ async def run_once(
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
     fingerprint = _fingerprint(request, payload)
-    sessionmaker = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        ttl = request.app.state.settings.idempotency_ttl_seconds
-        record = await _claim(session, caller.key_id, key, fingerprint, ttl)
+    ttl = request.app.state.settings.idempotency_ttl_seconds
+    # One session, one connection at a time: the claim, the write, the answer kept.
+    claimed_at, record = await _claim(session, caller.key_id, key, fingerprint, ttl)
     if record is not None:
         if record.request_hash != fingerprint:
             raise IdempotencyKeyReused(
@@ -85,37 +88,41 @@ async def run_once(
             )
         headers = json.loads(record.response_headers or "{}") | {"Idempotent-Replayed": "true"}
         return Response(record.response_body, status_code=record.status, headers=headers)
+    this = [*_this(caller.key_id, key), col(IdempotencyRecord.claimed_at) == claimed_at]
     try:
         response = await _answer(write)
     except BaseException:
         # No answer to keep (the database failed, say): free the key for the retry.
         with contextlib.suppress(Exception):
-            await _store(sessionmaker, caller.key_id, key, None)
+            await _store(session, this, None)
         raise
-    await _store(sessionmaker, caller.key_id, key, None if response.status_code >= 500 else response)
+    await _store(session, this, None if response.status_code >= 500 else response)
     return response
 
 
-async def _store(
-    sessionmaker: async_sessionmaker[AsyncSession], api_key_id: int, key: str, response: Response | None
-) -> None:
-    """Keeps the answer to replay; with none (a failure the retry should try again), frees the key."""
-    async with sessionmaker() as session:
-        await write_connection(session)
-        if response is None:
-            await session.exec(delete(IdempotencyRecord).where(*_this(api_key_id, key)))
-        else:
-            headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
-            await session.exec(
-                update(IdempotencyRecord)
-                .where(*_this(api_key_id, key))
-                .values(
-                    status=response.status_code,
-                    response_headers=json.dumps(headers),
-                    response_body=bytes(response.body).decode(),
-                )
+async def _store(session: AsyncSession, claim: list[Any], response: Response | None) -> None:
+    """Keeps the answer to replay; with none (a failure the retry should try again), frees the key.
+
+    Only while the claim is this request's: one taken over since is left alone.
+    A crash between the write and this leaves the claim without an answer: after
+    `ABANDONED_AFTER`, a retry does the write again (a create then finds its song there).
+    """
+    await session.close()  # whatever the write left open: this is a transaction of its own
+    await write_connection(session)
+    if response is None:
+        await session.exec(delete(IdempotencyRecord).where(*claim))
+    else:
+        headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
+        await session.exec(
+            update(IdempotencyRecord)
+            .where(*claim, col(IdempotencyRecord.status).is_(None))
+            .values(
+                status=response.status_code,
+                response_headers=json.dumps(headers),
+                response_body=bytes(response.body).decode(),
             )
-        await session.commit()
+        )
+    await session.commit()
 
 
 async def _answer(write: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
@@ -132,34 +139,47 @@ def _this(api_key_id: int, key: str) -> list[Any]:
 
 async def _claim(
     session: AsyncSession, api_key_id: int, key: str, fingerprint: str, ttl_seconds: int
-) -> IdempotencyRecord | None:
-    """Claims the key for this request: None if claimed, else the record of the request that has it."""
+) -> tuple[datetime, IdempotencyRecord | None]:
+    """Claims the key for this request: (when, None) if claimed, else the record of the request that has it."""
     global _claims
-    now = utcnow()
-    await write_connection(session)
-    _claims += 1
-    if _claims % PRUNE_EVERY == 0:
-        await session.exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < now))
-    # An expired answer, or a claim whose request died, is taken over.
-    await session.exec(
-        delete(IdempotencyRecord).where(
-            *_this(api_key_id, key),
-            (col(IdempotencyRecord.expires_at) < now)
-            | (col(IdempotencyRecord.status).is_(None) & (col(IdempotencyRecord.claimed_at) < now - ABANDONED_AFTER)),
-        )
-    )
-    try:
+    for _ in range(CLAIM_ATTEMPTS):
+        now = utcnow()
+        await session.close()
+        await write_connection(session)
+        _claims += 1
+        if _claims % PRUNE_EVERY == 0:
+            await session.exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < now))
+        # An expired answer, or a claim whose request died, is taken over.
         await session.exec(
-            insert(IdempotencyRecord).values(
-                api_key_id=api_key_id,
-                key=key,
-                request_hash=fingerprint,
-                claimed_at=now,
-                expires_at=now + timedelta(seconds=ttl_seconds),
+            delete(IdempotencyRecord).where(
+                *_this(api_key_id, key),
+                (col(IdempotencyRecord.expires_at) < now)
+                | (
+                    col(IdempotencyRecord.status).is_(None)
+                    & (col(IdempotencyRecord.claimed_at) < now - ABANDONED_AFTER)
+                ),
             )
         )
+        try:
+            await session.exec(
+                insert(IdempotencyRecord).values(
+                    api_key_id=api_key_id,
+                    key=key,
+                    request_hash=fingerprint,
+                    claimed_at=now,
+                    expires_at=now + timedelta(seconds=ttl_seconds),
+                )
+            )
+            await session.commit()
+            return now, None
+        except IntegrityError:
+            await session.rollback()
+        record = (await session.exec(select(IdempotencyRecord).where(*_this(api_key_id, key)))).first()
         await session.commit()
-        return None
-    except IntegrityError:
-        await session.rollback()
-    return (await session.exec(select(IdempotencyRecord).where(*_this(api_key_id, key)))).first()
+        if record is not None:
+            return now, record
+        # Freed between our insert and our read (its request failed): claim it again.
+    raise IdempotencyKeyInUse(
+        "A request with this Idempotency-Key is being retried at the same time; retry shortly.",
+        headers={"Retry-After": "1"},
+    )

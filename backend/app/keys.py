@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -114,6 +114,6 @@ async def check_key(*, session: AsyncSession, key: str) -> Caller | None:
             await write_connection(session)
             await session.exec(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=utcnow()))
             await session.commit()
-        except OperationalError:
+        except DBAPIError:  # busy, or timed out: the use is recorded next time
             await session.rollback()
     return caller

@@ -40,27 +40,31 @@ class MemoryBuckets:
     MAX_BUCKETS = 100_000
 
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}  # name: (tokens, when)
+        # name: (tokens, when, per_second, burst); oldest use first, for eviction.
+        self._buckets: dict[str, tuple[float, float, float, int]] = {}
 
     async def take(self, name: str, per_second: float, burst: int) -> float:
         now = time.monotonic()
-        tokens, then = self._buckets.get(name, (float(burst), now))
+        tokens, then, _, _ = self._buckets.pop(name, (float(burst), now, per_second, burst))
         tokens = min(float(burst), tokens + (now - then) * per_second)
-        if len(self._buckets) >= self.MAX_BUCKETS:
-            self._forget_full(now, per_second, burst)
-        if tokens >= 1:
-            self._buckets[name] = (tokens - 1, now)
-            return 0.0
-        self._buckets[name] = (tokens, now)
-        return (1 - tokens) / per_second
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / per_second
+        self._buckets[name] = (tokens - 1 if tokens >= 1 else tokens, now, per_second, burst)
+        if len(self._buckets) > self.MAX_BUCKETS:
+            self._evict(now)
+        return wait
 
-    def _forget_full(self, now: float, per_second: float, burst: int) -> None:
-        # A bucket full again is the same as no bucket: many clients cannot grow this without end.
+    def _evict(self, now: float) -> None:
+        # A bucket full again is the same as no bucket: forget those; if that is not
+        # enough, the least recently used half. Many clients cannot grow this without end.
         self._buckets = {
-            name: (tokens, then)
-            for name, (tokens, then) in self._buckets.items()
-            if tokens + (now - then) * per_second < burst
+            name: bucket
+            for name, bucket in self._buckets.items()
+            if bucket[0] + (now - bucket[1]) * bucket[2] < bucket[3]
         }
+        if len(self._buckets) > self.MAX_BUCKETS // 2:
+            names = list(self._buckets)
+            for name in names[: len(names) - self.MAX_BUCKETS // 2]:
+                del self._buckets[name]
 
     async def close(self) -> None:
         return None

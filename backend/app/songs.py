@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -208,8 +209,9 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
         .where(*_song_filters(session, query, found))
         .order_by(col(Song.id))
     )
-    async for chunk in exporting.stream(await session.connection(), statement, file_format):
-        yield chunk
+    async with aclosing(exporting.stream(await session.connection(), statement, file_format)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
 def _dialect(session: AsyncSession) -> str:

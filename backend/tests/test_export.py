@@ -6,11 +6,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import URL
 from sqlmodel.ext.asyncio.session import AsyncSession
 from typer.testing import CliRunner
 
+from app import songs
 from app.cli import cli
+from app.formats import Format, RawRow
+from app.importing import Import
+from app.models import SongQuery
 from tests.catalog import empty, full_rows
 from tests.factories import make_song
 
@@ -137,3 +142,20 @@ async def test_an_export_refuses_paging(client: httpx.AsyncClient, parameter: st
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     assert "an export has every matching song, in id order" in response.json()["detail"]
+
+
+async def test_an_export_left_early_frees_its_connection(client: httpx.AsyncClient, app: FastAPI) -> None:
+    async with app.state.sessionmaker() as session:
+        job = Import(await session.connection())
+        await job.start()
+        await job.stage("test", (RawRow(i, {"name": f"Song {i}", "artist": "Band"}) for i in range(20_000)))
+        await job.apply()
+        await session.commit()
+    for _ in range(3):  # more times than... the pool would bear if each left a connection behind
+        async with app.state.sessionmaker() as session:
+            chunks = songs.export_songs(session=session, query=SongQuery(), file_format=Format.CSV)
+            first = await anext(chunks)
+            await chunks.aclose()  # a client that went away
+
+        assert first.startswith(b"id,name,artist,year,created_at,updated_at\n1,Song 0,Band,,")
+    assert (await client.get("/songs?limit=1")).status_code == 200

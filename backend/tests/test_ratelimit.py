@@ -56,6 +56,27 @@ async def test_requests_without_a_key_are_limited_by_address(settings: Settings)
     assert health.status_code == 200  # probes are never limited
 
 
+async def test_bad_keys_count_against_their_senders_address(settings: Settings) -> None:
+    limits = {"anonymous_rate_limit_per_second": 0.1, "anonymous_rate_limit_burst": 2}
+    async with service(settings, **limits) as app, client_for(app, "sb_00000000_guess") as guesser:
+        statuses = [(await guesser.get("/songs")).status_code for _ in range(3)]
+
+    assert statuses == [401, 401, 429]
+
+
+async def test_memory_buckets_stay_bounded_and_keep_the_recent_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemoryBuckets, "MAX_BUCKETS", 10)
+    buckets = MemoryBuckets()
+
+    for number in range(25):
+        await buckets.take(f"client {number}", 0.001, 5)  # never full again in this test
+    recent = await buckets.take("client 24", 0.001, 5)
+
+    assert len(buckets._buckets) <= 10
+    assert "client 24" in buckets._buckets
+    assert recent == 0.0  # its bucket was kept: the second of its five tokens
+
+
 async def test_a_rate_of_zero_is_no_limit(settings: Settings) -> None:
     limits = {"anonymous_rate_limit_per_second": 0, "anonymous_rate_limit_burst": 1}
     async with service(settings, **limits) as app, client_for(app, None) as anonymous:

@@ -1,5 +1,6 @@
 """Conditional requests (RFC 9110): a song's version is its strong ETag."""
 
+import re
 from collections.abc import Collection
 
 from fastapi import Request
@@ -8,6 +9,7 @@ from app.errors import PreconditionRequired
 from app.models import Song
 
 ANY: Collection[int] | None = None  # If-Match: *
+_OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
 
 
 def etag(song: Song) -> str:
@@ -32,7 +34,7 @@ def if_match(request: Request) -> Collection[int] | None:
     if "*" in tags:
         return ANY
     # Strong comparison: a weak tag (W/"1") never matches, nor does one that is not ours.
-    return {int(tag[1:-1]) for tag in tags if len(tag) > 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit()}
+    return {int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag))}
 
 
 def not_modified(request: Request, song: Song) -> bool:

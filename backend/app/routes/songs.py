@@ -112,7 +112,7 @@ async def create_song(
         headers = {"Location": f"/songs/{song.id}", "ETag": preconditions.etag(song)}
         return JSONResponse(body, status_code=status.HTTP_201_CREATED, headers=headers)
 
-    return await idempotency.run_once(request, caller, song_in.model_dump(), create)  # type: ignore[return-value]
+    return await idempotency.run_once(request, session, caller, song_in.model_dump(), create)  # type: ignore[return-value]
 
 
 @router.post("/batch", responses={200: {"headers": REPLAYED}, **problem_responses(400, 409, 413, 415, 422)})
@@ -147,7 +147,7 @@ async def create_songs(
         return JSONResponse(result.model_dump(mode="json"))
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, caller, payload, create)  # type: ignore[return-value]
+    return await idempotency.run_once(request, session, caller, payload, create)  # type: ignore[return-value]
 
 
 ETAG = {
