@@ -15,7 +15,7 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import db, keys, schema, songs
@@ -166,7 +166,7 @@ async def _import(
     max_errors: int | None,
     dry_run: bool,
 ) -> Summary:
-    engine = db.create_engine(settings)
+    engine = _bulk_engine(settings)
     try:
         async with engine.connect() as connection:
             await connection.execution_options(**db.WRITE_OPTIONS)
@@ -196,6 +196,11 @@ async def _import(
 
 def _report(console: Console, row: Rejected) -> None:
     console.print(str(row), markup=False, highlight=False, soft_wrap=True)
+
+
+def _bulk_engine(settings: Settings) -> AsyncEngine:
+    """An engine for a bulk command: with no statement timeout, as it runs as long as its data does."""
+    return db.create_engine(settings.model_copy(update={"statement_timeout_ms": 0}))
 
 
 @contextmanager
@@ -248,7 +253,7 @@ def export_songs(
 
 
 async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
-    engine = db.create_engine(settings)
+    engine = _bulk_engine(settings)
     count = 0
     try:
         with _create(output) as stream:
@@ -294,7 +299,7 @@ def seed(
 
 
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
-    engine = db.create_engine(settings)
+    engine = _bulk_engine(settings)
     try:
         async with engine.connect() as connection:
             await connection.execution_options(**db.WRITE_OPTIONS)

@@ -246,3 +246,18 @@ def test_an_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPa
     assert "cannot import into postgresql+asyncpg://songbook:***@127.0.0.1:9/songbook" in result.stderr
     assert "nothing was imported" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_bulk_import_and_export_are_not_cut_by_the_statement_timeout(
+    catalog: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service's timeout is for requests; an import's one insert takes as long as its file.
+    monkeypatch.setenv("SONGBOOK_STATEMENT_TIMEOUT_MS", "1")
+    songs = write(tmp_path / "songs.csv", "name,artist\n" + "".join(f"Song {i},Band {i % 50}\n" for i in range(5000)))
+
+    imported = runner.invoke(cli, ["import", songs])
+    exported = runner.invoke(cli, ["export"])
+
+    assert imported.exit_code == 0, imported.output
+    assert exported.exit_code == 0, exported.output
+    assert len(exported.stdout.splitlines()) == 5001
