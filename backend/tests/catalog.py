@@ -1,13 +1,17 @@
 """Reading a catalog straight from its database, for tests of commands that write it."""
 
 import asyncio
+import uuid
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app import db, keys
+from app.config import Settings
 from app.db import configure_sqlite
+from app.models import ApiKeyCreate, Scope
 
 
 async def empty_catalog(engine: AsyncEngine) -> None:
@@ -33,6 +37,21 @@ def empty(url: URL) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def new_key(settings: Settings, scope: Scope) -> str:
+    """A new API key in the database of `settings`, for tests that run an app of their own."""
+
+    async def make() -> str:
+        engine = db.create_engine(settings)
+        try:
+            async with db.create_sessionmaker(engine)() as session:
+                key_in = ApiKeyCreate(name=f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
+                return (await keys.create_key(session=session, key_in=key_in)).key
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(make())
 
 
 def rows(url: URL) -> list[tuple[int, str, str, int | None]]:

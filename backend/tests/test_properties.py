@@ -1,8 +1,6 @@
 """Properties, checked by Hypothesis over generated input: what validation accepts, and what a song reads back as."""
 
-import asyncio
 import unicodedata
-import uuid
 from collections.abc import Iterator
 from functools import partial
 
@@ -15,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
-from app import db, keys
 from app.config import Settings
 from app.main import create_app
-from app.models import TEXT_MAX, YEAR_MIN, ApiKeyCreate, SongCreate, song_key, utcnow
+from app.models import TEXT_MAX, YEAR_MIN, SongCreate, song_key, utcnow
+from tests.catalog import new_key
 
 # Text as people type it, and as programs mangle it: accents composed and not,
 # other scripts, emoji, spaces around, and now and then a control character.
@@ -86,16 +84,7 @@ def api(catalog: URL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]
         rate_limit_per_second=0,
     )
 
-    async def write_key() -> str:
-        engine = db.create_engine(app_settings)
-        try:
-            async with db.create_sessionmaker(engine)() as session:
-                key_in = ApiKeyCreate(name=f"properties {uuid.uuid4().hex[:8]}", scope="write")
-                return (await keys.create_key(session=session, key_in=key_in)).key
-        finally:
-            await engine.dispose()
-
-    key = asyncio.run(write_key())
+    key = new_key(app_settings, "write")
     application = create_app(app_settings)
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
     client = httpx.AsyncClient(

@@ -11,9 +11,6 @@ cursor the service did not issue, `year_from` after `year_to`, a year next
 century, a song already there. Each is a documented 4xx.
 """
 
-import asyncio
-import uuid
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -23,22 +20,11 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 from sqlalchemy.engine import URL
 
-from app import db, keys
 from app.config import Settings
 from app.main import create_app
-from app.models import ApiKeyCreate
+from tests.catalog import new_key
 
 EXAMPLES_PER_OPERATION = 30
-
-
-async def _write_key(app_settings: Settings) -> str:
-    engine = db.create_engine(app_settings)
-    try:
-        async with db.create_sessionmaker(engine)() as session:
-            key_in = ApiKeyCreate(name=f"schemathesis {uuid.uuid4().hex[:8]}", scope="admin")
-            return (await keys.create_key(session=session, key_in=key_in)).key
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +46,7 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
     api: tuple[schemathesis.schemas.BaseSchema, Settings], generation: str
 ) -> None:
     schema, app_settings = api
-    key = asyncio.run(_write_key(app_settings))  # made now: other tests empty the catalog, keys included
+    key = new_key(app_settings, "admin")  # made now: other tests empty the catalog, keys included
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]
