@@ -69,6 +69,11 @@ def _on_sqlite_begin(connection: Any) -> None:
 WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
 
 
+def dialect(session: AsyncSession) -> str:
+    """The name of the database a session talks to: "postgresql" or "sqlite"."""
+    return session.bind.dialect.name  # type: ignore[union-attr]
+
+
 async def write_connection(session: AsyncSession) -> AsyncConnection:
     """The session's connection, for a unit of work that writes; call it before its first statement."""
     return await session.connection(execution_options=WRITE_OPTIONS)

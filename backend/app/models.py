@@ -63,6 +63,11 @@ def search_fold(text: str) -> str:
     return " ".join(decomposed.translate(_FOLD).split())
 
 
+def etag(version: int) -> str:
+    """A song's version as its strong ETag (RFC 9110): `"3"`."""
+    return f'"{version}"'
+
+
 def derived_columns(values: dict[str, Any]) -> dict[str, str]:
     """The comparison keys and search texts of the name and artist that `values` sets."""
     derived = {}

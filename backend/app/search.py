@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, lit
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import dialect
 from app.models import Song, search_fold
 
 MAX_WORDS = 8
@@ -77,7 +78,7 @@ class _Word:
 
 async def plan(session: AsyncSession, query: str) -> Search:
     """Reads the query, and looks up each of its words in the catalog's vocabulary."""
-    postgres = _dialect(session) == "postgresql"
+    postgres = dialect(session) == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
     candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words)
     found = [_word(word, *candidates[word]) for word in words]
@@ -181,7 +182,7 @@ def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
 
 def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:
     """The songs a full-text query (one of `Search`'s) finds."""
-    if _dialect(session) == "postgresql":
+    if dialect(session) == "postgresql":
         vector: ColumnElement[Any] = literal_column("song.search_vector")
         # The configuration as literal SQL: SQLAlchemy cannot render a REGCONFIG
         # parameter inline, which the planner's estimate (EXPLAIN) needs.
@@ -192,7 +193,3 @@ def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:
         .where(text("song_search MATCH :query").bindparams(bindparam("query", full_text_query, unique=True)))
     )
     return col(Song.id).in_(found)
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name  # type: ignore[union-attr]

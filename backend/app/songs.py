@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import exporting, search
-from app.db import write_connection
+from app.db import dialect, write_connection
 from app.errors import (
     AppError,
     BatchDuplicate,
@@ -38,6 +38,7 @@ from app.models import (
     SongQuery,
     SongUpdate,
     derived_columns,
+    etag,
     search_fold,
     song_key,
     utcnow,
@@ -186,7 +187,7 @@ async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found
 async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search.Search | None, estimate: bool) -> int:
     """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
     filters = _song_filters(session, query, found)
-    if estimate and session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+    if estimate and dialect(session) == "postgresql":
         # The planner's row estimate costs no scan. SQLite has none: it counts.
         statement = select(col(Song.id)).where(*filters)
         sql = statement.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})  # type: ignore[union-attr]
@@ -204,7 +205,7 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
     """
     found = await search.plan(session, query.q) if query.q else None
     statement = (
-        select(*exporting.columns(file_format, _dialect(session)))
+        select(*exporting.columns(file_format, dialect(session)))
         .select_from(Song)
         .where(*_song_filters(session, query, found))
         .order_by(col(Song.id))
@@ -212,10 +213,6 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
     async with aclosing(exporting.stream(await session.connection(), statement, file_format)) as chunks:
         async for chunk in chunks:
             yield chunk
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name  # type: ignore[union-attr]
 
 
 def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:
@@ -307,7 +304,7 @@ async def _write(session: AsyncSession, song_id: int, values: dict[str, Any], ve
     if not values:
         current = await get_song(session=session, song_id=song_id)
         if versions is not None and current.version not in versions:
-            raise PreconditionFailed(song_id, f'"{current.version}"')
+            raise PreconditionFailed(song_id, etag(current.version))
         return current
     # One UPDATE ... RETURNING: no read-then-write for a concurrent writer to slip
     # between, and the version it checks is the one it increments.
@@ -341,7 +338,7 @@ def _at_version(versions: Collection[int] | None) -> list[ColumnElement[bool]]:
 
 async def _why_not_written(session: AsyncSession, song_id: int) -> AppError:
     version = (await session.exec(select(Song.version).where(Song.id == song_id))).first()
-    return _not_found(song_id) if version is None else PreconditionFailed(song_id, f'"{version}"')
+    return _not_found(song_id) if version is None else PreconditionFailed(song_id, etag(version))
 
 
 async def delete_song(*, session: AsyncSession, song_id: int, versions: Collection[int] | None = None) -> None:

@@ -7,13 +7,14 @@ from fastapi import Request
 
 from app.errors import PreconditionRequired
 from app.models import Song
+from app.models import etag as version_etag
 
 ANY: Collection[int] | None = None  # If-Match: *
 _OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
 
 
 def etag(song: Song) -> str:
-    return f'"{song.version}"'
+    return version_etag(song.version)
 
 
 def _tags(header: str) -> list[str]:

@@ -80,6 +80,13 @@ IdempotencyKey = Annotated[
         "again, with `Idempotent-Replayed: true`, and writes nothing more. Kept 24 hours, per API key."
     ),
 ]
+ETAG = {
+    "ETag": {"description": "The song's version, for `If-Match` and `If-None-Match`.", "schema": {"type": "string"}}
+}
+IfMatch = Annotated[
+    str | None,
+    Header(description='The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.'),
+]
 REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.", "schema": {"type": "string"}}}
 
 
@@ -90,7 +97,7 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.
         201: {
             "headers": {
                 "Location": {"description": "The new song's URL.", "schema": {"type": "string"}},
-                "ETag": {"description": "The song's version.", "schema": {"type": "string"}},
+                **ETAG,
                 **REPLAYED,
             }
         },
@@ -148,15 +155,6 @@ async def create_songs(
 
     payload = [song.model_dump() for song in songs_in]
     return await idempotency.run_once(request, session, caller, payload, create)  # type: ignore[return-value]
-
-
-ETAG = {
-    "ETag": {"description": "The song's version, for `If-Match` and `If-None-Match`.", "schema": {"type": "string"}}
-}
-IfMatch = Annotated[
-    str | None,
-    Header(description='The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.'),
-]
 
 
 @router.get(
