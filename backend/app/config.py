@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_batch_size: Annotated[int, Field(ge=1, le=BATCH_SIZE_CEILING)] = 1000
     require_if_match: bool = False
     require_read_key: bool = False
+    # Off only where every client is trusted (a benchmark, a private network): writes then need no key.
+    require_write_key: bool = True
     idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 24 * 3600
     # Token buckets: per API key, and per client address for requests without one. 0 turns a limit off.
     rate_limit_per_second: Annotated[float, Field(ge=0)] = 100.0
@@ -53,7 +55,10 @@ class Settings(BaseSettings):
     anonymous_rate_limit_burst: Annotated[int, Field(ge=1)] = 60
     redis_url: str = ""
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
+    # DATABASE_URL points at PgBouncer in transaction pooling mode: no named prepared statements.
+    pgbouncer: bool = False
     cors_origins: str = ""
+    telemetry: bool = False
 
     @field_validator("database_url")
     @classmethod

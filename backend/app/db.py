@@ -1,16 +1,24 @@
 """The database engine and the sessions the routes are given."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
+from uuid import uuid4
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
+
+# What a failing database raises, through SQLAlchemy or from asyncpg itself.
+DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 CONNECT_TIMEOUT_SECONDS = 5
 COMMAND_TIMEOUT_MARGIN_SECONDS = 2
@@ -22,22 +30,49 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
         return configure_sqlite(create_async_engine(url, echo=settings.sql_echo))
+    connect_args = _asyncpg_options(settings)
+    if settings.pgbouncer:
+        # PgBouncer's transaction pooling hands each transaction any server
+        # connection: no statement prepared under a name may outlive it.
+        connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
     return create_async_engine(
-        url,
-        echo=settings.sql_echo,
-        pool_size=settings.pool_size,
-        max_overflow=0,
-        connect_args={
-            # asyncpg would wait a minute for an unreachable server.
-            "timeout": CONNECT_TIMEOUT_SECONDS,
-            # A statement that runs (or waits for a lock) longer is cancelled: a 503, never a hang.
-            "server_settings": {"statement_timeout": str(settings.statement_timeout_ms)},
-            # And if the server goes silent (a network cut), the client stops waiting too.
-            "command_timeout": settings.statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_SECONDS
-            if settings.statement_timeout_ms
-            else None,
-        },
+        url, echo=settings.sql_echo, pool_size=settings.pool_size, max_overflow=0, connect_args=connect_args
     )
+
+
+def _asyncpg_options(settings: Settings) -> dict[str, Any]:
+    """How songbook's connections to PostgreSQL behave, through SQLAlchemy or not."""
+    options: dict[str, Any] = {
+        # asyncpg would wait a minute for an unreachable server.
+        "timeout": CONNECT_TIMEOUT_SECONDS,
+        # If the server goes silent (a network cut), the client stops waiting.
+        "command_timeout": settings.statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_SECONDS
+        if settings.statement_timeout_ms
+        else None,
+    }
+    if settings.pgbouncer:
+        # PgBouncer refuses unknown startup parameters: statement_timeout is then
+        # the database role's (ALTER ROLE ... SET statement_timeout), and asyncpg
+        # prepares no statement under a name of its own.
+        return options | {"statement_cache_size": 0}
+    # A statement that runs (or waits for a lock) longer is cancelled: a 503, never a hang.
+    return options | {"server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}}
+
+
+def _unique_statement_name() -> str:
+    return f"__songbook_{uuid4().hex}__"
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool | None:
+    """On PostgreSQL, a bare asyncpg pool for the hot paths (see `Database`); None on SQLite.
+
+    It connects on demand, like the engine: the service starts while the database is down.
+    """
+    url = settings.sqlalchemy_url
+    if url.get_backend_name() != "postgresql":
+        return None
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=settings.pool_size, **_asyncpg_options(settings))
 
 
 def ensure_sqlite_dir(url: URL) -> None:
@@ -89,6 +124,67 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+Statement = Select[*tuple[Any, ...]] | UpdateBase
+
+
+class Database:
+    """The hot paths' way to the database: a statement, its parameters, the rows.
+
+    SQLAlchemy's session, and even its Core connection, cost several times the
+    query on a small one (backend/README.md, "Speed"). On PostgreSQL the hot
+    paths compile each shape of statement once and run it on a bare asyncpg
+    pool; on SQLite they run the same statement on the engine, whose driver
+    works in a thread anyway. The statements are SQLAlchemy's, built from the
+    SQLModel tables: the models stay the one description of the schema.
+    """
+
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
+        self.engine = engine
+        self.pool = pool
+        self._compiled: dict[Hashable, tuple[str, tuple[str, ...]]] = {}
+
+    async def fetch(
+        self, statement: Statement, params: Mapping[str, Any], *, shape: Hashable = None, write: bool = False
+    ) -> Sequence[Mapping[str, Any]]:
+        """The rows of `statement` with `params`, in a transaction of its own.
+
+        `shape` names what decides the statement's SQL, when it is built anew
+        for each call: the statement compiled for that shape is used again. A
+        statement made once (a module constant) needs none.
+        """
+        if self.pool is None:
+            return await self._execute(statement, params, write)
+        sql, names = self._compile(statement, statement if shape is None else shape)
+        rows: list[Mapping[str, Any]] = await self.pool.fetch(sql, *(params[name] for name in names))
+        return rows
+
+    async def _execute(self, statement: Statement, params: Mapping[str, Any], write: bool) -> list[dict[str, Any]]:
+        async with self.engine.connect() as connection:
+            if write:
+                await connection.execution_options(**WRITE_OPTIONS)
+            result = await connection.execute(statement, dict(params))
+            rows = [dict(row) for row in result.mappings()] if result.returns_rows else []
+            await connection.commit()
+        return rows
+
+    def _compile(self, statement: Statement, shape: Hashable) -> tuple[str, tuple[str, ...]]:
+        found = self._compiled.get(shape)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            found = (str(compiled), tuple(compiled.positiontup or ()))
+            if len(self._compiled) < MAX_COMPILED_SHAPES:
+                self._compiled[shape] = found
+        return found
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        await self.engine.dispose()
+
+
+MAX_COMPILED_SHAPES = 1000  # a sort of up to five keys in either direction, with filters: far fewer in practice
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -9,6 +9,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -304,10 +305,15 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01"})
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, sa_exc.DBAPIError)
-    # The connection was lost mid-statement (SQLAlchemy drops the pool's others with it), or the statement gave up.
-    if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
-        logger.warning("database unavailable: %s", type(exc.orig).__name__)
+    # Through SQLAlchemy: the connection was lost mid-statement (SQLAlchemy drops the
+    # pool's others with it), or the statement gave up. From asyncpg itself (the hot
+    # paths' pool): the statement gave up, or the server closed the connection.
+    if isinstance(exc, sa_exc.DBAPIError):
+        transient, orig = exc.connection_invalidated, exc.orig
+    else:
+        transient, orig = isinstance(exc, asyncpg.PostgresConnectionError), exc
+    if transient or getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        logger.warning("database unavailable: %s", type(orig).__name__)
         return problem_response(
             503,
             DatabaseUnavailable.code,
@@ -336,9 +342,11 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         sa_exc.TimeoutError,
+        asyncpg.InterfaceError,
         ConnectionError,
         TimeoutError,
     ):
         app.add_exception_handler(exc_class, _database_unavailable)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -6,18 +6,20 @@ much entropy a slow hash buys nothing, and checking a key stays cheap on every
 request. The hash is compared in constant time.
 """
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import sqlalchemy as sa
+from sqlalchemy import bindparam, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import write_connection
+from app.db import DATABASE_ERRORS, Database, write_connection
 from app.errors import AppError, NotFound
 from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, Scope, utcnow
 
@@ -94,26 +96,28 @@ async def find_key_id(*, session: AsyncSession, name: str) -> int | None:
 _last_recorded: dict[str, float] = {}  # by prefix: random, never reused
 
 
-async def check_key(*, session: AsyncSession, key: str) -> Caller | None:
+# Compiled once (see `Database`): a keyed request runs the first, and once a minute the second.
+_FIND_KEY = sa.select(
+    col(ApiKey.id), col(ApiKey.name), col(ApiKey.scope), col(ApiKey.secret_hash), col(ApiKey.revoked_at)
+).where(col(ApiKey.prefix) == bindparam("prefix"))
+_RECORD_USE = update(ApiKey).where(col(ApiKey.id) == bindparam("key_id")).values(last_used_at=bindparam("now"))
+
+
+async def check_key(*, db: Database, key: str) -> Caller | None:
     """The caller a key stands for; None if it is not a key of ours, or revoked."""
     parts = key.removeprefix(KEY_PREFIX).split("_", 1)
     if not key.startswith(KEY_PREFIX) or len(parts) != 2:
         return None
-    row = (await session.exec(select(ApiKey).where(ApiKey.prefix == parts[0]))).first()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, _hash(key)):
+    prefix = parts[0]
+    rows = await db.fetch(_FIND_KEY, {"prefix": prefix})
+    row = rows[0] if rows else None
+    if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["secret_hash"], _hash(key)):
         return None
-    assert row.id is not None
-    caller = Caller(row.id, row.name, row.scope, row.prefix)  # type: ignore[arg-type]
-    await session.commit()  # the read is over; the write below is a transaction of its own
     now = time.monotonic()
-    if now - _last_recorded.get(row.prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
+    if now - _last_recorded.get(prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
         # Written once a minute at most, not on every request; and only if it can
         # be at once: a busy database must not fail the request for it.
-        _last_recorded[row.prefix] = now
-        try:
-            await write_connection(session)
-            await session.exec(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=utcnow()))
-            await session.commit()
-        except DBAPIError:  # busy, or timed out: the use is recorded next time
-            await session.rollback()
-    return caller
+        _last_recorded[prefix] = now
+        with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
+            await db.fetch(_RECORD_USE, {"key_id": row["id"], "now": utcnow()}, write=True)
+    return Caller(row["id"], row["name"], row["scope"], prefix)

@@ -235,6 +235,12 @@ class SongPublic(SQLModel):
     updated_at: datetime
 
 
+class SongRead(SongPublic):
+    """A song as read: what the API shows, and its version, for the ETag but not in the body."""
+
+    version: int = pydantic.Field(exclude=True)
+
+
 SearchText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX),

@@ -56,6 +56,7 @@ class Search:
     # 1: every query word starts a word of the song; 2: or is one of the words
     # closest to it; 3: or is close to it. None where nothing can match.
     queries: tuple[str | None, ...]
+    postgres: bool  # the syntax of the queries: PostgreSQL's, else SQLite's FTS5
 
     @property
     def everything(self) -> str | None:
@@ -87,7 +88,8 @@ async def plan(session: AsyncSession, query: str) -> Search:
             _full_text_query([_starting(word, postgres) for word in found], postgres),
             _full_text_query([[*_starting(word, postgres), *word.closest] for word in found], postgres),
             _full_text_query([[*_starting(word, postgres), *word.close] for word in found], postgres),
-        )
+        ),
+        postgres=postgres,
     )
 
 
@@ -180,9 +182,9 @@ def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
     )
 
 
-def matches(session: AsyncSession, full_text_query: str) -> ColumnElement[bool]:
-    """The songs a full-text query (one of `Search`'s) finds."""
-    if dialect(session) == "postgresql":
+def matches(searched: Search, full_text_query: str) -> ColumnElement[bool]:
+    """The songs a full-text query (one of `searched`'s) finds."""
+    if searched.postgres:
         vector: ColumnElement[Any] = literal_column("song.search_vector")
         # The configuration as literal SQL: SQLAlchemy cannot render a REGCONFIG
         # parameter inline, which the planner's estimate (EXPLAIN) needs.

@@ -1,20 +1,21 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
 import json
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, delete, false, func, literal_column, update
+import sqlalchemy as sa
+from sqlalchemy import BindParameter, ColumnElement, Select, bindparam, delete, false, func, literal_column, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import exporting, search
-from app.db import dialect, write_connection
+from app.db import Database, dialect, write_connection
 from app.errors import (
     AppError,
     BatchDuplicate,
@@ -36,6 +37,7 @@ from app.models import (
     Song,
     SongCreate,
     SongQuery,
+    SongRead,
     SongUpdate,
     derived_columns,
     etag,
@@ -95,11 +97,40 @@ async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_
 
 
 async def get_song(*, session: AsyncSession, song_id: int) -> Song:
-    """Gets a song by its id."""
+    """Gets a song by its id, to change it."""
     song = await session.get(Song, song_id)
     if song is None:
         raise _not_found(song_id)
     return song
+
+
+# What a reader is shown of a song, with its version: the columns of `SongRead`.
+READ_COLUMNS = (
+    col(Song.id),
+    col(Song.name),
+    col(Song.artist),
+    col(Song.year),
+    col(Song.created_at),
+    col(Song.updated_at),
+    col(Song.version),
+)
+_READ_SONG = sa.select(*READ_COLUMNS).where(col(Song.id) == bindparam("song_id"))
+
+
+async def read_song(*, db: Database, song_id: int) -> SongRead:
+    """Gets a song by its id, to show it: the hot path, on `Database`."""
+    rows = await db.fetch(_READ_SONG, {"song_id": song_id})
+    if not rows:
+        raise _not_found(song_id)
+    return SongRead.model_validate(dict(rows[0]))
+
+
+class Params(dict[str, Any]):
+    """The values of a statement's parameters, named as it is built: its SQL then depends only on its shape."""
+
+    def __call__(self, name: str, value: Any, type_: Any = None) -> BindParameter[Any]:
+        self[name] = value
+        return bindparam(name, value, type_=type_)
 
 
 @dataclass
@@ -124,9 +155,17 @@ SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
 }
 
 
+async def list_page(*, db: Database, query: SongQuery) -> Page[SongRead]:
+    """A page of the songs that match `query`, in its order, without a search or a count: the hot path."""
+    assert query.q is None
+    statement, params, signature = _in_order(query, found=None)
+    rows = await db.fetch(statement, params, shape=("songs", signature, *params))
+    return _ordered_page(rows, signature, query.limit)
+
+
 async def list_songs(
     *, session: AsyncSession, query: SongQuery, count: Literal["exact", "estimated"] | None = None
-) -> Page[Song]:
+) -> Page[SongRead]:
     """A page of the songs that match `query`, in its order; with their total if `count` asks for it."""
     # Planned once for the page and the count, so that both look for the same words.
     found = await search.plan(session, query.q) if query.q else None
@@ -139,20 +178,38 @@ async def list_songs(
     return page
 
 
-async def _list_in_order(*, session: AsyncSession, query: SongQuery, found: search.Search | None) -> Page[Song]:
+async def _list_in_order(*, session: AsyncSession, query: SongQuery, found: search.Search | None) -> Page[SongRead]:
+    statement, _, signature = _in_order(query, found)
+    rows = [dict(row) for row in (await (await session.connection()).execute(statement)).mappings()]
+    return _ordered_page(rows, signature, query.limit)
+
+
+def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any], Params, str]:
+    """The statement of a page in `query`'s order, its parameters, and the signature of its cursors."""
+    params = Params()
     signature, keys = _song_order(query, found)
-    statement = select(Song, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
-    statement = statement.where(*_song_filters(session, query, found))
+    statement = sa.select(*READ_COLUMNS, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
+    statement = statement.where(*_song_filters(query, found, params))
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
-        statement = statement.where(after(keys, values))
-    statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
-    rows: list[Any] = list((await session.exec(statement)).all())
-    next_cursor = encode_cursor(signature, list(rows[-1][1:])) if len(rows) == query.limit else None
-    return Page([row[0] for row in rows], next_cursor)
+        bound = [
+            params(f"after_{i}", value, key.expression.type)  # type: ignore[union-attr]
+            for i, (key, value) in enumerate(zip(keys, values, strict=True))
+        ]
+        statement = statement.where(after(keys, bound))
+    statement = statement.order_by(*(key.ordering() for key in keys)).limit(params("limit", query.limit))
+    return statement, params, signature
 
 
-async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[Song]:
+def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[SongRead]:
+    next_cursor = None
+    if len(rows) == limit:
+        last = rows[-1]
+        next_cursor = encode_cursor(signature, [last[f"key_{i}"] for i in range(len(last) - len(READ_COLUMNS))])
+    return Page([SongRead.model_validate(dict(row)) for row in rows], next_cursor)
+
+
+async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[SongRead]:
     """The songs of each tier of `found` in turn, each tier in id order."""
     assert query.q is not None
     # A cursor holds the words searched for: if the vocabulary changed them
@@ -162,21 +219,23 @@ async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found
     tiers: list[ColumnElement[bool] | None] = []
     previous, previous_query = None, None
     for full_text_query in found.queries:
-        clause = search.matches(session, full_text_query) if full_text_query else None
+        clause = search.matches(found, full_text_query) if full_text_query else None
         if full_text_query == previous_query:  # a tier that adds no words adds no songs
             clause = None
         tiers.append(clause & ~previous if clause is not None and previous is not None else clause)
         if clause is not None:
             previous, previous_query = clause, full_text_query
-    filters = _song_filters(session, query, found=None)
-    page: list[tuple[int, Song]] = []
+    filters = _song_filters(query, found=None, params=Params())
+    page: list[tuple[int, SongRead]] = []
     for number, clause in enumerate(tiers, start=1):
         if clause is None or number < tier or len(page) == query.limit:
             continue
         # Each tier is its own query in id order: the database stops after the rows it needs.
-        statement = select(Song).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
-        rows = await session.exec(statement.order_by(col(Song.id)).limit(query.limit - len(page)))
-        page += [(number, song) for song in rows]
+        statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
+        rows = await (await session.connection()).execute(
+            statement.order_by(col(Song.id)).limit(query.limit - len(page))
+        )
+        page += [(number, SongRead.model_validate(dict(row))) for row in rows.mappings()]
     next_cursor = None
     if len(page) == query.limit:
         last_tier, last_song = page[-1]
@@ -186,7 +245,7 @@ async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found
 
 async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search.Search | None, estimate: bool) -> int:
     """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
-    filters = _song_filters(session, query, found)
+    filters = _song_filters(query, found, Params())
     if estimate and dialect(session) == "postgresql":
         # The planner's row estimate costs no scan. SQLite has none: it counts.
         statement = select(col(Song.id)).where(*filters)
@@ -207,7 +266,7 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
     statement = (
         select(*exporting.columns(file_format, dialect(session)))
         .select_from(Song)
-        .where(*_song_filters(session, query, found))
+        .where(*_song_filters(query, found, Params()))
         .order_by(col(Song.id))
     )
     async with aclosing(exporting.stream(await session.connection(), statement, file_format)) as chunks:
@@ -215,20 +274,23 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
             yield chunk
 
 
-def _song_filters(session: AsyncSession, query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:
+def _song_filters(query: SongQuery, found: search.Search | None, params: Params) -> list[ColumnElement[bool]]:
+    """The conditions of `query`'s filters, their values in `params`; and of `found`, its values inline."""
     if query.year_from is not None and query.year_to is not None and query.year_from > query.year_to:
         raise InvalidParameter("query", "year_from", f"must not be after year_to ({query.year_to})")
     filters: list[ColumnElement[bool]] = []
     if query.artist is not None:
-        filters.append(col(Song.artist_key) == song_key(query.artist))
+        filters.append(col(Song.artist_key) == params("artist_key", song_key(query.artist)))
     if query.name is not None:
-        filters.append(col(Song.name_key) == song_key(query.name))
+        filters.append(col(Song.name_key) == params("name_key", song_key(query.name)))
     if query.year is not None:
-        filters.append(query.year == YEAR)  # type: ignore[arg-type]
+        filters.append(params("year", query.year) == YEAR)
     if query.year_from is not None or query.year_to is not None:
-        filters.append(YEAR.between(query.year_from or YEAR_MIN, query.year_to or YEAR_MAX))
+        filters.append(
+            YEAR.between(params("year_from", query.year_from or YEAR_MIN), params("year_to", query.year_to or YEAR_MAX))
+        )
     if found is not None:
-        filters.append(search.matches(session, found.everything) if found.everything else false())
+        filters.append(search.matches(found, found.everything) if found.everything else false())
     return filters
 
 

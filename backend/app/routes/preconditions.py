@@ -6,14 +6,14 @@ from collections.abc import Collection
 from fastapi import Request
 
 from app.errors import PreconditionRequired
-from app.models import Song
+from app.models import Song, SongRead
 from app.models import etag as version_etag
 
 ANY: Collection[int] | None = None  # If-Match: *
 _OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
 
 
-def etag(song: Song) -> str:
+def etag(song: Song | SongRead) -> str:
     return version_etag(song.version)
 
 
@@ -38,7 +38,7 @@ def if_match(request: Request) -> Collection[int] | None:
     return {int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag))}
 
 
-def not_modified(request: Request, song: Song) -> bool:
+def not_modified(request: Request, song: Song | SongRead) -> bool:
     """Whether `If-None-Match` names the song's current ETag (weak comparison, as GET asks)."""
     header = request.headers.get("if-none-match")
     if header is None:

@@ -1,0 +1,272 @@
+"""Throughput of the hot routes, as a share of a bare ASGI app's over an asyncpg pool: `make bench`.
+
+    make bench                              # from the repository root
+    uv run python bench/serve.py --help     # from backend/
+
+It makes sure the bench catalog (BENCH_SERVE_DATABASE_URL, a PostgreSQL
+database, made if missing) holds --count songs, starts `songbook serve` (one worker) and
+the reference (`reference_app.py`, one uvicorn worker, a pool of the same
+size), and drives each with wrk at --connections connections, route by route,
+alternating the two --rounds times. It prints the median requests/s, p50 and
+p99 latency and errors of each, and the ratio service/reference against the
+targets. Then the service's start-up time to ready, and its RSS across
+--rss-requests requests.
+
+The machine is shared and noisy: quote the ratios of one run, not absolute figures.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+from queries import prepare
+
+BENCH = Path(__file__).resolve().parent
+BACKEND = BENCH.parent
+BIN = Path(sys.executable).parent
+WRK_SCRIPT = BENCH / "wrk" / "songbook.lua"
+DEFAULT_URL = "postgresql://postgres@127.0.0.1/songbook_bench_serve"
+POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    mode: str  # BENCH_MODE of the wrk script
+    reference_mode: str
+    target: float | None  # the least share of the reference's requests/s
+
+
+ROUTES = [
+    Route("GET /songs/{id}", "get", "get", 0.75),
+    Route("GET /songs?limit=50", "list", "list", 0.75),
+    Route("GET /songs?q=...", "search", "search", None),
+    Route("POST /songs", "post", "post", 0.7),
+    Route("POST /songs, key + Idempotency-Key", "post-key", "post", 0.5),
+]
+
+
+@dataclass(frozen=True)
+class Run:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def service_env(url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SONGBOOK_LOG_LEVEL": "warning",  # no access log: one line per request is a cost of its own
+        "SONGBOOK_POOL_SIZE": str(POOL_SIZE),
+        # Every request comes from one address: the limits are taken, never reached.
+        "SONGBOOK_RATE_LIMIT_PER_SECOND": "1000000",
+        "SONGBOOK_ANONYMOUS_RATE_LIMIT_PER_SECOND": "1000000",
+        # For "POST /songs with auth off"; the keyed run sends a key all the same.
+        "SONGBOOK_REQUIRE_WRITE_KEY": "false",
+    }
+
+
+def wait_ready(base: str, path: str, process: subprocess.Popen[bytes], timeout: float = 30) -> float:
+    """Seconds until `path` answers 200."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"{base} exited with status {process.returncode}")
+        try:
+            if httpx.get(base + path, timeout=1).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.01)
+    raise SystemExit(f"{base}{path} was not ready in {timeout} s")
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], ready_path: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, cwd=BACKEND, env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", ready_path, process)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def service(port: int) -> list[str]:
+    return [str(BIN / "songbook"), "serve", "--port", str(port), "--workers", "1"]
+
+
+def reference(port: int) -> list[str]:
+    app = [str(BIN / "uvicorn"), "reference_app:app", "--app-dir", str(BENCH), "--port", str(port)]
+    return [*app, "--no-access-log", "--log-level", "warning"]
+
+
+def wrk(port: int, mode: str, seconds: int, connections: int, env: dict[str, str]) -> Run:
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"],
+        env={**os.environ, **env, "BENCH_MODE": mode},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    return Run(
+        report["requests"] / report["seconds"],
+        report["p50_ms"],
+        report["p99_ms"],
+        report["status_errors"] + report["socket_errors"],
+    )
+
+
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        statistics.median(run.requests_per_second for run in runs),
+        statistics.median(run.p50_ms for run in runs),
+        statistics.median(run.p99_ms for run in runs),
+        sum(run.errors for run in runs),
+    )
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no RSS for process {pid}")
+
+
+def startup_seconds(url: str, times: int) -> float:
+    """The median time from `songbook serve` to its first ready answer."""
+    seconds = []
+    for _ in range(times):
+        port = free_port()
+        process = subprocess.Popen(service(port), cwd=BACKEND, env=service_env(url))
+        try:
+            seconds.append(wait_ready(f"http://127.0.0.1:{port}", "/readyz", process))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    return statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100_000, help="songs in the catalog")
+    parser.add_argument("--seconds", type=int, default=8, help="of load per route, app and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of reference and service")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rss-requests", type=int, default=200_000, help="requests to watch the RSS across")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: install it (Debian: apt-get install wrk)")
+    url = os.environ.get("BENCH_SERVE_DATABASE_URL", DEFAULT_URL)
+    if not url.startswith("postgres"):
+        raise SystemExit("BENCH_SERVE_DATABASE_URL must be a PostgreSQL database: the reference is asyncpg")
+    print(f"catalog: {args.count:,} songs", flush=True)
+    max_id = prepare(url, args.count)
+    key = subprocess.run(
+        [str(BIN / "songbook"), "keys", "create", "--name", f"bench-{time.time_ns()}", "--scope", "write"],
+        cwd=BACKEND,
+        env=service_env(url),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    loads = {"SONGS_N": str(max_id), "BENCH_KEY": key}
+    reference_env = {**os.environ, "REFERENCE_DSN": url, "REFERENCE_POOL": str(POOL_SIZE), "PYTHONPATH": str(BACKEND)}
+
+    try:
+        measure(url, args, loads, reference_env)
+    finally:
+        asyncio.run(forget_writes(url, max_id))
+    print(f"start-up to ready (median of 5): {startup_seconds(url, 5):.2f} s (target < 2 s)")
+
+
+def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference_env: dict[str, str]) -> None:
+    ports = {"service": free_port(), "reference": free_port()}
+    results: dict[str, dict[str, list[Run]]] = {route.name: {"service": [], "reference": []} for route in ROUTES}
+    with (
+        running(service(ports["service"]), service_env(url), "/readyz", ports["service"]) as server,
+        running(reference(ports["reference"]), reference_env, "/songs/1", ports["reference"]),
+    ):
+        for route in ROUTES:
+            for which, mode in (("reference", route.reference_mode), ("service", route.mode)):
+                wrk(ports[which], mode, 2, args.connections, loads)  # warm-up
+            for _ in range(args.rounds):
+                for which, mode in (("reference", route.reference_mode), ("service", route.mode)):
+                    results[route.name][which].append(wrk(ports[which], mode, args.seconds, args.connections, loads))
+            report_route(route, results[route.name])
+        print(flush=True)
+        print_rss(server.pid, ports["service"], args.rss_requests, args.connections, loads)
+
+
+async def forget_writes(url: str, max_id: int) -> None:
+    """Leaves the catalog as it was: the songs the runs added go, with the keys and idempotency records."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("DELETE FROM song WHERE id > $1", max_id)
+        await connection.execute("DELETE FROM idempotency_key")
+        await connection.execute("DELETE FROM api_key WHERE name LIKE 'bench-%'")
+    finally:
+        await connection.close()
+
+
+def report_route(route: Route, runs: dict[str, list[Run]]) -> None:
+    if route is ROUTES[0]:
+        print(f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
+    ours, theirs = median_run(runs["service"]), median_run(runs["reference"])
+    ratio = ours.requests_per_second / theirs.requests_per_second
+    p99_ratio = ours.p99_ms / theirs.p99_ms
+    for which, run in (("reference", theirs), ("service", ours)):
+        print(
+            f"{route.name if which == 'reference' else '':<36} {which:<10} {run.requests_per_second:>8,.0f} "
+            f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
+            end="",
+        )
+        if which == "service":
+            verdict = ""
+            if route.target is not None:
+                met = ratio >= route.target and p99_ratio <= 2 and ours.errors == 0
+                verdict = f" (target {route.target}, p99 x{p99_ratio:.1f} of 2: {'met' if met else 'NOT MET'})"
+            print(f"   {ratio:.2f}{verdict}", end="")
+        print(flush=True)
+
+
+def print_rss(pid: int, port: int, requests: int, connections: int, loads: dict[str, str]) -> None:
+    """The worker's RSS after each quarter of `requests` GET /songs/{id}, beyond what the runs above sent."""
+    samples = [rss_mb(pid)]
+    sent = 0
+    while sent < requests:
+        run = wrk(port, "get", 5, connections, loads)
+        sent += int(run.requests_per_second * 5)
+        samples.append(rss_mb(pid))
+    quarters = [samples[round(i * (len(samples) - 1) / 4)] for i in range(5)]
+    print(
+        f"service RSS over {sent:,} more requests: " + " -> ".join(f"{mb:.0f}" for mb in quarters) + " MB"
+        f" (target < 150 MB, no growth: {max(samples) - samples[0]:+.1f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
