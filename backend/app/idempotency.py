@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -57,24 +57,40 @@ def _fingerprint(request: Request, payload: Any) -> str:
 
 async def run_once(
     request: Request,
-    session: AsyncSession,
     caller: Caller | None,
     payload: Any,
-    write: Callable[[], Awaitable[JSONResponse]],
+    write: Callable[[], Awaitable[Response]],
+    *,
+    session: AsyncSession | None = None,
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
-    formatted, is the same request.
+    formatted, is the same request. The key is kept through `session`, the
+    route's if it has one (so that it holds one connection at a time), else
+    one of its own: a write without a key opens none.
     """
     key = request.headers.get(HEADER)
     if key is None or caller is None:
         return await _answer(write)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
+    if session is None:
+        async with request.app.state.sessionmaker() as own_session:
+            return await _run_once(request, own_session, caller, key, payload, write)
+    return await _run_once(request, session, caller, key, payload, write)
+
+
+async def _run_once(
+    request: Request,
+    session: AsyncSession,
+    caller: Caller,
+    key: str,
+    payload: Any,
+    write: Callable[[], Awaitable[Response]],
+) -> Response:
     fingerprint = _fingerprint(request, payload)
     ttl = request.app.state.settings.idempotency_ttl_seconds
-    # One session, one connection at a time: the claim, the write, the answer kept.
     claimed_at, record = await _claim(session, caller.key_id, key, fingerprint, ttl)
     if record is not None:
         if record.request_hash != fingerprint:
@@ -125,7 +141,7 @@ async def _store(session: AsyncSession, claim: list[Any], response: Response | N
     await session.commit()
 
 
-async def _answer(write: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
+async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
     """The write's answer, its errors included, as the response to keep."""
     try:
         return await write()

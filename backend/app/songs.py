@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import BindParameter, ColumnElement, Select, bindparam, delete, false, func, literal_column, update
 from sqlalchemy.exc import IntegrityError
@@ -50,20 +51,41 @@ from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
 T = TypeVar("T")
 
 
-async def create_song(*, session: AsyncSession, song_in: SongCreate) -> Song:
-    """Adds a song; a `DuplicateSong` error if the catalog has it already."""
+# What a reader is shown of a song, with its version: the columns of `SongRead`.
+READ_COLUMNS = (
+    col(Song.id),
+    col(Song.name),
+    col(Song.artist),
+    col(Song.year),
+    col(Song.created_at),
+    col(Song.updated_at),
+    col(Song.version),
+)
+_INSERTED = ("name", "artist", "year", "name_key", "artist_key", "name_search", "artist_search")
+_INSERT_SONG = (
+    sa.insert(Song)
+    .values({name: bindparam(name) for name in (*_INSERTED, "version", "created_at", "updated_at")})
+    .returning(*READ_COLUMNS)
+)
+_FIND_SONG_ID = sa.select(col(Song.id)).where(
+    col(Song.name_key) == bindparam("name_key"), col(Song.artist_key) == bindparam("artist_key")
+)
+
+
+async def create_song(*, db: Database, song_in: SongCreate) -> SongRead:
+    """Adds a song; a `DuplicateSong` error if the catalog has it already. A hot path, on `Database`."""
     now = utcnow()
     values = song_in.model_dump()
-    song = Song.model_validate(values | derived_columns(values) | {"created_at": now, "updated_at": now})
-    await write_connection(session)
-    session.add(song)
+    row = values | derived_columns(values) | {"version": 1, "created_at": now, "updated_at": now}
     try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        await _raise_if_duplicate(session=session, name_key=song.name_key, artist_key=song.artist_key)
+        created = await db.fetch(_INSERT_SONG, row, write=True)
+    except (IntegrityError, asyncpg.UniqueViolationError):
+        # The one constraint valid input can break: a song with the same keys is there.
+        found = await db.fetch(_FIND_SONG_ID, {"name_key": row["name_key"], "artist_key": row["artist_key"]})
+        if found:
+            raise DuplicateSong(found[0]["id"]) from None
         raise
-    return song
+    return SongRead.model_validate(dict(created[0]))
 
 
 async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
@@ -104,16 +126,6 @@ async def get_song(*, session: AsyncSession, song_id: int) -> Song:
     return song
 
 
-# What a reader is shown of a song, with its version: the columns of `SongRead`.
-READ_COLUMNS = (
-    col(Song.id),
-    col(Song.name),
-    col(Song.artist),
-    col(Song.year),
-    col(Song.created_at),
-    col(Song.updated_at),
-    col(Song.version),
-)
 _READ_SONG = sa.select(*READ_COLUMNS).where(col(Song.id) == bindparam("song_id"))
 
 

@@ -75,6 +75,20 @@ async def test_a_setting_makes_reads_need_a_read_key(app: FastAPI, anonymous: ht
     assert health.status_code == 200
 
 
+async def test_a_setting_lets_writes_through_without_a_key_but_not_key_management(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
+    app.state.settings.require_write_key = False
+
+    created = await anonymous.post("/songs", json={"name": "Help!", "artist": "The Beatles"})
+    edited = await anonymous.patch(created.headers["location"], json={"year": 1965})
+    keys = await anonymous.get("/keys")
+
+    assert created.status_code == 201
+    assert edited.status_code == 200
+    assert keys.status_code == 401
+
+
 async def test_an_admin_key_manages_keys_over_http(app: FastAPI, client: httpx.AsyncClient) -> None:
     async with client_for(app, await make_key(app, "admin", "root")) as admin:
         created = await admin.post("/keys", json={"name": "importer", "scope": "write"})

@@ -117,19 +117,17 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.
 async def create_song(
     song_in: SongCreate,
     request: Request,
-    session: SessionDep,
     caller: Annotated[Caller | None, WRITE],
     idempotency_key: IdempotencyKey = None,
 ) -> SongPublic:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
 
-    async def create() -> JSONResponse:
-        song = await songs.create_song(session=session, song_in=song_in)
-        body = SongPublic.model_validate(song).model_dump(mode="json")
+    async def create() -> Response:
+        song = await songs.create_song(db=request.app.state.db, song_in=song_in)
         headers = {"Location": f"/songs/{song.id}", "ETag": preconditions.etag(song)}
-        return JSONResponse(body, status_code=status.HTTP_201_CREATED, headers=headers)
+        return Response(song.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type=JSON, headers=headers)
 
-    return await idempotency.run_once(request, session, caller, song_in.model_dump(), create)  # type: ignore[return-value]
+    return await idempotency.run_once(request, caller, song_in.model_dump(), create)  # type: ignore[return-value]
 
 
 @router.post("/batch", responses={200: {"headers": REPLAYED}, **problem_responses(400, 409, 413, 415, 422)})
@@ -164,7 +162,7 @@ async def create_songs(
         return JSONResponse(result.model_dump(mode="json"))
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, session, caller, payload, create)  # type: ignore[return-value]
+    return await idempotency.run_once(request, caller, payload, create, session=session)  # type: ignore[return-value]
 
 
 @router.get(
