@@ -1,9 +1,9 @@
 """Who may do what: `Authorization: Bearer <key>`, checked against the key's scope."""
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from app import keys, ratelimit
 from app.errors import AppError
@@ -11,8 +11,6 @@ from app.keys import Caller
 from app.models import Scope
 
 REALM = 'Bearer realm="songbook"'
-
-_bearer = HTTPBearer(auto_error=False, description="An API key: `songbook keys create` makes one.")
 
 
 class Unauthorized(AppError):
@@ -25,9 +23,41 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
-async def caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller | None:
+class KeyRequired(HTTPBearer):
+    """A dependency: the request's key, checked, if it may do what needs `scope`; else 401 or 403.
+
+    One dependency, not a chain of them: FastAPI's cost is per dependency, and
+    it runs on every request. As an `HTTPBearer`, it documents the scheme in
+    the OpenAPI description.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(
+            auto_error=False, scheme_name="HTTPBearer", description="An API key: `songbook keys create` makes one."
+        )
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> Caller | None:  # type: ignore[override]
+        found = await caller(request)
+        settings = request.app.state.settings
+        if (self.scope == "read" and not settings.require_read_key) or (
+            self.scope == "write" and not settings.require_write_key
+        ):
+            return found  # open to all
+        if found is None:
+            raise Unauthorized(
+                f"This needs an API key with the {self.scope} scope: Authorization: Bearer <key>.",
+                headers={"WWW-Authenticate": REALM},
+            )
+        if not found.may(self.scope):
+            raise Forbidden(
+                f"The key {found.name!r} has the {found.scope} scope; this needs {self.scope}.",
+                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{self.scope}"'},
+            )
+        return found
+
+
+async def caller(request: Request) -> Caller | None:
     """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
     settings = request.app.state.settings
     address = request.client.host if request.client else "unknown"
@@ -37,13 +67,15 @@ async def caller(
         settings.anonymous_rate_limit_per_second,
         settings.anonymous_rate_limit_burst,
     )
-    if request.headers.get("authorization") is None:
+    authorization = request.headers.get("authorization")
+    if authorization is None:
         await ratelimit.limit(*by_address)
         return None
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
         await ratelimit.limit(*by_address)
         raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
-    found = await keys.check_key(db=request.app.state.db, key=credentials.credentials)
+    found = await keys.check_key(db=request.app.state.db, key=key.strip())
     if found is None:
         await ratelimit.limit(*by_address)  # bad keys count against their sender's address
         raise Unauthorized(
@@ -58,24 +90,7 @@ async def caller(
 
 def require(scope: Scope) -> Any:
     """A dependency that lets the request through only with a key of `scope` (or a greater one)."""
-
-    async def check(request: Request, found: Annotated[Caller | None, Depends(caller)]) -> Caller | None:
-        settings = request.app.state.settings
-        if (scope == "read" and not settings.require_read_key) or (scope == "write" and not settings.require_write_key):
-            return found  # open to all
-        if found is None:
-            raise Unauthorized(
-                f"This needs an API key with the {scope} scope: Authorization: Bearer <key>.",
-                headers={"WWW-Authenticate": REALM},
-            )
-        if not found.may(scope):
-            raise Forbidden(
-                f"The key {found.name!r} has the {found.scope} scope; this needs {scope}.",
-                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
-            )
-        return found
-
-    return Depends(check)
+    return Depends(KeyRequired(scope))
 
 
 def document_public_reads(app: FastAPI, *, require_read_key: bool) -> None:

@@ -1,6 +1,6 @@
 """The database engine and the sessions the routes are given."""
 
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import uuid4
@@ -143,20 +143,19 @@ class Database:
     def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
         self.engine = engine
         self.pool = pool
-        self._compiled: dict[Hashable, tuple[str, tuple[str, ...]]] = {}
+        self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
 
     async def fetch(
-        self, statement: Statement, params: Mapping[str, Any], *, shape: Hashable = None, write: bool = False
+        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False
     ) -> Sequence[Mapping[str, Any]]:
         """The rows of `statement` with `params`, in a transaction of its own.
 
-        `shape` names what decides the statement's SQL, when it is built anew
-        for each call: the statement compiled for that shape is used again. A
-        statement made once (a module constant) needs none.
+        The statement is compiled the first time it comes: make each once (a
+        module constant, or one per shape, cached) and give its values apart.
         """
         if self.pool is None:
             return await self._execute(statement, params, write)
-        sql, names = self._compile(statement, statement if shape is None else shape)
+        sql, names = self._compile(statement)
         rows: list[Mapping[str, Any]] = await self.pool.fetch(sql, *(params[name] for name in names))
         return rows
 
@@ -169,13 +168,13 @@ class Database:
             await connection.commit()
         return rows
 
-    def _compile(self, statement: Statement, shape: Hashable) -> tuple[str, tuple[str, ...]]:
-        found = self._compiled.get(shape)
+    def _compile(self, statement: Statement) -> tuple[str, tuple[str, ...]]:
+        found = self._compiled.get(statement)
         if found is None:
             compiled = statement.compile(dialect=self.engine.dialect)
             found = (str(compiled), tuple(compiled.positiontup or ()))
-            if len(self._compiled) < MAX_COMPILED_SHAPES:
-                self._compiled[shape] = found
+            if len(self._compiled) < MAX_COMPILED:
+                self._compiled[statement] = found
         return found
 
     async def close(self) -> None:
@@ -184,7 +183,7 @@ class Database:
         await self.engine.dispose()
 
 
-MAX_COMPILED_SHAPES = 1000  # a sort of up to five keys in either direction, with filters: far fewer in practice
+MAX_COMPILED = 1000  # statements; past that, one made anew each time is compiled each time
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,5 +1,6 @@
 """The catalog: every read and write of songs, as plain async functions over a session."""
 
+import functools
 import json
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from contextlib import aclosing
@@ -9,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy import BindParameter, ColumnElement, Select, bindparam, delete, false, func, literal_column, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, false, func, literal_column, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
@@ -38,7 +39,7 @@ from app.models import (
     Song,
     SongCreate,
     SongQuery,
-    SongRead,
+    SongRow,
     SongUpdate,
     derived_columns,
     etag,
@@ -51,7 +52,7 @@ from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
 T = TypeVar("T")
 
 
-# What a reader is shown of a song, with its version: the columns of `SongRead`.
+# What a reader is shown of a song, with its version: the columns of `SongRow`.
 READ_COLUMNS = (
     col(Song.id),
     col(Song.name),
@@ -72,7 +73,7 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
 )
 
 
-async def create_song(*, db: Database, song_in: SongCreate) -> SongRead:
+async def create_song(*, db: Database, song_in: SongCreate) -> SongRow:
     """Adds a song; a `DuplicateSong` error if the catalog has it already. A hot path, on `Database`."""
     now = utcnow()
     values = song_in.model_dump()
@@ -85,7 +86,7 @@ async def create_song(*, db: Database, song_in: SongCreate) -> SongRead:
         if found:
             raise DuplicateSong(found[0]["id"]) from None
         raise
-    return SongRead.model_validate(dict(created[0]))
+    return _song_row(created[0])
 
 
 async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
@@ -129,20 +130,19 @@ async def get_song(*, session: AsyncSession, song_id: int) -> Song:
 _READ_SONG = sa.select(*READ_COLUMNS).where(col(Song.id) == bindparam("song_id"))
 
 
-async def read_song(*, db: Database, song_id: int) -> SongRead:
+async def read_song(*, db: Database, song_id: int) -> SongRow:
     """Gets a song by its id, to show it: the hot path, on `Database`."""
     rows = await db.fetch(_READ_SONG, {"song_id": song_id})
     if not rows:
         raise _not_found(song_id)
-    return SongRead.model_validate(dict(rows[0]))
+    return _song_row(rows[0])
 
 
-class Params(dict[str, Any]):
-    """The values of a statement's parameters, named as it is built: its SQL then depends only on its shape."""
+_ROW_FIELDS = tuple(SongRow.__annotations__)
 
-    def __call__(self, name: str, value: Any, type_: Any = None) -> BindParameter[Any]:
-        self[name] = value
-        return bindparam(name, value, type_=type_)
+
+def _song_row(row: Mapping[Any, Any]) -> SongRow:
+    return {field: row[field] for field in _ROW_FIELDS}  # type: ignore[return-value]
 
 
 @dataclass
@@ -167,17 +167,16 @@ SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
 }
 
 
-async def list_page(*, db: Database, query: SongQuery) -> Page[SongRead]:
+async def list_page(*, db: Database, query: SongQuery) -> Page[Mapping[str, Any]]:
     """A page of the songs that match `query`, in its order, without a search or a count: the hot path."""
     assert query.q is None
     statement, params, signature = _in_order(query, found=None)
-    rows = await db.fetch(statement, params, shape=("songs", signature, *params))
-    return _ordered_page(rows, signature, query.limit)
+    return _ordered_page(await db.fetch(statement, params), signature, query.limit)
 
 
 async def list_songs(
     *, session: AsyncSession, query: SongQuery, count: Literal["exact", "estimated"] | None = None
-) -> Page[SongRead]:
+) -> Page[Mapping[str, Any]]:
     """A page of the songs that match `query`, in its order; with their total if `count` asks for it."""
     # Planned once for the page and the count, so that both look for the same words.
     found = await search.plan(session, query.q) if query.q else None
@@ -190,38 +189,53 @@ async def list_songs(
     return page
 
 
-async def _list_in_order(*, session: AsyncSession, query: SongQuery, found: search.Search | None) -> Page[SongRead]:
-    statement, _, signature = _in_order(query, found)
-    rows = [dict(row) for row in (await (await session.connection()).execute(statement)).mappings()]
+async def _list_in_order(
+    *, session: AsyncSession, query: SongQuery, found: search.Search | None
+) -> Page[Mapping[str, Any]]:
+    statement, params, signature = _in_order(query, found)
+    rows = (await (await session.connection()).execute(statement, params)).mappings().all()
     return _ordered_page(rows, signature, query.limit)
 
 
-def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any], Params, str]:
+def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any], dict[str, Any], str]:
     """The statement of a page in `query`'s order, its parameters, and the signature of its cursors."""
-    params = Params()
     signature, keys = _song_order(query, found)
-    statement = sa.select(*READ_COLUMNS, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
-    statement = statement.where(*_song_filters(query, found, params))
+    params = _filter_values(query) | {"limit": query.limit}
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
-        bound = [
-            params(f"after_{i}", value, key.expression.type)  # type: ignore[union-attr]
-            for i, (key, value) in enumerate(zip(keys, values, strict=True))
-        ]
-        statement = statement.where(after(keys, bound))
-    statement = statement.order_by(*(key.ordering() for key in keys)).limit(params("limit", query.limit))
+        params |= {f"after_{i}": value for i, value in enumerate(values)}
+    statement = _page_statement(query.sort or "id", frozenset(params))
+    if found is not None:
+        statement = statement.where(_found(found))
     return statement, params, signature
 
 
-def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[SongRead]:
+@functools.lru_cache(maxsize=256)
+def _page_statement(sort: str, parameters: frozenset[str]) -> Select[Any]:
+    """A page's statement, for a (valid) sort and the parameters of its filters and cursor.
+
+    Made once for each shape, so that `Database` compiles it once.
+    """
+    _, keys = _song_order(SongQuery(sort=sort), found=None)
+    statement = sa.select(*READ_COLUMNS, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
+    statement = statement.where(*_filters(parameters))
+    if "after_0" in parameters:
+        cursor = [bindparam(f"after_{i}", type_=key.expression.type) for i, key in enumerate(keys)]  # type: ignore[union-attr]
+        statement = statement.where(after(keys, cursor))
+    return statement.order_by(*(key.ordering() for key in keys)).limit(bindparam("limit", type_=sa.Integer))
+
+
+def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[Mapping[str, Any]]:
     next_cursor = None
     if len(rows) == limit:
         last = rows[-1]
         next_cursor = encode_cursor(signature, [last[f"key_{i}"] for i in range(len(last) - len(READ_COLUMNS))])
-    return Page([SongRead.model_validate(dict(row)) for row in rows], next_cursor)
+    return Page(list(rows), next_cursor)
 
 
-async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found: search.Search) -> Page[SongRead]:
+async def _search_by_relevance(
+    *, session: AsyncSession, query: SongQuery, found: search.Search
+) -> Page[Mapping[str, Any]]:
     """The songs of each tier of `found` in turn, each tier in id order."""
     assert query.q is not None
     # A cursor holds the words searched for: if the vocabulary changed them
@@ -237,35 +251,37 @@ async def _search_by_relevance(*, session: AsyncSession, query: SongQuery, found
         tiers.append(clause & ~previous if clause is not None and previous is not None else clause)
         if clause is not None:
             previous, previous_query = clause, full_text_query
-    filters = _song_filters(query, found=None, params=Params())
-    page: list[tuple[int, SongRead]] = []
+    params = _filter_values(query)
+    filters = _filters(params)
+    page: list[tuple[int, Any]] = []
     for number, clause in enumerate(tiers, start=1):
         if clause is None or number < tier or len(page) == query.limit:
             continue
         # Each tier is its own query in id order: the database stops after the rows it needs.
         statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
         rows = await (await session.connection()).execute(
-            statement.order_by(col(Song.id)).limit(query.limit - len(page))
+            statement.order_by(col(Song.id)).limit(query.limit - len(page)), params
         )
-        page += [(number, SongRead.model_validate(dict(row))) for row in rows.mappings()]
+        page += [(number, row) for row in rows.mappings()]
     next_cursor = None
     if len(page) == query.limit:
         last_tier, last_song = page[-1]
-        next_cursor = encode_cursor(signature, [last_tier, last_song.id])
+        next_cursor = encode_cursor(signature, [last_tier, last_song["id"]])
     return Page([song for _, song in page], next_cursor)
 
 
 async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search.Search | None, estimate: bool) -> int:
     """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
-    filters = _song_filters(query, found, Params())
+    params = _filter_values(query)
+    filters = [*_filters(params), *([_found(found)] if found else [])]
     if estimate and dialect(session) == "postgresql":
         # The planner's row estimate costs no scan. SQLite has none: it counts.
-        statement = select(col(Song.id)).where(*filters)
+        statement = select(col(Song.id)).where(*filters).params(params)
         sql = statement.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})  # type: ignore[union-attr]
         connection = await session.connection()
         plan = (await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
         return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
-    return (await session.exec(select(func.count()).select_from(Song).where(*filters))).one()
+    return (await session.exec(select(func.count()).select_from(Song).where(*filters), params=params)).one()
 
 
 async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: Format) -> AsyncGenerator[bytes]:
@@ -278,32 +294,48 @@ async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: 
     statement = (
         select(*exporting.columns(file_format, dialect(session)))
         .select_from(Song)
-        .where(*_song_filters(query, found, Params()))
+        .where(*_filters(params := _filter_values(query)), *([_found(found)] if found else []))
         .order_by(col(Song.id))
+        .params(params)
     )
     async with aclosing(exporting.stream(await session.connection(), statement, file_format)) as chunks:
         async for chunk in chunks:
             yield chunk
 
 
-def _song_filters(query: SongQuery, found: search.Search | None, params: Params) -> list[ColumnElement[bool]]:
-    """The conditions of `query`'s filters, their values in `params`; and of `found`, its values inline."""
+def _filter_values(query: SongQuery) -> dict[str, Any]:
+    """The values of `query`'s filters, by the names of their parameters in `_filters`."""
     if query.year_from is not None and query.year_to is not None and query.year_from > query.year_to:
         raise InvalidParameter("query", "year_from", f"must not be after year_to ({query.year_to})")
-    filters: list[ColumnElement[bool]] = []
+    values: dict[str, Any] = {}
     if query.artist is not None:
-        filters.append(col(Song.artist_key) == params("artist_key", song_key(query.artist)))
+        values["artist_key"] = song_key(query.artist)
     if query.name is not None:
-        filters.append(col(Song.name_key) == params("name_key", song_key(query.name)))
+        values["name_key"] = song_key(query.name)
     if query.year is not None:
-        filters.append(params("year", query.year) == YEAR)
+        values["year"] = query.year
     if query.year_from is not None or query.year_to is not None:
-        filters.append(
-            YEAR.between(params("year_from", query.year_from or YEAR_MIN), params("year_to", query.year_to or YEAR_MAX))
-        )
-    if found is not None:
-        filters.append(search.matches(found, found.everything) if found.everything else false())
-    return filters
+        values |= {"year_from": query.year_from or YEAR_MIN, "year_to": query.year_to or YEAR_MAX}
+    return values
+
+
+def _filters(parameters: Collection[str]) -> list[ColumnElement[bool]]:
+    """The conditions of the filters whose parameters are named (values apart, so that the SQL is reused)."""
+    conditions: list[ColumnElement[bool]] = []
+    if "artist_key" in parameters:
+        conditions.append(col(Song.artist_key) == bindparam("artist_key"))
+    if "name_key" in parameters:
+        conditions.append(col(Song.name_key) == bindparam("name_key"))
+    if "year" in parameters:
+        conditions.append(bindparam("year") == YEAR)
+    if "year_from" in parameters:
+        conditions.append(YEAR.between(bindparam("year_from"), bindparam("year_to")))
+    return conditions
+
+
+def _found(found: search.Search) -> ColumnElement[bool]:
+    """The songs a search finds, at any tier (its words inline: a search is not compiled once)."""
+    return search.matches(found, found.everything) if found.everything else false()
 
 
 def _song_order(query: SongQuery, found: search.Search | None) -> tuple[str, list[SortKey]]:

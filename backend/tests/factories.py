@@ -5,12 +5,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import songs
 from app.db import Database
-from app.models import SongCreate, SongRead
+from app.models import Song, SongCreate
 
 
 async def make_song(
     session: AsyncSession, *, name: str = "Yesterday", artist: str = "The Beatles", year: int | None = 1965
-) -> SongRead:
+) -> Song:
     assert isinstance(session.bind, AsyncEngine)
-    db = Database(session.bind, pool=None)
-    return await songs.create_song(db=db, song_in=SongCreate(name=name, artist=artist, year=year))
+    created = await songs.create_song(
+        db=Database(session.bind, pool=None), song_in=SongCreate(name=name, artist=artist, year=year)
+    )
+    await session.commit()  # a read begun before would not see it, on SQLite
+    song = await session.get(Song, created["id"])
+    assert song is not None
+    return song

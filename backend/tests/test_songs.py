@@ -1,10 +1,13 @@
 """The /songs routes, end to end through the ASGI app, on each database."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
+from pydantic import TypeAdapter
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.models import Song, SongPublic
 from tests.factories import make_song
 from tests.pages import next_link
 
@@ -191,3 +194,24 @@ async def test_ids_of_deleted_songs_are_not_reused(client: httpx.AsyncClient, se
 
     assert song.id is not None
     assert response.json()["id"] > song.id
+
+
+async def test_songs_are_written_byte_for_byte_as_pydantic_writes_song_public(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    # The hot routes write the database's rows with orjson, unvalidated: as the response model would.
+    created = await client.post("/songs", json={"name": "Ça plane pour moi", "artist": "Plastic Bertrand"})
+    whole_second = await make_song(session, name="Zero", artist="Microseconds", year=None)
+    whole_second.created_at = whole_second.updated_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    await session.commit()
+
+    for song_id in (created.json()["id"], whole_second.id):
+        song = await session.get(Song, song_id, populate_existing=True)
+        expected = SongPublic.model_validate(song, from_attributes=True).model_dump_json().encode()
+        assert (await client.get(f"/songs/{song_id}")).content == expected
+    listed = await client.get("/songs", params={"sort": "id"})
+    songs = (await session.exec(select(Song).order_by(col(Song.id)))).all()
+    assert listed.content == TypeAdapter(list[SongPublic]).dump_json(
+        [SongPublic.model_validate(song, from_attributes=True) for song in songs]
+    )
+    assert created.content == (await client.get(f"/songs/{created.json()['id']}")).content

@@ -6,15 +6,10 @@ from collections.abc import Collection
 from fastapi import Request
 
 from app.errors import PreconditionRequired
-from app.models import Song, SongRead
-from app.models import etag as version_etag
+from app.models import etag
 
 ANY: Collection[int] | None = None  # If-Match: *
 _OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
-
-
-def etag(song: Song | SongRead) -> str:
-    return version_etag(song.version)
 
 
 def _tags(header: str) -> list[str]:
@@ -38,10 +33,10 @@ def if_match(request: Request) -> Collection[int] | None:
     return {int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag))}
 
 
-def not_modified(request: Request, song: Song | SongRead) -> bool:
-    """Whether `If-None-Match` names the song's current ETag (weak comparison, as GET asks)."""
+def not_modified(request: Request, version: int) -> bool:
+    """Whether `If-None-Match` names the ETag of the song's `version` (weak comparison, as GET asks)."""
     header = request.headers.get("if-none-match")
     if header is None:
         return False
     tags = [tag.removeprefix("W/") for tag in _tags(header)]
-    return "*" in tags or etag(song) in tags
+    return "*" in tags or etag(version) in tags

@@ -5,7 +5,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import TypeAdapter
 
 from app import exporting, idempotency, songs
 from app.auth import require
@@ -14,7 +13,17 @@ from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
 from app.importing import OnConflict
 from app.keys import Caller
-from app.models import BATCH_SIZE_CEILING, BatchResult, SongCreate, SongPublic, SongQuery, SongRead, SongUpdate
+from app.models import (
+    BATCH_SIZE_CEILING,
+    BatchResult,
+    SongCreate,
+    SongPublic,
+    SongQuery,
+    SongUpdate,
+    etag,
+    public,
+    public_json,
+)
 from app.routes import preconditions
 from app.routes.links import check_page_size, preferred_count, set_next_link
 
@@ -69,7 +78,7 @@ async def list_songs(
     else:
         async with request.app.state.sessionmaker() as session:
             page = await songs.list_songs(session=session, query=query, count=count)
-    response = Response(SONG_LIST.dump_json(page.items), media_type=JSON)
+    response = Response(public_json([public(song) for song in page.items]), media_type=JSON)
     set_next_link(request, response, page.next_cursor)
     if page.total is not None:
         response.headers["X-Total-Count"] = str(page.total)
@@ -78,8 +87,7 @@ async def list_songs(
 
 
 # Routes that answer a `Response` of their own skip FastAPI's validation of what
-# they return: the rows are validated once, into `SongRead`, and dumped by pydantic.
-SONG_LIST = TypeAdapter(list[SongRead])
+# they return: the songs come from the database, valid, and go out as they are.
 JSON = "application/json"
 
 
@@ -124,8 +132,10 @@ async def create_song(
 
     async def create() -> Response:
         song = await songs.create_song(db=request.app.state.db, song_in=song_in)
-        headers = {"Location": f"/songs/{song.id}", "ETag": preconditions.etag(song)}
-        return Response(song.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type=JSON, headers=headers)
+        headers = {"Location": f"/songs/{song['id']}", "ETag": etag(song["version"])}
+        return Response(
+            public_json(public(song)), status_code=status.HTTP_201_CREATED, media_type=JSON, headers=headers
+        )
 
     return await idempotency.run_once(request, caller, song_in.model_dump(), create)  # type: ignore[return-value]
 
@@ -181,10 +191,10 @@ async def get_song(
 ) -> SongPublic:
     """Gets one song, with its ETag."""
     song = await songs.read_song(db=request.app.state.db, song_id=song_id)
-    headers = {"ETag": preconditions.etag(song)}
-    if preconditions.not_modified(request, song):
+    headers = {"ETag": etag(song["version"])}
+    if preconditions.not_modified(request, song["version"]):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)  # type: ignore[return-value]
-    return Response(song.model_dump_json(), media_type=JSON, headers=headers)  # type: ignore[return-value]
+    return Response(public_json(public(song)), media_type=JSON, headers=headers)  # type: ignore[return-value]
 
 
 WRITE_ERRORS = problem_responses(400, 404, 409, 412, 413, 415, 422, 428)
@@ -202,7 +212,7 @@ async def update_song(
     """Changes the fields given; the others stay as they are."""
     versions = preconditions.if_match(request)
     song = await songs.update_song(session=session, song_id=song_id, changes=changes, versions=versions)
-    response.headers["ETag"] = preconditions.etag(song)
+    response.headers["ETag"] = etag(song.version)
     return song  # type: ignore[return-value]
 
 
@@ -218,7 +228,7 @@ async def replace_song(
     """Replaces the song: every field, a year left out being no year."""
     versions = preconditions.if_match(request)
     song = await songs.replace_song(session=session, song_id=song_id, song_in=song_in, versions=versions)
-    response.headers["ETag"] = preconditions.etag(song)
+    response.headers["ETag"] = etag(song.version)
     return song  # type: ignore[return-value]
 
 
