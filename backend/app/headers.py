@@ -37,20 +37,27 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = SECURITY_HEADERS if scope["path"] in DOCS_PATHS else [*SECURITY_HEADERS, API_POLICY]
+        extra = DOCS_HEADERS if scope["path"] in DOCS_PATHS else API_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                present = {name.lower() for name, _ in headers}
-                message["headers"] = [*headers, *(header for header in extra if header[0] not in present)]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
+DOCS_HEADERS = SECURITY_HEADERS
+API_HEADERS = [*SECURITY_HEADERS, API_POLICY]
+
+
 def install_headers(app: FastAPI, cors_origins: list[str]) -> None:
-    """Security headers always; CORS only for the origins configured (none by default)."""
+    """Security headers always; CORS only for the origins configured (none by default).
+
+    CORS goes outside the rest, so that every answer, a 413 included, has its
+    headers; a preflight is answered by CORS alone.
+    """
+    app.add_middleware(SecurityHeaders)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -60,4 +67,3 @@ def install_headers(app: FastAPI, cors_origins: list[str]) -> None:
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
-    app.add_middleware(SecurityHeaders)

@@ -1,6 +1,5 @@
 """A limit on the size of request bodies, answered with a 413 problem."""
 
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +21,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             response = problem_response(413, PayloadTooLarge.code, self.detail)
             await response(scope, receive, send)

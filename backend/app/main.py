@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     document_public_reads(app, require_read_key=settings.require_read_key)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_headers(app, settings.cors_origin_list)
+    install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     app.include_router(songs.router)
     app.include_router(artists.router)
     app.include_router(keys.router)
