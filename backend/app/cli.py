@@ -60,11 +60,17 @@ def _fail(message: str) -> typer.Exit:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: SONGBOOK_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind [default: SONGBOOK_PORT].")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes [default: SONGBOOK_WORKERS].")] = None,
     reload: Annotated[bool, typer.Option(help="Restart when the code changes (development).")] = False,
 ) -> None:
     """Serve the HTTP API."""
     settings = _settings()
+    workers = workers or settings.workers
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            "songbook: each of the workers keeps rate limits of its own; set SONGBOOK_REDIS_URL for limits they share",
+            err=True,
+        )
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -74,6 +80,8 @@ def serve(
         reload=reload,
         reload_dirs=[str(APP_DIR)] if reload else None,
         log_level=settings.log_level,
+        # Behind a proxy, the client's address (for the rate limits) is in X-Forwarded-For.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

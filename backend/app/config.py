@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks, or *.
+    forwarded_allow_ips: str = "127.0.0.1"
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_CEILING)] = 500
     max_batch_size: Annotated[int, Field(ge=1, le=BATCH_SIZE_CEILING)] = 1000

@@ -8,21 +8,23 @@ is a 422. Answers are kept for `idempotency_ttl_seconds`.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import Response
-from sqlalchemy import delete, insert, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import bindparam, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+from sqlmodel import col
 
-from app.db import write_connection
+from app.db import Database
 from app.errors import AppError, InvalidParameter, problem_response
 from app.keys import Caller
 from app.models import IdempotencyRecord, utcnow
@@ -60,85 +62,52 @@ async def run_once(
     caller: Caller | None,
     payload: Any,
     write: Callable[[], Awaitable[Response]],
-    *,
-    session: AsyncSession | None = None,
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
-    formatted, is the same request. The key is kept through `session`, the
-    route's if it has one (so that it holds one connection at a time), else
-    one of its own: a write without a key opens none.
+    formatted, is the same request.
     """
     key = request.headers.get(HEADER)
     if key is None or caller is None:
         return await _answer(write)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
-    if session is None:
-        async with request.app.state.sessionmaker() as own_session:
-            return await _run_once(request, own_session, caller, key, payload, write)
-    return await _run_once(request, session, caller, key, payload, write)
-
-
-async def _run_once(
-    request: Request,
-    session: AsyncSession,
-    caller: Caller,
-    key: str,
-    payload: Any,
-    write: Callable[[], Awaitable[Response]],
-) -> Response:
+    db: Database = request.app.state.db
     fingerprint = _fingerprint(request, payload)
-    ttl = request.app.state.settings.idempotency_ttl_seconds
-    claimed_at, record = await _claim(session, caller.key_id, key, fingerprint, ttl)
+    this = {"caller_id": caller.key_id, "idempotency_key": key}
+    claimed_at, record = await _claim(db, this, fingerprint, request.app.state.settings.idempotency_ttl_seconds)
     if record is not None:
-        if record.request_hash != fingerprint:
+        if record["request_hash"] != fingerprint:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used for another request; use a new key for a new request."
             )
-        if record.status is None:
+        if record["status"] is None:
             raise IdempotencyKeyInUse(
                 "A request with this Idempotency-Key is still being answered; retry shortly.",
                 headers={"Retry-After": "1"},
             )
-        headers = json.loads(record.response_headers or "{}") | {"Idempotent-Replayed": "true"}
-        return Response(record.response_body, status_code=record.status, headers=headers)
-    this = [*_this(caller.key_id, key), col(IdempotencyRecord.claimed_at) == claimed_at]
+        headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
+        return Response(record["response_body"], status_code=record["status"], headers=headers)
+    claim = this | {"claimed": claimed_at}
     try:
         response = await _answer(write)
     except BaseException:
         # No answer to keep (the database failed, say): free the key for the retry.
         with contextlib.suppress(Exception):
-            await _store(session, this, None)
+            await db.fetch(_FREE, claim, write=True)
         raise
-    await _store(session, this, None if response.status_code >= 500 else response)
-    return response
-
-
-async def _store(session: AsyncSession, claim: list[Any], response: Response | None) -> None:
-    """Keeps the answer to replay; with none (a failure the retry should try again), frees the key.
-
-    Only while the claim is this request's: one taken over since is left alone.
-    A crash between the write and this leaves the claim without an answer: after
-    `ABANDONED_AFTER`, a retry does the write again (a create then finds its song there).
-    """
-    await session.close()  # whatever the write left open: this is a transaction of its own
-    await write_connection(session)
-    if response is None:
-        await session.exec(delete(IdempotencyRecord).where(*claim))
+    if response.status_code >= 500:
+        await db.fetch(_FREE, claim, write=True)
     else:
         headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
-        await session.exec(
-            update(IdempotencyRecord)
-            .where(*claim, col(IdempotencyRecord.status).is_(None))
-            .values(
-                status=response.status_code,
-                response_headers=json.dumps(headers),
-                response_body=bytes(response.body).decode(),
-            )
-        )
-    await session.commit()
+        answer = {
+            "answer_status": response.status_code,
+            "answer_headers": json.dumps(headers),
+            "answer_body": bytes(response.body).decode(),
+        }
+        await db.fetch(_KEEP, claim | answer, write=True)
+    return response
 
 
 async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
@@ -149,52 +118,83 @@ async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
         return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
 
 
-def _this(api_key_id: int, key: str) -> list[Any]:
-    return [col(IdempotencyRecord.api_key_id) == api_key_id, col(IdempotencyRecord.key) == key]
+# Each a statement of its own, compiled once (see `Database`). Only while the
+# claim is this request's: one taken over since is left alone. A crash between
+# the write and keeping its answer leaves the claim without one: after
+# `ABANDONED_AFTER`, a retry does the write again (a create then finds its song there).
+_RECORD = (
+    col(IdempotencyRecord.api_key_id) == bindparam("caller_id"),
+    col(IdempotencyRecord.key) == bindparam("idempotency_key"),
+)
+_CLAIM = (*_RECORD, col(IdempotencyRecord.claimed_at) == bindparam("claimed"))
+_KEEP = (
+    update(IdempotencyRecord)
+    .where(*_CLAIM, col(IdempotencyRecord.status).is_(None))
+    .values(
+        status=bindparam("answer_status"),
+        response_headers=bindparam("answer_headers"),
+        response_body=bindparam("answer_body"),
+    )
+)
+_FREE = delete(IdempotencyRecord).where(*_CLAIM)
+_READ = sa.select(
+    col(IdempotencyRecord.request_hash),
+    col(IdempotencyRecord.status),
+    col(IdempotencyRecord.response_headers),
+    col(IdempotencyRecord.response_body),
+).where(*_RECORD)
+_PRUNE = delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < bindparam("now"))
+
+
+@functools.cache
+def _take(dialect: str) -> Insert:
+    """Claims a key in one statement: a new one, or one whose answer expired or whose request died."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(IdempotencyRecord).values(
+        api_key_id=bindparam("caller_id"),
+        key=bindparam("idempotency_key"),
+        request_hash=bindparam("fingerprint"),
+        claimed_at=bindparam("now"),
+        expires_at=bindparam("until"),
+    )
+    claimable = (col(IdempotencyRecord.expires_at) < bindparam("now")) | (
+        col(IdempotencyRecord.status).is_(None) & (col(IdempotencyRecord.claimed_at) < bindparam("abandoned_before"))
+    )
+    taken_over = {
+        "request_hash": statement.excluded.request_hash,
+        "claimed_at": statement.excluded.claimed_at,
+        "expires_at": statement.excluded.expires_at,
+        "status": sa.null(),
+        "response_headers": sa.null(),
+        "response_body": sa.null(),
+    }
+    return statement.on_conflict_do_update(
+        index_elements=["api_key_id", "key"], set_=taken_over, where=claimable
+    ).returning(col(IdempotencyRecord.claimed_at))
 
 
 async def _claim(
-    session: AsyncSession, api_key_id: int, key: str, fingerprint: str, ttl_seconds: int
-) -> tuple[datetime, IdempotencyRecord | None]:
+    db: Database, this: dict[str, Any], fingerprint: str, ttl_seconds: int
+) -> tuple[datetime, Mapping[str, Any] | None]:
     """Claims the key for this request: (when, None) if claimed, else the record of the request that has it."""
     global _claims
     for _ in range(CLAIM_ATTEMPTS):
         now = utcnow()
-        await session.close()
-        await write_connection(session)
         _claims += 1
         if _claims % PRUNE_EVERY == 0:
-            await session.exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < now))
-        # An expired answer, or a claim whose request died, is taken over.
-        await session.exec(
-            delete(IdempotencyRecord).where(
-                *_this(api_key_id, key),
-                (col(IdempotencyRecord.expires_at) < now)
-                | (
-                    col(IdempotencyRecord.status).is_(None)
-                    & (col(IdempotencyRecord.claimed_at) < now - ABANDONED_AFTER)
-                ),
-            )
-        )
-        try:
-            await session.exec(
-                insert(IdempotencyRecord).values(
-                    api_key_id=api_key_id,
-                    key=key,
-                    request_hash=fingerprint,
-                    claimed_at=now,
-                    expires_at=now + timedelta(seconds=ttl_seconds),
-                )
-            )
-            await session.commit()
+            await db.fetch(_PRUNE, {"now": now}, write=True)
+        claim = this | {
+            "fingerprint": fingerprint,
+            "now": now,
+            "until": now + timedelta(seconds=ttl_seconds),
+            "abandoned_before": now - ABANDONED_AFTER,
+        }
+        if await db.fetch(_take(db.engine.dialect.name), claim, write=True):
             return now, None
-        except IntegrityError:
-            await session.rollback()
-        record = (await session.exec(select(IdempotencyRecord).where(*_this(api_key_id, key)))).first()
-        await session.commit()
-        if record is not None:
-            return now, record
-        # Freed between our insert and our read (its request failed): claim it again.
+        records = await db.fetch(_READ, this)
+        if records:
+            return now, records[0]
+        # Freed between our claim and our read (its request failed): claim it again.
     raise IdempotencyKeyInUse(
         "A request with this Idempotency-Key is being retried at the same time; retry shortly.",
         headers={"Retry-After": "1"},

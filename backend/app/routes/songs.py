@@ -172,7 +172,7 @@ async def create_songs(
         return JSONResponse(result.model_dump(mode="json"))
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, caller, payload, create, session=session)  # type: ignore[return-value]
+    return await idempotency.run_once(request, caller, payload, create)  # type: ignore[return-value]
 
 
 @router.get(
