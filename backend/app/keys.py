@@ -81,6 +81,8 @@ async def revoke_key(*, session: AsyncSession, key_id: int) -> ApiKeyPublic:
     )
     revoked = (await session.exec(statement)).scalar_one_or_none()
     await session.commit()
+    if revoked is not None:
+        _known.pop(revoked.prefix, None)
     if revoked is None:
         existing = await session.get(ApiKey, key_id)
         if existing is None:
@@ -95,6 +97,13 @@ async def find_key_id(*, session: AsyncSession, name: str) -> int | None:
 
 _last_recorded: dict[str, float] = {}  # by prefix: random, never reused
 
+# A valid key is believed this long without asking the database again: a key
+# revoked elsewhere (another instance, `songbook keys revoke`) is refused here
+# within that time; by the process that revokes it, at once.
+KNOWN_FOR_SECONDS = 5.0
+MAX_KNOWN = 10_000  # keys; then forgotten all at once
+_known: dict[str, tuple[float, str, Caller]] = {}  # by prefix: (believed until, the secret's hash, the caller)
+
 
 # Compiled once (see `Database`): a keyed request runs the first, and once a minute the second.
 _FIND_KEY = sa.select(
@@ -108,16 +117,24 @@ async def check_key(*, db: Database, key: str) -> Caller | None:
     parts = key.removeprefix(KEY_PREFIX).split("_", 1)
     if not key.startswith(KEY_PREFIX) or len(parts) != 2:
         return None
-    prefix = parts[0]
-    rows = await db.fetch(_FIND_KEY, {"prefix": prefix})
-    row = rows[0] if rows else None
-    if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["secret_hash"], _hash(key)):
+    prefix, now = parts[0], time.monotonic()
+    known = _known.get(prefix)
+    if known is None or known[0] <= now:
+        rows = await db.fetch(_FIND_KEY, {"prefix": prefix})
+        row = rows[0] if rows else None
+        if row is None or row["revoked_at"] is not None:
+            return None
+        known = (now + KNOWN_FOR_SECONDS, row["secret_hash"], Caller(row["id"], row["name"], row["scope"], prefix))
+        if len(_known) >= MAX_KNOWN:
+            _known.clear()
+        _known[prefix] = known
+    _, secret_hash, caller = known
+    if not hmac.compare_digest(secret_hash, _hash(key)):
         return None
-    now = time.monotonic()
     if now - _last_recorded.get(prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
         # Written once a minute at most, not on every request; and only if it can
         # be at once: a busy database must not fail the request for it.
         _last_recorded[prefix] = now
         with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
-            await db.fetch(_RECORD_USE, {"key_id": row["id"], "now": utcnow()}, write=True)
-    return Caller(row["id"], row["name"], row["scope"], prefix)
+            await db.fetch(_RECORD_USE, {"key_id": caller.key_id, "now": utcnow()}, write=True)
+    return caller

@@ -1,5 +1,6 @@
 """API keys: who may write, who may read, and keys managed by command and over HTTP."""
 
+import asyncio
 import logging
 
 import httpx
@@ -9,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
+from app import keys
 from app.cli import cli
 from tests.conftest import client_for, make_key
 
@@ -110,6 +112,26 @@ async def test_an_admin_key_manages_keys_over_http(app: FastAPI, client: httpx.A
     assert after.status_code == 401
     assert again.status_code == 409
     assert by_writer.status_code == 403
+
+
+async def test_a_key_revoked_by_another_process_is_refused_within_seconds(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another instance, or `songbook keys revoke`: this process learns it when its belief expires.
+    monkeypatch.setattr(keys, "KNOWN_FOR_SECONDS", 0.3)
+    key = await make_key(app, "write", "elsewhere")
+    async with client_for(app, key) as writer:
+        before = await writer.get("/songs")
+        # While the key is believed, its secret is still checked: the prefix alone is not enough.
+        wrong_secret = await writer.get("/songs", headers={"Authorization": f"Bearer {key[:-2]}xx"})
+        async with app.state.engine.begin() as connection:
+            await connection.execute(text("UPDATE api_key SET revoked_at = CURRENT_TIMESTAMP WHERE name = 'elsewhere'"))
+        believed = await writer.get("/songs")
+        await asyncio.sleep(0.4)
+        after = await writer.get("/songs")
+
+    assert (before.status_code, believed.status_code, after.status_code) == (200, 200, 401)
+    assert wrong_secret.status_code == 401
 
 
 async def test_keys_are_stored_only_as_hashes_and_record_their_last_use(
