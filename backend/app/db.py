@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 import asyncpg
+import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -63,16 +64,17 @@ def _unique_statement_name() -> str:
     return f"__songbook_{uuid4().hex}__"
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool | None:
+async def create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool | None:
     """On PostgreSQL, a bare asyncpg pool for the hot paths (see `Database`); None on SQLite.
 
-    It connects on demand, like the engine: the service starts while the database is down.
+    It connects as the engine does, with the URL's options (`?ssl=require`)
+    read the same way, and on demand: the service starts while the database is down.
     """
-    url = settings.sqlalchemy_url
-    if url.get_backend_name() != "postgresql":
+    if engine.dialect.name != "postgresql":
         return None
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return await asyncpg.create_pool(dsn, min_size=0, max_size=settings.pool_size, **_asyncpg_options(settings))
+    _, connect_args = engine.dialect.create_connect_args(engine.url)
+    options = dict(connect_args) | _asyncpg_options(settings)
+    return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, **options)
 
 
 def ensure_sqlite_dir(url: URL) -> None:
@@ -156,7 +158,9 @@ class Database:
         if self.pool is None:
             return await self._execute(statement, params, write)
         sql, names = self._compile(statement)
-        rows: list[Mapping[str, Any]] = await self.pool.fetch(sql, *(params[name] for name in names))
+        # As long as the engine's pool would wait for a connection, then a 503.
+        async with self.pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+            rows: list[Mapping[str, Any]] = await connection.fetch(sql, *(params[name] for name in names))
         return rows
 
     async def _execute(self, statement: Statement, params: Mapping[str, Any], write: bool) -> list[dict[str, Any]]:
@@ -172,10 +176,19 @@ class Database:
         found = self._compiled.get(statement)
         if found is None:
             compiled = statement.compile(dialect=self.engine.dialect)
+            # The values go to asyncpg as they are: no parameter may need SQLAlchemy at
+            # execution (an expanding IN).
+            assert not compiled.post_compile_params, "a statement for Database cannot expand parameters"
             found = (str(compiled), tuple(compiled.positiontup or ()))
-            if len(self._compiled) < MAX_COMPILED:
-                self._compiled[statement] = found
+            if len(self._compiled) >= MAX_COMPILED:
+                self._compiled.clear()  # shapes no longer used go; those in use come back at once
+            self._compiled[statement] = found
         return found
+
+    async def ping(self) -> None:
+        """Raises if the hot paths' pool cannot reach the database."""
+        if self.pool is not None:
+            await self.fetch(_PING, {})
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -183,7 +196,9 @@ class Database:
         await self.engine.dispose()
 
 
-MAX_COMPILED = 1000  # statements; past that, one made anew each time is compiled each time
+MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as they come
+POOL_TIMEOUT_SECONDS = 30
+_PING: Select[Any] = sa.select(sa.literal_column("1"))
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -299,9 +299,10 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
-# PostgreSQL gave up on a statement: cancelled by statement_timeout, or a lock
-# it could not get. Transient: the client may retry.
-TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01"})
+# PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
+# could not get, a serialization failure or deadlock), is shutting down or
+# starting, or has no connection to spare. Transient: the client may retry.
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"})
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -311,8 +312,12 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, sa_exc.DBAPIError):
         transient, orig = exc.connection_invalidated, exc.orig
     else:
-        transient, orig = isinstance(exc, asyncpg.PostgresConnectionError), exc
-    if transient or getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        # asyncpg's own InterfaceError is a closed connection or pool; its subclasses
+        # (bad data, configuration) are the service's faults, not the database's.
+        transient = isinstance(exc, asyncpg.PostgresConnectionError) or type(exc) is asyncpg.InterfaceError
+        orig = exc
+    sqlstate = str(getattr(orig, "sqlstate", "") or "")
+    if transient or sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08"):
         logger.warning("database unavailable: %s", type(orig).__name__)
         return problem_response(
             503,
@@ -320,13 +325,17 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
             "The database took too long to answer; try again shortly.",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return await _internal_error(request, exc)
+    return _failed(request)
+
+
+def _failed(request: Request) -> JSONResponse:
+    # Logged with its traceback here; the client learns nothing of the internals.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, "internal-error", "The service failed to answer this request.")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Logged with its traceback here; the client learns nothing of the internals.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    response = problem_response(500, "internal-error", "The service failed to answer this request.")
+    response = _failed(request)
     # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the security headers are added here.
     response.headers.update({name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, API_POLICY)})
     return response
@@ -342,11 +351,11 @@ def install_error_handlers(app: FastAPI) -> None:
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         sa_exc.TimeoutError,
-        asyncpg.InterfaceError,
         ConnectionError,
         TimeoutError,
     ):
         app.add_exception_handler(exc_class, _database_unavailable)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _database_error)
     app.add_exception_handler(Exception, _internal_error)

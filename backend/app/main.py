@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = db.create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = db.create_sessionmaker(engine)
-        app.state.db = db.Database(engine, await db.create_pool(settings))
+        app.state.db = db.Database(engine, await db.create_pool(settings, engine))
         app.state.schema_heads = schema.head_revisions()
         app.state.buckets = ratelimit.buckets(settings.redis_url)
         # What start-up made lives as long as the process: kept out of the garbage

@@ -28,6 +28,7 @@ async def readyz(request: Request) -> Health:
     engine: AsyncEngine = request.app.state.engine
     async with engine.connect() as connection:
         current = await schema.current_revisions(connection)
+    await request.app.state.db.ping()  # the hot paths' own pool too
     if current != request.app.state.schema_heads:
         raise DatabaseUnavailable(
             f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "
