@@ -94,7 +94,16 @@ def _value(value: Any, kind: ValueKind) -> Any:
     elif kind is float and type(value) in (int, float):
         return float(value)
     elif (kind is int and type(value) is int and -(2**31) <= value < 2**31) or (
-        kind is str and type(value) is str and "\x00" not in value
+        kind is str and type(value) is str and "\x00" not in value and _is_text(value)
     ):  # the columns are 32-bit
         return value
     raise InvalidParameter("query", "cursor", "not a cursor this service issued", "cursor_invalid")
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` can be stored: JSON can spell a lone surrogate, which no UTF-8 text holds."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
