@@ -204,19 +204,19 @@ def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         params |= {f"after_{i}": value for i, value in enumerate(values)}
-    statement = _page_statement(query.sort or "id", frozenset(params))
+    statement = _page_statement(tuple((key.name, key.descending) for key in keys), frozenset(params))
     if found is not None:
         statement = statement.where(_found(found))
     return statement, params, signature
 
 
 @functools.lru_cache(maxsize=256)
-def _page_statement(sort: str, parameters: frozenset[str]) -> Select[Any]:
-    """A page's statement, for a (valid) sort and the parameters of its filters and cursor.
+def _page_statement(order: tuple[tuple[str, bool], ...], parameters: frozenset[str]) -> Select[Any]:
+    """A page's statement, for its sort keys (name, descending) and the parameters of its filters and cursor.
 
     Made once for each shape, so that `Database` compiles it once.
     """
-    _, keys = _song_order(SongQuery(sort=sort), found=None)
+    keys = [SortKey(name, *SORTABLE[name], descending) for name, descending in order]
     statement = sa.select(*READ_COLUMNS, *(key.expression.label(f"key_{i}") for i, key in enumerate(keys)))
     statement = statement.where(*_filters(parameters))
     if "after_0" in parameters:
