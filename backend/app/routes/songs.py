@@ -168,7 +168,12 @@ async def create_songs(
         raise InvalidParameter("body", "songs", f"a batch holds at most {largest} songs; this one has {len(songs_in)}")
 
     async def create() -> JSONResponse:
-        result = await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
+        try:
+            result = await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
+        except BaseException:
+            # Ends the transaction (and SQLite's write lock) before the key is freed for a retry.
+            await session.close()
+            raise
         return JSONResponse(result.model_dump(mode="json"))
 
     payload = [song.model_dump() for song in songs_in]
