@@ -87,3 +87,24 @@ def test_problem_fields_have_examples(openapi: dict[str, Any]) -> None:
 async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "Songbook"
     assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "header"),
+    [
+        ("/songs", "get", "Prefer"),
+        ("/songs", "post", "Idempotency-Key"),
+        ("/songs/batch", "post", "Idempotency-Key"),
+        ("/songs/{song_id}", "get", "If-None-Match"),
+        ("/songs/{song_id}", "patch", "If-Match"),
+        ("/songs/{song_id}", "put", "If-Match"),
+        ("/songs/{song_id}", "delete", "If-Match"),
+    ],
+)
+def test_the_request_headers_each_route_reads_are_documented(
+    openapi: dict[str, Any], path: str, method: str, header: str
+) -> None:
+    headers = [p for p in openapi["paths"][path][method]["parameters"] if p["in"] == "header"]
+
+    assert [p["name"] for p in headers] == [header]
+    assert headers[0]["description"]

@@ -20,9 +20,9 @@ def set_next_link(request: Request, response: Response, next_cursor: str | None)
         response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
 
 
-def preferred_count(prefer: str | None) -> Literal["exact", "estimated"] | None:
-    """The count asked for in a `Prefer` header (RFC 7240), if any."""
-    for preference in (prefer or "").split(","):
+def preferred_count(request: Request) -> Literal["exact", "estimated"] | None:
+    """The count asked for in the request's `Prefer` header (RFC 7240), if any."""
+    for preference in request.headers.get("prefer", "").split(","):
         name, _, value = preference.strip().partition("=")
         if name.strip().lower() == "count" and value.strip().strip('"') in ("exact", "estimated"):
             return value.strip().strip('"')  # type: ignore[return-value]
