@@ -4,13 +4,14 @@
     uv run python bench/serve.py --help     # from backend/
 
 It makes sure the bench catalog (BENCH_SERVE_DATABASE_URL, a PostgreSQL
-database, made if missing) holds --count songs, starts `songbook serve` (one worker) and
-the reference (`reference_app.py`, one uvicorn worker, a pool of the same
-size), and drives each with wrk at --connections connections, route by route,
-alternating the two --rounds times. It prints the median requests/s, p50 and
-p99 latency and errors of each, and the ratio service/reference against the
-targets. Then the service's start-up time to ready, and its RSS across
---rss-requests requests.
+database, made if missing) holds --count songs, starts `songbook serve` (one
+worker), the reference (`reference_app.py`: bare ASGI) and the framework's
+floor (`fastapi_app.py`: the same routes as plain FastAPI routes), each with
+one uvicorn worker and a pool of the same size, and drives each with wrk at
+--connections connections, route by route, alternating them --rounds times.
+It prints the median requests/s, p50 and p99 latency and errors of each, and
+the ratios to the reference, the service's against the targets. Then the
+service's RSS across --rss-requests requests, and its start-up time to ready.
 
 The machine is shared and noisy: quote the ratios of one run, not absolute figures.
 """
@@ -46,17 +47,17 @@ POOL_SIZE = 10
 @dataclass(frozen=True)
 class Route:
     name: str
-    mode: str  # BENCH_MODE of the wrk script
-    reference_mode: str
+    modes: dict[str, str]  # the BENCH_MODE of the wrk script, by app; an app without one is not run
     target: float | None  # the least share of the reference's requests/s
 
 
+APPS = ("reference", "fastapi", "service")  # in the order each round runs them
 ROUTES = [
-    Route("GET /songs/{id}", "get", "get", 0.75),
-    Route("GET /songs?limit=50", "list", "list", 0.75),
-    Route("GET /songs?q=...", "search", "search", None),
-    Route("POST /songs", "post", "post", 0.7),
-    Route("POST /songs, key + Idempotency-Key", "post-key", "post", 0.5),
+    Route("GET /songs/{id}", {"reference": "get", "fastapi": "get", "service": "get"}, 0.75),
+    Route("GET /songs?limit=50", {"reference": "list", "fastapi": "list", "service": "list"}, 0.75),
+    Route("GET /songs?q=...", {"reference": "search", "service": "search"}, None),
+    Route("POST /songs", {"reference": "post", "fastapi": "post", "service": "post"}, 0.7),
+    Route("POST /songs, key + Idempotency-Key", {"reference": "post", "service": "post-key"}, 0.5),
 ]
 
 
@@ -118,9 +119,9 @@ def service(port: int) -> list[str]:
     return [str(BIN / "songbook"), "serve", "--port", str(port), "--workers", "1"]
 
 
-def reference(port: int) -> list[str]:
-    app = [str(BIN / "uvicorn"), "reference_app:app", "--app-dir", str(BENCH), "--port", str(port)]
-    return [*app, "--no-access-log", "--log-level", "warning"]
+def uvicorn(app: str, port: int) -> list[str]:
+    command = [str(BIN / "uvicorn"), app, "--app-dir", str(BENCH), "--port", str(port)]
+    return [*command, "--no-access-log", "--log-level", "warning"]
 
 
 def wrk(port: int, mode: str, seconds: int, connections: int, env: dict[str, str]) -> Run:
@@ -206,19 +207,21 @@ def main() -> None:
 
 
 def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference_env: dict[str, str]) -> None:
-    ports = {"service": free_port(), "reference": free_port()}
-    results: dict[str, dict[str, list[Run]]] = {route.name: {"service": [], "reference": []} for route in ROUTES}
+    ports = {which: free_port() for which in APPS}
     with (
         running(service(ports["service"]), service_env(url), "/readyz", ports["service"]) as server,
-        running(reference(ports["reference"]), reference_env, "/songs/1", ports["reference"]),
+        running(uvicorn("reference_app:app", ports["reference"]), reference_env, "/songs/1", ports["reference"]),
+        running(uvicorn("fastapi_app:app", ports["fastapi"]), reference_env, "/songs/1", ports["fastapi"]),
     ):
         for route in ROUTES:
-            for which, mode in (("reference", route.reference_mode), ("service", route.mode)):
-                wrk(ports[which], mode, 2, args.connections, loads)  # warm-up
+            apps = [which for which in APPS if which in route.modes]
+            for which in apps:
+                wrk(ports[which], route.modes[which], 2, args.connections, loads)  # warm-up
+            runs: dict[str, list[Run]] = {which: [] for which in apps}
             for _ in range(args.rounds):
-                for which, mode in (("reference", route.reference_mode), ("service", route.mode)):
-                    results[route.name][which].append(wrk(ports[which], mode, args.seconds, args.connections, loads))
-            report_route(route, results[route.name])
+                for which in apps:
+                    runs[which].append(wrk(ports[which], route.modes[which], args.seconds, args.connections, loads))
+            report_route(route, {which: median_run(app_runs) for which, app_runs in runs.items()})
         print(flush=True)
         print_rss(server.pid, ports["service"], args.rss_requests, args.connections, loads)
 
@@ -238,22 +241,23 @@ async def forget_writes(url: str, keep: int) -> None:
         await connection.close()
 
 
-def report_route(route: Route, runs: dict[str, list[Run]]) -> None:
+def report_route(route: Route, medians: dict[str, Run]) -> None:
+    """One row an app: its medians and, but for the reference, its share of the reference's requests/s."""
     if route is ROUTES[0]:
         print(f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
-    ours, theirs = median_run(runs["service"]), median_run(runs["reference"])
-    ratio = ours.requests_per_second / theirs.requests_per_second
-    p99_ratio = ours.p99_ms / theirs.p99_ms
-    for which, run in (("reference", theirs), ("service", ours)):
+    reference = medians["reference"]
+    for which, run in medians.items():
         print(
             f"{route.name if which == 'reference' else '':<36} {which:<10} {run.requests_per_second:>8,.0f} "
             f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
             end="",
         )
-        if which == "service":
+        if which != "reference":
+            ratio = run.requests_per_second / reference.requests_per_second
+            p99_ratio = run.p99_ms / reference.p99_ms
             verdict = ""
-            if route.target is not None:
-                met = ratio >= route.target and p99_ratio <= 2 and ours.errors == 0
+            if which == "service" and route.target is not None:
+                met = ratio >= route.target and p99_ratio <= 2 and run.errors == 0
                 verdict = f" (target {route.target}, p99 x{p99_ratio:.1f} of 2: {'met' if met else 'NOT MET'})"
             print(f"   {ratio:.2f}{verdict}", end="")
         print(flush=True)
