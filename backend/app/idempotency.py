@@ -61,20 +61,31 @@ async def run_once(
     request: Request,
     caller: Caller | None,
     payload: Any,
-    write: Callable[[], Awaitable[Response]],
+    write: Callable[[Database], Awaitable[Response]],
 ) -> Response:
-    """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
+    """`write(db)`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
     formatted, is the same request.
     """
+    db: Database = request.app.state.db
     key = request.headers.get(HEADER)
     if key is None or caller is None:
-        return await _answer(write)
+        return await _answer(write, db)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
-    db: Database = request.app.state.db
-    fingerprint = _fingerprint(request, payload)
+    async with db.bound() as bound:
+        return await _run_once(request, caller, key, _fingerprint(request, payload), write, bound)
+
+
+async def _run_once(
+    request: Request,
+    caller: Caller,
+    key: str,
+    fingerprint: str,
+    write: Callable[[Database], Awaitable[Response]],
+    db: Database,
+) -> Response:
     this = {"caller_id": caller.key_id, "idempotency_key": key}
     claimed_at, record = await _claim(db, this, fingerprint, request.app.state.settings.idempotency_ttl_seconds)
     if record is not None:
@@ -91,7 +102,7 @@ async def run_once(
         return Response(record["response_body"], status_code=record["status"], headers=headers)
     claim = this | {"claimed": claimed_at}
     try:
-        response = await _answer(write)
+        response = await _answer(write, db)
     except BaseException:
         # No answer to keep (the database failed, say): free the key for the retry.
         with contextlib.suppress(Exception):
@@ -110,10 +121,10 @@ async def run_once(
     return response
 
 
-async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
+async def _answer(write: Callable[[Database], Awaitable[Response]], db: Database) -> Response:
     """The write's answer, its errors included, as the response to keep."""
     try:
-        return await write()
+        return await write(db)
     except AppError as exc:
         return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import exporting, idempotency, songs
 from app.auth import require
-from app.db import SessionDep
+from app.db import Database, SessionDep
 from app.errors import InvalidParameter, problem_responses
 from app.formats import Format
 from app.importing import OnConflict
@@ -136,8 +136,8 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.
 async def create_song(song_in: SongCreate, request: Request, caller: Annotated[Caller | None, WRITE]) -> SongPublic:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
 
-    async def create() -> Response:
-        song = await songs.create_song(db=request.app.state.db, song_in=song_in)
+    async def create(db: Database) -> Response:
+        song = await songs.create_song(db=db, song_in=song_in)
         headers = {"Location": f"/songs/{song['id']}", "ETag": etag(song["version"])}
         return Response(
             public_json(public(song)), status_code=status.HTTP_201_CREATED, media_type=JSON, headers=headers
@@ -176,7 +176,7 @@ async def create_songs(
     if len(songs_in) > largest:
         raise InvalidParameter("body", "songs", f"a batch holds at most {largest} songs; this one has {len(songs_in)}")
 
-    async def create() -> JSONResponse:
+    async def create(_: Database) -> JSONResponse:
         try:
             result = await songs.create_songs(session=session, songs_in=songs_in, on_conflict=on_conflict)
         except BaseException:

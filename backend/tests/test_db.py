@@ -1,0 +1,38 @@
+"""The hot paths' pool on PostgreSQL: one connection for statements in a row."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from app.config import Settings
+
+BACKEND_PID = sa.select(sa.func.pg_backend_pid().label("pid"))
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[db.Database]:
+    """A `Database` whose pool holds two connections."""
+    if settings.sqlalchemy_url.get_backend_name() != "postgresql":
+        pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
+    two = settings.model_copy(update={"pool_size": 2})
+    engine = db.create_engine(two)
+    database = db.Database(engine, await db.create_pool(two, engine))
+    yield database
+    await database.close()
+
+
+async def pid(database: db.Database) -> int:
+    rows = await database.fetch(BACKEND_PID, {})
+    return int(rows[0]["pid"])
+
+
+async def test_statements_in_a_bound_block_share_one_connection(database: db.Database) -> None:
+    async with database.bound() as bound:
+        pairs = [await asyncio.gather(pid(bound), pid(database)) for _ in range(3)]
+
+    ours, others = {pair[0] for pair in pairs}, {pair[1] for pair in pairs}
+    assert len(ours) == 1  # the block's connection throughout
+    assert ours.isdisjoint(others)  # and nobody else's meanwhile
