@@ -31,8 +31,8 @@ typecheck: sync
 pytest: sync
 	$(RUN) pytest $(PYTEST_ARGS)
 
-# Requests/s of the hot routes as a share of a bare ASGI app's over asyncpg, on PostgreSQL
-# (BENCH_SERVE_DATABASE_URL); with wrk. About six minutes.
+# Requests/s of the hot routes as a share of a bare ASGI app's over asyncpg, beside plain
+# FastAPI routes, on PostgreSQL (BENCH_SERVE_DATABASE_URL); with wrk. About eight minutes.
 bench: sync
 	$(RUN) python bench/serve.py $(BENCH_ARGS)
 
