@@ -62,11 +62,16 @@ async def run_once(
     caller: Caller | None,
     payload: Any,
     write: Callable[[Database], Awaitable[Response]],
+    *,
+    on_one_connection: bool = True,
 ) -> Response:
     """`write(db)`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
-    formatted, is the same request.
+    formatted, is the same request. The claim, `write(db)` and the answer run
+    on one connection of the hot paths' pool (`Database.bound`), unless
+    `on_one_connection` is false: for a write that goes through a session of
+    its own, which would leave that connection idle meanwhile.
     """
     db: Database = request.app.state.db
     key = request.headers.get(HEADER)
@@ -74,51 +79,55 @@ async def run_once(
         return await _answer(write, db)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
-    async with db.bound() as bound:
-        return await _run_once(request, caller, key, _fingerprint(request, payload), write, bound)
-
-
-async def _run_once(
-    request: Request,
-    caller: Caller,
-    key: str,
-    fingerprint: str,
-    write: Callable[[Database], Awaitable[Response]],
-    db: Database,
-) -> Response:
+    fingerprint = _fingerprint(request, payload)
     this = {"caller_id": caller.key_id, "idempotency_key": key}
-    claimed_at, record = await _claim(db, this, fingerprint, request.app.state.settings.idempotency_ttl_seconds)
-    if record is not None:
-        if record["request_hash"] != fingerprint:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was used for another request; use a new key for a new request."
-            )
-        if record["status"] is None:
-            raise IdempotencyKeyInUse(
-                "A request with this Idempotency-Key is still being answered; retry shortly.",
-                headers={"Retry-After": "1"},
-            )
-        headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
-        return Response(record["response_body"], status_code=record["status"], headers=headers)
-    claim = this | {"claimed": claimed_at}
+    claim: dict[str, Any] | None = None
     try:
-        response = await _answer(write, db)
+        async with db.bound() if on_one_connection else contextlib.nullcontext(db) as bound:
+            claimed_at, record = await _claim(
+                bound, this, fingerprint, request.app.state.settings.idempotency_ttl_seconds
+            )
+            if record is not None:
+                return _replay(record, fingerprint)
+            claim = this | {"claimed": claimed_at}
+            response = await _answer(write, bound)
+            if response.status_code >= 500:
+                await bound.fetch(_FREE, claim, write=True)
+            else:
+                await bound.fetch(_KEEP, claim | _kept(response), write=True)
+            return response
     except BaseException:
-        # No answer to keep (the database failed, say): free the key for the retry.
-        with contextlib.suppress(Exception):
-            await db.fetch(_FREE, claim, write=True)
+        if claim is not None:
+            # No answer kept (the database failed, say): free the key for the retry. On a
+            # connection of its own, taken once the bound one is given back: that one may be dead.
+            with contextlib.suppress(Exception):
+                await db.fetch(_FREE, claim, write=True)
         raise
-    if response.status_code >= 500:
-        await db.fetch(_FREE, claim, write=True)
-    else:
-        headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
-        answer = {
-            "answer_status": response.status_code,
-            "answer_headers": json.dumps(headers),
-            "answer_body": bytes(response.body).decode(),
-        }
-        await db.fetch(_KEEP, claim | answer, write=True)
-    return response
+
+
+def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
+    """The answer kept for this key, if it is this request's and there is one yet."""
+    if record["request_hash"] != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used for another request; use a new key for a new request."
+        )
+    if record["status"] is None:
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being answered; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
+    return Response(record["response_body"], status_code=record["status"], headers=headers)
+
+
+def _kept(response: Response) -> dict[str, Any]:
+    """What is kept of an answer, to replay it."""
+    headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
+    return {
+        "answer_status": response.status_code,
+        "answer_headers": json.dumps(headers),
+        "answer_body": bytes(response.body).decode(),
+    }
 
 
 async def _answer(write: Callable[[Database], Awaitable[Response]], db: Database) -> Response:

@@ -144,3 +144,32 @@ async def test_answers_are_seen_by_every_instance(app: FastAPI, client: httpx.As
 
     assert retry.json() == first.json()
     assert retry.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite file has no connection to lose")
+    # The connection that inserts this song is ended by the server, mid-statement.
+    doomed = [
+        "CREATE FUNCTION end_own_backend() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$",
+        "CREATE TRIGGER end_own_backend BEFORE INSERT ON song FOR EACH ROW "
+        "WHEN (NEW.name = 'Doomed') EXECUTE FUNCTION end_own_backend()",
+    ]
+    async with app.state.engine.begin() as connection:
+        for statement in doomed:
+            await connection.exec_driver_sql(statement)
+    try:
+        lost = await client.post("/songs", json={"name": "Doomed", "artist": "X"}, headers=key("lost"))
+    finally:
+        async with app.state.engine.begin() as connection:
+            await connection.exec_driver_sql("DROP TRIGGER end_own_backend ON song")
+            await connection.exec_driver_sql("DROP FUNCTION end_own_backend()")
+
+    retry = await client.post("/songs", json={"name": "Doomed", "artist": "X"}, headers=key("lost"))
+
+    assert lost.status_code == 503
+    assert retry.status_code == 201  # not 409: the claim was freed, on a connection of its own
+    assert "idempotent-replayed" not in retry.headers

@@ -186,7 +186,8 @@ async def create_songs(
         return JSONResponse(result.model_dump(mode="json"))
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, caller, payload, create)  # type: ignore[return-value]
+    # The batch writes through its session: no hot-path connection held idle meanwhile.
+    return await idempotency.run_once(request, caller, payload, create, on_one_connection=False)  # type: ignore[return-value]
 
 
 @router.get(
