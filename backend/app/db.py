@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 import asyncpg
-import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -76,8 +75,15 @@ async def create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool |
     if engine.dialect.name != "postgresql":
         return None
     _, connect_args = engine.dialect.create_connect_args(engine.url)
-    options = dict(connect_args) | _asyncpg_options(settings)
+    # The URL's options for SQLAlchemy's driver, not asyncpg's (asyncpg.connect refuses them).
+    options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
+    options |= _asyncpg_options(settings)
     return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, reset=_keep_session, **options)
+
+
+SQLALCHEMY_DRIVER_OPTIONS = frozenset(
+    {"async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"}
+)
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -227,9 +233,14 @@ class Database:
         return found
 
     async def ping(self) -> None:
-        """Raises if the hot paths' pool cannot reach the database."""
+        """Raises if the hot paths' pool cannot reach the database soon.
+
+        It takes no turn: an instance with requests waiting for the pool is
+        busy, not broken, and its health check must answer within seconds.
+        """
         if self.pool is not None:
-            await self.fetch(_PING, {})
+            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                await self.pool.fetchval("SELECT 1")
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -239,7 +250,7 @@ class Database:
 
 MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as they come
 POOL_TIMEOUT_SECONDS = 30
-_PING: Select[Any] = sa.select(sa.literal_column("1"))
+PING_TIMEOUT_SECONDS = 2
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

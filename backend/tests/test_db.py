@@ -36,3 +36,17 @@ async def test_statements_in_a_bound_block_share_one_connection(database: db.Dat
     ours, others = {pair[0] for pair in pairs}, {pair[1] for pair in pairs}
     assert len(ours) == 1  # the block's connection throughout
     assert ours.isdisjoint(others)  # and nobody else's meanwhile
+
+
+async def test_the_urls_options_for_sqlalchemys_driver_leave_the_hot_pool_working(settings: Settings) -> None:
+    if settings.sqlalchemy_url.get_backend_name() != "postgresql":
+        pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
+    # What SQLAlchemy documents for PgBouncer: an option of its asyncpg driver, unknown to asyncpg.
+    url = settings.sqlalchemy_url.update_query_dict({"prepared_statement_cache_size": "0"})
+    configured = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+    engine = db.create_engine(configured)
+    database = db.Database(engine, await db.create_pool(configured, engine))
+    try:
+        assert await pid(database) > 0
+    finally:
+        await database.close()
