@@ -12,15 +12,13 @@ reaches is what a FastAPI service can reach, here, for these routes.
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, StringConstraints
-
-from app.models import search_fold, song_key
+from reference_app import INSERT_SONG, SELECT_PAGE, SELECT_SONG, insert_values
 
 DSN = os.environ.get("REFERENCE_DSN", "postgresql://postgres@127.0.0.1/songbook_bench")
 POOL_SIZE = int(os.environ.get("REFERENCE_POOL", "10"))
@@ -50,7 +48,7 @@ def answer(body: Any, status_code: int = 200, headers: dict[str, str] | None = N
 
 @app.get("/songs/{song_id}")
 async def get_song(song_id: int, request: Request) -> Response:
-    row = await request.app.state.pool.fetchrow("SELECT * FROM song WHERE id = $1", song_id)
+    row = await request.app.state.pool.fetchrow(SELECT_SONG, song_id)
     if row is None:
         raise HTTPException(404, "not found")
     return answer(dict(row))
@@ -60,7 +58,7 @@ async def get_song(song_id: int, request: Request) -> Response:
 async def list_songs(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, after: Annotated[int, Query(ge=0)] = 0
 ) -> Response:
-    rows = await request.app.state.pool.fetch("SELECT * FROM song WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+    rows = await request.app.state.pool.fetch(SELECT_PAGE, after, limit)
     songs = [dict(row) for row in rows]
     headers = {"Link": f'</songs?limit={limit}&after={songs[-1]["id"]}>; rel="next"'} if len(songs) == limit else None
     return answer(songs, headers=headers)
@@ -68,16 +66,5 @@ async def list_songs(
 
 @app.post("/songs", status_code=201)
 async def create_song(song_in: SongIn, request: Request) -> Response:
-    name, artist = song_in.name, song_in.artist
-    row = await request.app.state.pool.fetchrow(
-        "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING *",
-        name,
-        artist,
-        song_key(name),
-        song_key(artist),
-        search_fold(name),
-        search_fold(artist),
-        datetime.now(UTC),
-    )
+    row = await request.app.state.pool.fetchrow(INSERT_SONG, *insert_values(song_in.name, song_in.artist))
     return answer(dict(row), 201, {"Location": f"/songs/{row['id']}"})

@@ -27,7 +27,19 @@ from app.models import search_fold, song_key
 DSN = os.environ.get("REFERENCE_DSN", "postgresql://postgres@127.0.0.1/songbook_bench")
 POOL_SIZE = int(os.environ.get("REFERENCE_POOL", "10"))
 FIELDS = "*"
+# The statements, which bench/fastapi_app.py runs too.
+SELECT_SONG = f"SELECT {FIELDS} FROM song WHERE id = $1"
+SELECT_PAGE = f"SELECT {FIELDS} FROM song WHERE id > $1 ORDER BY id LIMIT $2"
+INSERT_SONG = (
+    "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, created_at, updated_at) "
+    f"VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {FIELDS}"
+)
 pool: Any = None
+
+
+def insert_values(name: str, artist: str) -> tuple[Any, ...]:
+    """The values of `INSERT_SONG`: with the derived columns a song needs in this schema."""
+    return name, artist, song_key(name), song_key(artist), search_fold(name), search_fold(artist), datetime.now(UTC)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -58,7 +70,7 @@ async def lifespan(receive: Any, send: Any) -> None:
 
 async def get_song(scope: dict[str, Any], send: Any) -> None:
     song_id = scope["path"].removeprefix("/songs/")
-    row = await pool.fetchrow(f"SELECT {FIELDS} FROM song WHERE id = $1", int(song_id)) if song_id.isdigit() else None
+    row = await pool.fetchrow(SELECT_SONG, int(song_id)) if song_id.isdigit() else None
     await answer(send, 200, dict(row)) if row else await answer(send, 404, {"detail": "not found"})
 
 
@@ -76,7 +88,7 @@ async def list_songs(scope: dict[str, Any], send: Any) -> None:
             limit,
         )
     else:
-        rows = await pool.fetch(f"SELECT {FIELDS} FROM song WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+        rows = await pool.fetch(SELECT_PAGE, after, limit)
     songs = [dict(row) for row in rows]
     links = (
         [(b"link", f'</songs?limit={limit}&after={songs[-1]["id"]}>; rel="next"'.encode())]
@@ -103,18 +115,7 @@ async def create_song(receive: Any, send: Any) -> None:
     ):
         await answer(send, 422, {"detail": "name and artist: 1 to 200 characters"})
         return
-    name, artist, now = name.strip(), artist.strip(), datetime.now(UTC)
-    row = await pool.fetchrow(
-        "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, created_at, updated_at) "
-        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {FIELDS}",
-        name,
-        artist,
-        song_key(name),
-        song_key(artist),
-        search_fold(name),
-        search_fold(artist),
-        now,
-    )
+    row = await pool.fetchrow(INSERT_SONG, *insert_values(name.strip(), artist.strip()))
     await answer(send, 201, dict(row), [(b"location", f"/songs/{row['id']}".encode())])
 
 
