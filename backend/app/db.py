@@ -165,8 +165,8 @@ class Database:
         self.pool = pool
         # Turns at the pool, first come first served. asyncpg's pool lets a request that
         # just arrived take a connection given back before one already waiting wakes up:
-        # under load some requests waited again and again (p99 of GET /songs/{id} 38 ms
-        # against 22 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
+        # under load some requests waited again and again (p99 of GET /songs/{id} 37-51 ms
+        # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
         self._turns = asyncio.Semaphore(pool.get_max_size() if pool is not None else 1)
         self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
         self._connection: asyncpg.Connection | None = None  # on the copies `bound` makes
