@@ -66,6 +66,12 @@ def _unique_statement_name() -> str:
     return f"__songbook_{uuid4().hex}__"
 
 
+# Options of a URL that are SQLAlchemy's asyncpg driver's, not asyncpg's.
+SQLALCHEMY_DRIVER_OPTIONS = frozenset(
+    {"async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"}
+)
+
+
 async def create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool | None:
     """On PostgreSQL, a bare asyncpg pool for the hot paths (see `Database`); None on SQLite.
 
@@ -75,15 +81,10 @@ async def create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool |
     if engine.dialect.name != "postgresql":
         return None
     _, connect_args = engine.dialect.create_connect_args(engine.url)
-    # The URL's options for SQLAlchemy's driver, not asyncpg's (asyncpg.connect refuses them).
+    # asyncpg.connect refuses SQLAlchemy's own options.
     options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
     options |= _asyncpg_options(settings)
     return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, reset=_keep_session, **options)
-
-
-SQLALCHEMY_DRIVER_OPTIONS = frozenset(
-    {"async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func"}
-)
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -2,6 +2,8 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,16 +14,25 @@ from app.config import Settings
 BACKEND_PID = sa.select(sa.func.pg_backend_pid().label("pid"))
 
 
+@asynccontextmanager
+async def hot_database(settings: Settings, **changes: Any) -> AsyncIterator[db.Database]:
+    """A `Database` for `settings` with `changes`, as the service makes it, closed after."""
+    if settings.sqlalchemy_url.get_backend_name() != "postgresql":
+        pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
+    changed = settings.model_copy(update=changes)
+    engine = db.create_engine(changed)
+    database = db.Database(engine, await db.create_pool(changed, engine))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 @pytest.fixture
 async def database(settings: Settings) -> AsyncIterator[db.Database]:
     """A `Database` whose pool holds two connections."""
-    if settings.sqlalchemy_url.get_backend_name() != "postgresql":
-        pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
-    two = settings.model_copy(update={"pool_size": 2})
-    engine = db.create_engine(two)
-    database = db.Database(engine, await db.create_pool(two, engine))
-    yield database
-    await database.close()
+    async with hot_database(settings, pool_size=2) as database:
+        yield database
 
 
 async def pid(database: db.Database) -> int:
@@ -39,14 +50,7 @@ async def test_statements_in_a_bound_block_share_one_connection(database: db.Dat
 
 
 async def test_the_urls_options_for_sqlalchemys_driver_leave_the_hot_pool_working(settings: Settings) -> None:
-    if settings.sqlalchemy_url.get_backend_name() != "postgresql":
-        pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
     # What SQLAlchemy documents for PgBouncer: an option of its asyncpg driver, unknown to asyncpg.
     url = settings.sqlalchemy_url.update_query_dict({"prepared_statement_cache_size": "0"})
-    configured = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
-    engine = db.create_engine(configured)
-    database = db.Database(engine, await db.create_pool(configured, engine))
-    try:
+    async with hot_database(settings, database_url=url.render_as_string(hide_password=False)) as database:
         assert await pid(database) > 0
-    finally:
-        await database.close()
