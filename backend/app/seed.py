@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import accumulate, islice, product
 from typing import Any
 
-from app.models import derived_columns, song_key
+from app.folding import derived_columns, song_key
 
 # fmt: off
 FAMOUS_ARTISTS = [
@@ -23,7 +23,8 @@ FIRST_NAMES = [
 LAST_NAMES = [
     "Álvarez", "Berg", "Castillo", "Dubois", "Eriksson", "Fernández", "García", "Hansen", "Ibáñez", "Jensen",
     "Kowalski", "López", "Müller", "Nakamura", "O'Brien", "Petrović", "Quintero", "Rossi", "Schröder", "Tanaka",
-    "Urbano", "Vásquez", "Weiß", "Yılmaz",  # noqa: RUF001 (a Turkish name) "Zieliński", "Åberg", "Brontë", "Da Silva", "Le Guin", "McAllister",
+    "Urbano", "Vásquez", "Weiß", "Yılmaz", "Zieliński", "Åberg", "Brontë", "Da Silva", "Le Guin",  # noqa: RUF001 (a Turkish name)
+    "McAllister",
 ]
 BAND_WORDS = [
     "Velvet", "Electric", "Midnight", "Crimson", "Silver", "Neon", "Wild", "Golden", "Broken", "Lunar", "Hollow",
