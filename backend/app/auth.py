@@ -1,26 +1,18 @@
 """Who may do what: `Authorization: Bearer <key>`, checked against the key's scope."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from app import keys, ratelimit
-from app.errors import AppError
+from app.config import Settings, get_settings
+from app.db import get_database
+from app.errors import Forbidden, Unauthorized
 from app.keys import Caller
 from app.models import Scope
 
 REALM = 'Bearer realm="songbook"'
-
-
-class Unauthorized(AppError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(AppError):
-    status_code = 403
-    code = "forbidden"
 
 
 class KeyRequired(HTTPBearer):
@@ -38,8 +30,8 @@ class KeyRequired(HTTPBearer):
         self.scope = scope
 
     async def __call__(self, request: Request) -> Caller | None:  # type: ignore[override]
-        found = await caller(request)
-        settings = request.app.state.settings
+        settings = await get_settings(request)
+        found = await caller(request, settings)
         if (self.scope == "read" and not settings.require_read_key) or (
             self.scope == "write" and not settings.require_write_key
         ):
@@ -57,12 +49,12 @@ class KeyRequired(HTTPBearer):
         return found
 
 
-async def caller(request: Request) -> Caller | None:
+async def caller(request: Request, settings: Settings) -> Caller | None:
     """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
-    settings = request.app.state.settings
+    buckets = ratelimit.buckets_of(request)
     address = request.client.host if request.client else "unknown"
     by_address = (
-        request.app.state.buckets,
+        buckets,
         f"address:{address}",
         settings.anonymous_rate_limit_per_second,
         settings.anonymous_rate_limit_burst,
@@ -75,16 +67,14 @@ async def caller(request: Request) -> Caller | None:
     if scheme.lower() != "bearer" or not key.strip():
         await ratelimit.limit(*by_address)
         raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
-    found = await keys.check_key(db=request.app.state.db, key=key.strip())
+    found = await (await keys.get_keyring(request)).check(db=await get_database(request), key=key.strip())
     if found is None:
         await ratelimit.limit(*by_address)  # bad keys count against their sender's address
         raise Unauthorized(
             "This key is not valid: unknown, mistyped or revoked.",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
-    await ratelimit.limit(
-        request.app.state.buckets, f"key:{found.prefix}", settings.rate_limit_per_second, settings.rate_limit_burst
-    )
+    await ratelimit.limit(buckets, f"key:{found.prefix}", settings.rate_limit_per_second, settings.rate_limit_burst)
     return found
 
 
@@ -93,19 +83,7 @@ def require(scope: Scope) -> Any:
     return Depends(KeyRequired(scope))
 
 
-def document_public_reads(app: FastAPI, *, require_read_key: bool) -> None:
-    """Marks the key as optional on the reads in the OpenAPI description, unless reads need one."""
-    if require_read_key:
-        return
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            described = generate()
-            for path, operations in described.get("paths", {}).items():
-                read = operations.get("get")
-                if read and "security" in read and not path.startswith("/keys"):
-                    read["security"] = [{}, *read["security"]]  # none, or a key
-        return app.openapi_schema or generate()
-
-    app.openapi = openapi  # type: ignore[method-assign]
+# The caller of a route, once its key is checked: None where no key is needed and none was sent.
+ReaderDep = Annotated[Caller | None, require("read")]
+WriterDep = Annotated[Caller | None, require("write")]
+AdminDep = Annotated[Caller | None, require("admin")]

@@ -4,9 +4,8 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO, Annotated, TypeVar
 
@@ -14,17 +13,15 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import db, keys, schema, songs
 from app import seed as seeding
-from app.config import Settings, SettingsError, load_settings
-from app.errors import AppError, NotFound
-from app.formats import FileError, Format, RawRow, format_of, read_rows
-from app.importing import Import, MaxErrorsExceeded, OnConflict, Rejected, Summary
-from app.models import ApiKeyCreate, ApiKeyPublic, SongQuery
+from app.config import Settings, load_settings
+from app.db import Database
+from app.errors import AppError, FileError, MaxErrorsExceeded, SettingsError
+from app.formats import Format, RawRow, format_of, read_rows
+from app.importing import OnConflict, Rejected, Summary
+from app.models import ApiKeyCreate, ApiKeyPublic, Scope, SongQuery
 from app.progress import RowProgress
 
 cli = typer.Typer(
@@ -93,7 +90,7 @@ def migrate(ctx: typer.Context) -> None:
     settings = _settings()
     try:
         schema.upgrade(settings.sqlalchemy_url)
-    except (DBAPIError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot migrate {_where(settings)}: {_reason(exc)}") from None
     typer.echo(f"{_where(settings)} is at the latest revision ({', '.join(sorted(schema.head_revisions()))}).")
 
@@ -104,7 +101,7 @@ def status() -> None:
     settings = _settings()
     try:
         current = asyncio.run(_current_revisions(settings))
-    except (DBAPIError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot read {_where(settings)}: {_reason(exc)}") from None
     heads = schema.head_revisions()
     typer.echo(f"database: {_where(settings)}")
@@ -150,7 +147,7 @@ def import_songs(
         summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run))
     except (FileError, MaxErrorsExceeded) as exc:
         raise _fail(f"{exc}; nothing was imported") from None
-    except (DBAPIError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot import into {_where(settings)}: {_reason(exc)}; nothing was imported") from None
     except KeyboardInterrupt:
         raise _fail("interrupted; nothing was imported") from None
@@ -174,41 +171,32 @@ async def _import(
     max_errors: int | None,
     dry_run: bool,
 ) -> Summary:
-    engine = _bulk_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(**db.WRITE_OPTIONS)
-            job = Import(
-                connection, on_conflict, rejected=lambda row: _report(console, row), max_errors=max_errors, bulk=True
+    async with db.connect(settings, long_running=True) as database:
+        with RowProgress(console) as progress, closing(_sources(files, progress)) as sources:
+            return await songs.import_songs(
+                db=database,
+                sources=sources,
+                on_conflict=on_conflict,
+                rejected=lambda row: _report(console, row),
+                max_errors=max_errors,
+                dry_run=dry_run,
+                applying=lambda summary: progress.finish(f"applying {summary.read:,} rows..."),
             )
-            async with connection.begin() as transaction:
-                await job.start()
-                with RowProgress(console) as progress:
-                    for name, file_format in files:
-                        with _open(name) as stream:
-                            size = os.fstat(stream.fileno()).st_size if name != "-" else None
-                            label = "<stdin>" if name == "-" else name
-                            rows = progress.track(read_rows(stream, file_format), name=label, stream=stream, size=size)
-                            try:
-                                await job.stage(label, rows)
-                            except FileError as exc:
-                                raise FileError(f"{label}: {exc}") from None
-                progress.note(f"applying {job.summary.read:,} rows...")
-                await job.apply()
-                if dry_run:
-                    await transaction.rollback()
-        return job.summary
-    finally:
-        await engine.dispose()
+
+
+def _sources(
+    files: list[tuple[str, Format]], progress: RowProgress
+) -> Generator[tuple[str, Iterator[RawRow]], None, None]:
+    """Each file's name and rows, counted by `progress`; open while its rows are read, closed with the generator."""
+    for name, file_format in files:
+        with _open(name) as stream:
+            size = os.fstat(stream.fileno()).st_size if name != "-" else None
+            label = "<stdin>" if name == "-" else name
+            yield label, progress.track(read_rows(stream, file_format), name=label, stream=stream, size=size)
 
 
 def _report(console: Console, row: Rejected) -> None:
     console.print(str(row), markup=False, highlight=False, soft_wrap=True)
-
-
-def _bulk_engine(settings: Settings) -> AsyncEngine:
-    """An engine for a bulk command: with no statement timeout, as it runs as long as its data does."""
-    return db.create_engine(settings.model_copy(update={"statement_timeout_ms": 0}))
 
 
 @contextmanager
@@ -254,26 +242,20 @@ def export_songs(
         count = asyncio.run(_export(settings, query, chosen, output))
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    except (DBAPIError, AppError) as exc:
+    except (*db.DATABASE_ERRORS, AppError) as exc:
         raise _fail(f"cannot export from {_where(settings)}: {_reason(exc)}") from None
     elapsed = time.perf_counter() - started
     typer.echo(f"exported {count:,} songs in {elapsed:.1f} s ({count / elapsed:,.0f} songs/s)", err=True)
 
 
 async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
-    engine = _bulk_engine(settings)
     count = 0
-    try:
+    async with db.connect(settings, long_running=True) as database:
         with _create(output) as stream:
-            async with db.create_sessionmaker(engine)() as session:
-                async for chunk in songs.export_songs(session=session, query=query, file_format=file_format):
-                    stream.write(chunk)
-                    count += chunk.count(b"\n")
-        if file_format is Format.CSV:
-            count -= 1  # the header
-        return count
-    finally:
-        await engine.dispose()
+            async for chunk in songs.export_songs(db=database, query=query, file_format=file_format):
+                stream.write(chunk)
+                count += chunk.count(b"\n")
+    return count - 1 if file_format is Format.CSV else count  # less the header
 
 
 @contextmanager
@@ -299,7 +281,7 @@ def seed(
     started = time.perf_counter()
     try:
         summary = asyncio.run(_seed(settings, count, seed))
-    except (DBAPIError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot seed {_where(settings)}: {_reason(exc)}") from None
     elapsed = time.perf_counter() - started
     skipped = f" ({summary.skipped:,} were there already)" if summary.skipped else ""
@@ -307,47 +289,24 @@ def seed(
 
 
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
-    engine = _bulk_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(**db.WRITE_OPTIONS)
-            job = Import(connection, bulk=True)
-            async with connection.begin():
-                await job.start()
-                songs = seeding.generate_songs(count, seed=seed)
-                await job.stage("seed", (RawRow(line, song) for line, song in enumerate(songs, start=1)))
-                await job.apply()
-        # Fresh statistics for the planner after a bulk load; on PostgreSQL
-        # VACUUM also merges the full-text index's pending entries.
-        if engine.dialect.name == "postgresql":
-            async with engine.connect() as connection:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await connection.exec_driver_sql("VACUUM ANALYZE")
-        else:
-            async with engine.begin() as connection:
-                await connection.exec_driver_sql("ANALYZE")
-        return job.summary
-    finally:
-        await engine.dispose()
-
-
-class KeyScope(StrEnum):
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
+    async with db.connect(settings, long_running=True) as database:
+        rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
+        summary = await songs.import_songs(db=database, sources=[("seed", rows)])
+        await database.analyze()
+    return summary
 
 
 @keys_cli.command("create")
 def create_key(
     name: Annotated[str, typer.Option(help="A name for the key, unique: who or what uses it.")],
-    scope: Annotated[KeyScope, typer.Option(help="read, write (and read) or admin (and manage keys).")],
+    scope: Annotated[Scope, typer.Option(help="read, write (and read) or admin (and manage keys).")],
 ) -> None:
     """Make a key and print it: this once only, as only its hash is kept."""
     try:
-        key_in = ApiKeyCreate(name=name, scope=scope.value)
+        key_in = ApiKeyCreate(name=name, scope=scope)
     except ValidationError as exc:
         raise _fail("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
-    created = _with_session(lambda session: keys.create_key(session=session, key_in=key_in))
+    created = _with_database(lambda database: keys.create_key(db=database, key_in=key_in))
     typer.echo(created.key)
     typer.echo(f"Made key {created.id} ({created.name!r}, {created.scope}); it is shown this once.", err=True)
 
@@ -355,7 +314,7 @@ def create_key(
 @keys_cli.command("list")
 def list_keys() -> None:
     """List the keys (never their secrets)."""
-    for key in _with_session(lambda session: keys.list_keys(session=session)):
+    for key in _with_database(lambda database: keys.list_keys(db=database)):
         used = key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never"
         state = f"revoked {key.revoked_at.isoformat(timespec='seconds')}" if key.revoked_at else "active"
         typer.echo(f"{key.id}\t{key.name}\t{key.scope}\tsb_{key.prefix}_...\tlast used {used}\t{state}")
@@ -365,43 +324,31 @@ def list_keys() -> None:
 def revoke_key(key: Annotated[str, typer.Argument(help="The key's name or id.")]) -> None:
     """Revoke a key: it is refused from now on."""
 
-    async def revoke(session: AsyncSession) -> ApiKeyPublic:
-        key_id = int(key) if key.isdigit() else await keys.find_key_id(session=session, name=key)
-        await session.commit()  # the lookup's transaction ends; the revocation is a write of its own
-        if key_id is None:
-            raise NotFound(f"no key is named {key!r}")
-        return await keys.revoke_key(session=session, key_id=key_id)
+    async def revoke(database: Database) -> ApiKeyPublic:
+        return await keys.revoke_key(db=database, key_id=await keys.find_key_id(db=database, name_or_id=key))
 
-    revoked = _with_session(revoke)
+    revoked = _with_database(revoke)
     typer.echo(f"Revoked key {revoked.id} ({revoked.name!r}).")
 
 
-def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def _with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     settings = _settings()
 
     async def run() -> T:
-        engine = db.create_engine(settings)
-        try:
-            async with db.create_sessionmaker(engine)() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
+        async with db.connect(settings) as database:
+            return await work(database)
 
     try:
         return asyncio.run(run())
     except AppError as exc:
         raise _fail(exc.detail) from None
-    except (DBAPIError, OSError) as exc:
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot reach {_where(settings)}: {_reason(exc)}") from None
 
 
 async def _current_revisions(settings: Settings) -> set[str]:
-    engine = create_async_engine(settings.sqlalchemy_url)
-    try:
-        async with engine.connect() as connection:
-            return await schema.current_revisions(connection)
-    finally:
-        await engine.dispose()
+    async with db.connect(settings) as database:
+        return await schema.current_revisions(database)
 
 
 def _where(settings: Settings) -> str:

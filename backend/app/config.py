@@ -3,12 +3,14 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
+from fastapi import Depends, Request
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.errors import SettingsError
 from app.models import BATCH_SIZE_CEILING, PAGE_SIZE_CEILING
 
 ENV_PREFIX = "SONGBOOK_"
@@ -97,10 +99,6 @@ def async_url(raw: str) -> URL:
     raise ValueError(f"unsupported database {backend!r} (expected postgresql or sqlite)")
 
 
-class SettingsError(Exception):
-    """A setting has a bad value; the message names the variable and the reason."""
-
-
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning a validation error into one readable line."""
     try:
@@ -117,3 +115,12 @@ def _describe(error: ErrorDetails) -> str:
         return f"invalid setting DATABASE_URL: {message}"
     name = field if field.startswith(ENV_PREFIX) else ENV_PREFIX + field
     return f"invalid setting {name}={error['input']!r}: {message}"
+
+
+async def get_settings(request: Request) -> Settings:
+    """The settings the application was made with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,20 +1,34 @@
-"""The database engine and the sessions the routes are given."""
+"""The one way to the database: `Database`, made once per process and handed to the catalog functions.
+
+Callers ask the catalog (`songs`, `keys`, `importing`) for what they need and
+give it the `Database`; how a call reaches the database is decided here:
+
+- `Database.fetch` runs one statement in a transaction of its own. On
+  PostgreSQL it compiles the statement once and runs it on a bare asyncpg
+  pool; on SQLite, on the engine.
+- `Database.transaction` is a unit of work on a SQLModel session: committed
+  when the block ends, rolled back if it raises. One that writes takes
+  SQLite's write lock at BEGIN.
+"""
 
 import asyncio
 import contextlib
-import copy
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from uuid import uuid4
 
 import asyncpg
+import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Executable, Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,12 +36,245 @@ from app.config import Settings
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What a statement that breaks a constraint raises, on either way to the database.
+INTEGRITY_ERRORS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 CONNECT_TIMEOUT_SECONDS = 5
 COMMAND_TIMEOUT_MARGIN_SECONDS = 2
+MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as they come
+POOL_TIMEOUT_SECONDS = 30
+PING_TIMEOUT_SECONDS = 2
+
+Statement = Select[*tuple[Any, ...]] | UpdateBase
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+class Database:
+    """The database of one process: its engine, its session maker, and on PostgreSQL the hot paths' pool.
+
+    SQLAlchemy's session, and even its Core connection, cost several times the
+    query on a small one (backend/README.md, "Speed"): the statements of the
+    hot paths go through `fetch`. They are SQLAlchemy's, built from the
+    SQLModel tables: the models stay the one description of the schema.
+    """
+
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
+        self.engine = engine
+        self.pool = pool
+        self._sessionmaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        # Turns at the pool, first come first served. asyncpg's pool lets a request that
+        # just arrived take a connection given back before one already waiting wakes up:
+        # under load some requests waited again and again (p99 of GET /songs/{id} 37-51 ms
+        # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
+        self._turns = asyncio.Semaphore(pool.get_max_size() if pool is not None else 1)
+        self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
+
+    @property
+    def dialect(self) -> str:
+        """The database's kind: "postgresql" or "sqlite"."""
+        return self.engine.dialect.name
+
+    async def fetch(
+        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False
+    ) -> Sequence[Mapping[str, Any]]:
+        """The rows of `statement` with `params`, in a transaction of its own.
+
+        The statement is compiled the first time it comes: make each once (a
+        module constant, or one per shape, cached) and give its values apart.
+        `write` says the statement writes (SQLite then takes its lock at BEGIN).
+        """
+        if self.pool is None:
+            return await self._execute(statement, params, write)
+        sql, names = self._compile(statement)
+        values = [params[name] for name in names]
+        binding = _binding.get()
+        if binding is not None and binding.owns(self):
+            return await (await binding.connection()).fetch(sql, *values)  # type: ignore[no-any-return]
+        async with self._connection() as connection:
+            rows: list[Mapping[str, Any]] = await connection.fetch(sql, *values)
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def bound(self) -> AsyncIterator[None]:
+        """Within the block, this task's `fetch`es share one connection: each still a transaction of its own.
+
+        One turn at the pool for them all. An idempotent write claims its key,
+        writes and keeps its answer, three commits: taking a turn for each, it
+        went to the back of the line each time, and keyed creates ran at half
+        the rate (backend/README.md, "Speed"). The connection is taken at the
+        first statement, and given back while a `transaction` of the block runs
+        on the engine's pool, so that it never waits idle.
+        """
+        if self.pool is None or _binding.get() is not None:
+            yield
+            return
+        binding = _Binding(self, asyncio.current_task())
+        token = _binding.set(binding)
+        try:
+            yield
+        finally:
+            _binding.reset(token)
+            await binding.release()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, write: bool = False) -> AsyncIterator["Transaction"]:
+        """A unit of work on a session: committed when the block ends, rolled back if it raises.
+
+        One that `write`s begins with `BEGIN IMMEDIATE` on SQLite (see `WRITE_OPTIONS`).
+        """
+        binding = _binding.get()
+        if binding is not None and binding.owns(self):
+            await binding.release()
+        async with self._sessionmaker() as session:
+            if write:
+                await session.connection(execution_options=WRITE_OPTIONS)
+            yield Transaction(session)
+            await session.commit()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        assert self.pool is not None
+        # A connection is waited for as long as the engine's pool would, then a 503. Not
+        # with acquire(timeout=...): before Python 3.12 that makes a task per request.
+        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
+            wait.reschedule(None)  # the statement has timeouts of its own
+            yield connection
+
+    async def _execute(self, statement: Statement, params: Mapping[str, Any], write: bool) -> list[dict[str, Any]]:
+        async with self.engine.connect() as connection:
+            if write:
+                await connection.execution_options(**WRITE_OPTIONS)
+            result = await connection.execute(statement, dict(params))
+            rows = [dict(row) for row in result.mappings()] if result.returns_rows else []
+            await connection.commit()
+        return rows
+
+    def _compile(self, statement: Statement) -> tuple[str, tuple[str, ...]]:
+        found = self._compiled.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            # The values go to asyncpg as they are: no parameter may need SQLAlchemy at
+            # execution (an expanding IN).
+            assert not compiled.post_compile_params, "a statement for Database cannot expand parameters"
+            # Nor bind a value of its own (a literal in an expression): only `params` are passed.
+            assert all(bind.required for bind in compiled.binds.values()), "a statement for Database binds a value"
+            found = (str(compiled), tuple(compiled.positiontup or ()))
+            if len(self._compiled) >= MAX_COMPILED:
+                self._compiled.clear()  # shapes no longer used go; those in use come back at once
+            self._compiled[statement] = found
+        return found
+
+    async def ping(self) -> None:
+        """Raises if the hot paths' pool cannot reach the database soon.
+
+        It takes no turn: an instance with requests waiting for the pool is
+        busy, not broken, and its health check must answer within seconds.
+        """
+        if self.pool is not None:
+            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                await self.pool.fetchval("SELECT 1")
+
+    async def estimated_rows(self, statement: Select[Any], params: Mapping[str, Any]) -> int:
+        """How many rows `statement` would give, as PostgreSQL's planner estimates it: no scan.
+
+        SQLite has no estimate: it counts.
+        """
+        statement = statement.params(dict(params))
+        async with self.engine.connect() as connection:
+            if self.dialect != "postgresql":
+                counted = sa.select(sa.func.count()).select_from(statement.subquery())
+                return int((await connection.execute(counted)).scalar_one())
+            # Inline values: EXPLAIN takes no parameters.
+            sql = statement.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
+            plan = (await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
+        return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+
+    async def analyze(self) -> None:
+        """Fresh statistics for the planner, after a bulk load; on PostgreSQL VACUUM also
+        merges the full-text index's pending entries."""
+        if self.dialect == "postgresql":
+            async with self.engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.exec_driver_sql("VACUUM ANALYZE")
+        else:
+            async with self.engine.begin() as connection:
+                await connection.exec_driver_sql("ANALYZE")
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        await self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A unit of work (`Database.transaction`): its session, and its statements' rows as `fetch` gives them."""
+
+    session: AsyncSession
+
+    async def fetch(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        """The rows of `statement` with `params`, in this transaction."""
+        result = await (await self.session.connection()).execute(statement, dict(params or {}))
+        return cast(Sequence[Mapping[str, Any]], result.mappings().all() if result.returns_rows else [])
+
+    async def connection(self) -> AsyncConnection:
+        """The transaction's connection, for work below statements (a COPY, a temporary table)."""
+        return await self.session.connection()
+
+    async def rollback(self) -> None:
+        """Undoes the work so far (a dry run): the block then commits nothing."""
+        await self.session.rollback()
+
+
+@dataclass
+class _Binding:
+    """The connection a `Database.bound` block holds, taken at its first statement."""
+
+    database: Database
+    task: asyncio.Task[Any] | None
+    _held: contextlib.AbstractAsyncContextManager[asyncpg.Connection] | None = None
+    _connection: asyncpg.Connection | None = None
+
+    def owns(self, database: Database) -> bool:
+        # A task started inside the block inherits the binding, not the right to use its connection.
+        return database is self.database and asyncio.current_task() is self.task
+
+    async def connection(self) -> asyncpg.Connection:
+        if self._connection is None:
+            self._held = self.database._connection()
+            self._connection = await self._held.__aenter__()
+        return self._connection
+
+    async def release(self) -> None:
+        held, self._held, self._connection = self._held, None, None
+        if held is not None:
+            await held.__aexit__(None, None, None)
+
+
+_binding: ContextVar[_Binding | None] = ContextVar("songbook_binding", default=None)
+
+
+async def open_database(settings: Settings, *, long_running: bool = False) -> Database:
+    """The database of `settings`; `long_running` for a command that runs as long as its data
+    (an import, an export): without a statement timeout."""
+    if long_running:
+        settings = settings.model_copy(update={"statement_timeout_ms": 0})
+    engine = _create_engine(settings)
+    return Database(engine, await _create_pool(settings, engine))
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings, *, long_running: bool = False) -> AsyncIterator[Database]:
+    """`open_database`, closed when the block ends: for a command or a test."""
+    database = await open_database(settings, long_running=long_running)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def _create_engine(settings: Settings) -> AsyncEngine:
     """The engine for the configured database: asyncpg for PostgreSQL, aiosqlite for SQLite."""
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
@@ -72,8 +319,8 @@ SQLALCHEMY_DRIVER_OPTIONS = frozenset(
 )
 
 
-async def create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool | None:
-    """On PostgreSQL, a bare asyncpg pool for the hot paths (see `Database`); None on SQLite.
+async def _create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool | None:
+    """On PostgreSQL, a bare asyncpg pool for the hot paths; None on SQLite.
 
     It connects as the engine does, with the URL's options (`?ssl=require`)
     read the same way, and on demand: the service starts while the database is down.
@@ -125,16 +372,6 @@ def _on_sqlite_begin(connection: Any) -> None:
 WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
 
 
-def dialect(session: AsyncSession) -> str:
-    """The name of the database a session talks to: "postgresql" or "sqlite"."""
-    return session.bind.dialect.name  # type: ignore[union-attr]
-
-
-async def write_connection(session: AsyncSession) -> AsyncConnection:
-    """The session's connection, for a unit of work that writes; call it before its first statement."""
-    return await session.connection(execution_options=WRITE_OPTIONS)
-
-
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -147,123 +384,10 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-Statement = Select[*tuple[Any, ...]] | UpdateBase
+async def get_database(request: Request) -> Database:
+    """The process's `Database`, made by the lifespan."""
+    database: Database = request.app.state.database
+    return database
 
 
-class Database:
-    """The hot paths' way to the database: a statement, its parameters, the rows.
-
-    SQLAlchemy's session, and even its Core connection, cost several times the
-    query on a small one (backend/README.md, "Speed"). On PostgreSQL the hot
-    paths compile each shape of statement once and run it on a bare asyncpg
-    pool; on SQLite they run the same statement on the engine, whose driver
-    works in a thread anyway. The statements are SQLAlchemy's, built from the
-    SQLModel tables: the models stay the one description of the schema.
-    """
-
-    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
-        self.engine = engine
-        self.pool = pool
-        # Turns at the pool, first come first served. asyncpg's pool lets a request that
-        # just arrived take a connection given back before one already waiting wakes up:
-        # under load some requests waited again and again (p99 of GET /songs/{id} 37-51 ms
-        # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
-        self._turns = asyncio.Semaphore(pool.get_max_size() if pool is not None else 1)
-        self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
-        self._connection: asyncpg.Connection | None = None  # on the copies `bound` makes
-
-    async def fetch(
-        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False
-    ) -> Sequence[Mapping[str, Any]]:
-        """The rows of `statement` with `params`, in a transaction of its own.
-
-        The statement is compiled the first time it comes: make each once (a
-        module constant, or one per shape, cached) and give its values apart.
-        """
-        if self.pool is None:
-            return await self._execute(statement, params, write)
-        sql, names = self._compile(statement)
-        values = [params[name] for name in names]
-        if self._connection is not None:
-            return await self._connection.fetch(sql, *values)  # type: ignore[no-any-return]
-        # A connection is waited for as long as the engine's pool would, then a 503. Not
-        # with acquire(timeout=...): before Python 3.12 that makes a task per request.
-        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
-            wait.reschedule(None)  # the statement has timeouts of its own
-            rows: list[Mapping[str, Any]] = await connection.fetch(sql, *values)
-        return rows
-
-    @contextlib.asynccontextmanager
-    async def bound(self) -> AsyncIterator["Database"]:
-        """This database on one connection, for statements in a row: each still a transaction of its own.
-
-        One turn at the pool for them all. An idempotent write claims its key,
-        writes and keeps its answer, three commits: taking a turn for each, it
-        went to the back of the line each time, and keyed creates ran at half
-        the rate (backend/README.md, "Speed"). Use the copy only inside the block.
-        """
-        if self.pool is None or self._connection is not None:
-            yield self
-            return
-        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
-            wait.reschedule(None)
-            bound = copy.copy(self)
-            bound._connection = connection
-            yield bound
-
-    async def _execute(self, statement: Statement, params: Mapping[str, Any], write: bool) -> list[dict[str, Any]]:
-        async with self.engine.connect() as connection:
-            if write:
-                await connection.execution_options(**WRITE_OPTIONS)
-            result = await connection.execute(statement, dict(params))
-            rows = [dict(row) for row in result.mappings()] if result.returns_rows else []
-            await connection.commit()
-        return rows
-
-    def _compile(self, statement: Statement) -> tuple[str, tuple[str, ...]]:
-        found = self._compiled.get(statement)
-        if found is None:
-            compiled = statement.compile(dialect=self.engine.dialect)
-            # The values go to asyncpg as they are: no parameter may need SQLAlchemy at
-            # execution (an expanding IN).
-            assert not compiled.post_compile_params, "a statement for Database cannot expand parameters"
-            found = (str(compiled), tuple(compiled.positiontup or ()))
-            if len(self._compiled) >= MAX_COMPILED:
-                self._compiled.clear()  # shapes no longer used go; those in use come back at once
-            self._compiled[statement] = found
-        return found
-
-    async def ping(self) -> None:
-        """Raises if the hot paths' pool cannot reach the database soon.
-
-        It takes no turn: an instance with requests waiting for the pool is
-        busy, not broken, and its health check must answer within seconds.
-        """
-        if self.pool is not None:
-            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
-                await self.pool.fetchval("SELECT 1")
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-        await self.engine.dispose()
-
-
-MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as they come
-POOL_TIMEOUT_SECONDS = 30
-PING_TIMEOUT_SECONDS = 2
-
-
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """The one session factory of the process; objects stay readable after commit."""
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for one request, closed (and rolled back if uncommitted) after it."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]

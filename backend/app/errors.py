@@ -139,6 +139,57 @@ class DatabaseUnavailable(AppError):
     status_code = 503
     code = "database-unavailable"
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class DuplicateKeyName(AppError):
+    status_code = 409
+    code = "duplicate-key-name"
+
+
+class IdempotencyKeyInUse(AppError):
+    status_code = 409
+    code = "idempotency-key-in-use"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
+class IdempotencyKeyReused(AppError):
+    status_code = 422
+    code = "idempotency-key-reused"
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    code = "too-many-requests"
+
+
+# Errors of the commands, told to a person on the terminal rather than answered over HTTP.
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the variable and the reason."""
+
+
+class FileError(Exception):
+    """A file that cannot be read as songs at all (no header, not a JSON array...)."""
+
+
+class MaxErrorsExceeded(Exception):
+    """More rows were rejected than allowed: the import stopped and wrote nothing."""
+
 
 def problem_response(
     status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
@@ -146,22 +197,6 @@ def problem_response(
     """A problem-details response; every error the service sends is built here."""
     body = problem_body(status, code, detail, **extensions)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer."""
-    return {
-        status: {
-            "content": {
-                PROBLEM_MEDIA_TYPE: {
-                    "schema": {"$ref": "#/components/schemas/Problem"},
-                    "example": _EXAMPLES[status],
-                }
-            },
-            "description": HTTPStatus(status).phrase,
-        }
-        for status in statuses
-    }
 
 
 def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
@@ -176,59 +211,16 @@ def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict
     }
 
 
-_EXAMPLES = {
-    400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
-    401: problem_body(401, "unauthorized", "This needs an API key with the write scope: Authorization: Bearer <key>."),
-    403: problem_body(403, "forbidden", "The key 'reader' has the read scope; this needs write."),
-    404: problem_body(404, "not-found", "No song has id 42."),
-    409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
-    412: problem_body(
-        412, "precondition-failed", 'Song 7 has changed since: its ETag is now "3". Read it again, then retry.'
-    ),
-    413: problem_body(413, "payload-too-large", "The request body is larger than 1048576 bytes."),
-    415: problem_body(
-        415, "unsupported-media-type", "Send the request body as JSON, with Content-Type: application/json."
-    ),
-    422: problem_body(
-        422,
-        "validation-failed",
-        "Invalid request: name: String should have at least 1 character.",
-        errors=[
-            {
-                "location": "body",
-                "field": "name",
-                "message": "String should have at least 1 character",
-                "type": "string_too_short",
-            }
-        ],
-    ),
-    428: problem_body(
-        428, "precondition-required", "Send If-Match with the ETag of the song as you read it (GET /songs/{id})."
-    ),
-    500: problem_body(500, "internal-error", "The service failed to answer this request."),
-    503: problem_body(503, "database-unavailable", "The database is not answering; try again shortly."),
-}
-
-
-def document_problems(app: FastAPI) -> None:
-    """Puts the `Problem` schema, which every error response refers to, in the OpenAPI components."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(problem.pop("$defs", {}), Problem=problem)
-        return app.openapi_schema or generate()
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
 
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
+    return error_response(exc)
+
+
+def error_response(exc: AppError) -> JSONResponse:
+    """The problem-details response of an `AppError`."""
     return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
 
 
@@ -291,12 +283,7 @@ def _field_error(error: Any) -> FieldError:
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", type(exc).__name__)
-    return problem_response(
-        503,
-        DatabaseUnavailable.code,
-        "The database is not answering; try again shortly.",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+    return error_response(DatabaseUnavailable("The database is not answering; try again shortly."))
 
 
 # PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
@@ -319,12 +306,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     sqlstate = str(getattr(orig, "sqlstate", "") or "")
     if transient or sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08"):
         logger.warning("database unavailable: %s", type(orig).__name__)
-        return problem_response(
-            503,
-            DatabaseUnavailable.code,
-            "The database took too long to answer; try again shortly.",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return error_response(DatabaseUnavailable("The database took too long to answer; try again shortly."))
     return _failed(request)
 
 
@@ -343,7 +325,6 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, the service's and the framework's, as problem details."""
-    document_problems(app)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -48,7 +48,9 @@ def columns(file_format: Format, dialect: str) -> list[ColumnElement[str]]:
     return [line(file_format, dialect)]
 
 
-async def stream(connection: AsyncConnection, statement: Select[Any], file_format: Format) -> AsyncGenerator[bytes]:
+async def stream(
+    connection: AsyncConnection, statement: Select[*tuple[Any, ...]], file_format: Format
+) -> AsyncGenerator[bytes]:
     """The export's text, a chunk at a time, the CSV header in the first; by COPY on PostgreSQL, else by a cursor.
 
     The first chunk comes once the database has answered: a caller that waits
@@ -64,7 +66,9 @@ async def stream(connection: AsyncConnection, statement: Select[Any], file_forma
         yield header
 
 
-async def _chunks(connection: AsyncConnection, statement: Select[Any], file_format: Format) -> AsyncGenerator[bytes]:
+async def _chunks(
+    connection: AsyncConnection, statement: Select[*tuple[Any, ...]], file_format: Format
+) -> AsyncGenerator[bytes]:
     compiled = statement.compile(dialect=connection.dialect)
     parameters = [compiled.params[name] for name in compiled.positiontup or ()]
     driver = (await connection.get_raw_connection()).driver_connection

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import orjson
 
+from app.errors import FileError
+
 # What an export writes, in this order; an import reads the same columns.
 COLUMNS = ("id", "name", "artist", "year", "created_at", "updated_at")
 REQUIRED = ("name", "artist")
@@ -30,10 +32,6 @@ class Format(StrEnum):
 
 
 _EXTENSIONS = {".csv": Format.CSV, ".ndjson": Format.NDJSON, ".jsonl": Format.NDJSON, ".json": Format.JSON}
-
-
-class FileError(Exception):
-    """A file that cannot be read as songs at all (no header, not a JSON array...)."""
 
 
 def format_of(path: str) -> Format:

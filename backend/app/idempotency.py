@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
 from app.db import Database
-from app.errors import AppError, InvalidParameter, problem_response
+from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, InvalidParameter, error_response
 from app.keys import Caller
 from app.models import IdempotencyRecord, utcnow
 
@@ -34,20 +35,8 @@ _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the draft 
 REPLAYED_HEADERS = ("location", "etag", "content-type")
 # A claim this old with no answer belongs to a request that died: a retry may take it over.
 ABANDONED_AFTER = timedelta(minutes=2)
-PRUNE_EVERY = 100  # claims; then expired answers are deleted
+PRUNE_EVERY = 100  # claims, on average; then expired answers are deleted
 CLAIM_ATTEMPTS = 3
-
-_claims = 0
-
-
-class IdempotencyKeyInUse(AppError):
-    status_code = 409
-    code = "idempotency-key-in-use"
-
-
-class IdempotencyKeyReused(AppError):
-    status_code = 422
-    code = "idempotency-key-reused"
 
 
 def _fingerprint(request: Request, payload: Any) -> str:
@@ -59,42 +48,38 @@ def _fingerprint(request: Request, payload: Any) -> str:
 
 async def run_once(
     request: Request,
+    *,
+    db: Database,
     caller: Caller | None,
     payload: Any,
-    write: Callable[[Database], Awaitable[Response]],
-    *,
-    on_one_connection: bool = True,
+    write: Callable[[], Awaitable[Response]],
+    ttl_seconds: int,
 ) -> Response:
-    """`write(db)`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
+    """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
-    formatted, is the same request. The claim, `write(db)` and the answer run
-    on one connection of the hot paths' pool (`Database.bound`), unless
-    `on_one_connection` is false: for a write that goes through a session of
-    its own, which would leave that connection idle meanwhile.
+    formatted, is the same request. The claim, the write and the answer take
+    one turn at the database (`Database.bound`).
     """
-    db: Database = request.app.state.db
     key = request.headers.get(HEADER)
     if key is None or caller is None:
-        return await _answer(write, db)
+        return await _answer(write)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
     fingerprint = _fingerprint(request, payload)
     this = {"caller_id": caller.key_id, "idempotency_key": key}
     claim: dict[str, Any] | None = None
     try:
-        async with db.bound() if on_one_connection else contextlib.nullcontext(db) as bound:
-            claimed_at, record = await _claim(
-                bound, this, fingerprint, request.app.state.settings.idempotency_ttl_seconds
-            )
+        async with db.bound():
+            claimed_at, record = await _claim(db, this, fingerprint, ttl_seconds)
             if record is not None:
                 return _replay(record, fingerprint)
             claim = this | {"claimed": claimed_at}
-            response = await _answer(write, bound)
+            response = await _answer(write)
             if response.status_code >= 500:
-                await bound.fetch(_FREE, claim, write=True)
+                await db.fetch(_FREE, claim, write=True)
             else:
-                await bound.fetch(_KEEP, claim | _kept(response), write=True)
+                await db.fetch(_KEEP, claim | _kept(response), write=True)
             return response
     except BaseException:
         if claim is not None:
@@ -112,10 +97,7 @@ def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
             "This Idempotency-Key was used for another request; use a new key for a new request."
         )
     if record["status"] is None:
-        raise IdempotencyKeyInUse(
-            "A request with this Idempotency-Key is still being answered; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
+        raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being answered; retry shortly.")
     headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
     return Response(record["response_body"], status_code=record["status"], headers=headers)
 
@@ -130,12 +112,12 @@ def _kept(response: Response) -> dict[str, Any]:
     }
 
 
-async def _answer(write: Callable[[Database], Awaitable[Response]], db: Database) -> Response:
+async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
     """The write's answer, its errors included, as the response to keep."""
     try:
-        return await write(db)
+        return await write()
     except AppError as exc:
-        return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
+        return error_response(exc)
 
 
 # Each a statement of its own, compiled once (see `Database`). Only while the
@@ -197,11 +179,10 @@ async def _claim(
     db: Database, this: dict[str, Any], fingerprint: str, ttl_seconds: int
 ) -> tuple[datetime, Mapping[str, Any] | None]:
     """Claims the key for this request: (when, None) if claimed, else the record of the request that has it."""
-    global _claims
     for _ in range(CLAIM_ATTEMPTS):
         now = utcnow()
-        _claims += 1
-        if _claims % PRUNE_EVERY == 0:
+        # Pruned now and then, by chance: no count to keep, in a process or across instances.
+        if random.randrange(PRUNE_EVERY) == 0:  # noqa: S311 (not a secret)
             await db.fetch(_PRUNE, {"now": now}, write=True)
         claim = this | {
             "fingerprint": fingerprint,
@@ -209,13 +190,10 @@ async def _claim(
             "until": now + timedelta(seconds=ttl_seconds),
             "abandoned_before": now - ABANDONED_AFTER,
         }
-        if await db.fetch(_take(db.engine.dialect.name), claim, write=True):
+        if await db.fetch(_take(db.dialect), claim, write=True):
             return now, None
         records = await db.fetch(_READ, this)
         if records:
             return now, records[0]
         # Freed between our claim and our read (its request failed): claim it again.
-    raise IdempotencyKeyInUse(
-        "A request with this Idempotency-Key is being retried at the same time; retry shortly.",
-        headers={"Retry-After": "1"},
-    )
+    raise IdempotencyKeyInUse("A request with this Idempotency-Key is being retried at the same time; retry shortly.")

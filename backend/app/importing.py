@@ -34,8 +34,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.errors import FileError, MaxErrorsExceeded
+from app.folding import derived_columns
 from app.formats import RawRow
-from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, derived_columns, utcnow
+from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
 BATCH_SIZE = 20_000
 SQLITE_CACHE_KIB = 32 * 1024
@@ -49,7 +51,7 @@ class OnConflict(StrEnum):
     ERROR = "error"  # the row is rejected
 
 
-class SongRow(pydantic.BaseModel):
+class ImportedSong(pydantic.BaseModel):
     """One song of an import: the fields of `SongCreate`, and the id and timestamps an export carries."""
 
     model_config = ConfigDict(extra="ignore")
@@ -96,7 +98,7 @@ class Outcome:
 def validate(source: str, line: int, fields: dict[str, Any]) -> tuple[Any, ...] | Rejected:
     """A row ready to stage, or why it is rejected."""
     try:
-        row = SongRow.model_validate(fields)
+        row = ImportedSong.model_validate(fields)
     except pydantic.ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'row'}: {error['msg']}" for error in exc.errors())
         return Rejected(source, line, reasons)
@@ -161,10 +163,6 @@ staging = Table(
 song = Song.__table__  # type: ignore[attr-defined]
 
 
-class MaxErrorsExceeded(Exception):
-    """More rows were rejected than allowed: the import stopped and wrote nothing."""
-
-
 @dataclass
 class Import:
     """One import, in one transaction on `connection`: `stage` rows, then `apply` the rule.
@@ -207,6 +205,13 @@ class Import:
         """Validates `source`'s rows and stages the valid ones, a batch at a time."""
         source_index = len(self.sources)
         self.sources.append(source)
+        try:
+            await self._stage(source_index, rows)
+        except FileError as exc:
+            raise FileError(f"{source}: {exc}") from None
+
+    async def _stage(self, source_index: int, rows: Iterable[RawRow]) -> None:
+        source = self.sources[source_index]
         for batch in _batches(rows, BATCH_SIZE):
             records = []
             for item in batch:
@@ -254,6 +259,19 @@ class Import:
         c, now = staging.c, utcnow()
         if self._postgresql:
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
+        await self._decide()
+        await self._report_rejections()
+        updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
+        new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
+        inserted = await self._insert(new, now, returning=outcomes)
+        self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
+        if not outcomes:
+            return {}
+        return await self._outcomes(inserted, updated)
+
+    async def _decide(self) -> None:
+        """Marks each staged row: the catalog's song it names, the row that stands for its song, its rejection."""
+        c = staging.c
         # 1. The rows that name a song of the catalog.
         await self.connection.execute(
             update(staging)
@@ -292,37 +310,33 @@ class Import:
         await self.connection.execute(
             update(staging).where(new, c.id == repeated.c.id, c.rank != repeated.c.rank).values(rejection="id_repeated")
         )
-        await self._report_rejections()
-        # 4. Write: updates, then inserts.
-        updated: set[int] = set()
-        if self.on_conflict is OnConflict.UPDATE:
-            year = func.coalesce(c.year, song.c.year)
-            statement = (
-                update(song)
-                .where(song.c.id == c.song_id, c.same_as.is_(None))
-                .where(or_(song.c.name != c.name, song.c.artist != c.artist, song.c.year.is_distinct_from(year)))
-                .values(
-                    name=c.name,
-                    artist=c.artist,
-                    year=year,
-                    name_key=c.name_key,
-                    artist_key=c.artist_key,
-                    name_search=c.name_search,
-                    artist_search=c.artist_search,
-                    version=song.c.version + 1,
-                    updated_at=func.coalesce(c.updated_at, now),
-                )
+
+    async def _update(self, now: datetime, *, returning: bool) -> set[int]:
+        """Updates the catalog's songs that rows name (under `OnConflict.UPDATE`); with `returning`, their ids."""
+        c = staging.c
+        year = func.coalesce(c.year, song.c.year)
+        statement = (
+            update(song)
+            .where(song.c.id == c.song_id, c.same_as.is_(None))
+            .where(or_(song.c.name != c.name, song.c.artist != c.artist, song.c.year.is_distinct_from(year)))
+            .values(
+                name=c.name,
+                artist=c.artist,
+                year=year,
+                name_key=c.name_key,
+                artist_key=c.artist_key,
+                name_search=c.name_search,
+                artist_search=c.artist_search,
+                version=song.c.version + 1,
+                updated_at=func.coalesce(c.updated_at, now),
             )
-            if outcomes:
-                updated = set((await self.connection.execute(statement.returning(song.c.id))).scalars())
-                self.summary.updated = len(updated)
-            else:
-                self.summary.updated = (await self.connection.execute(statement)).rowcount
-        inserted = await self._insert(new, now, returning=outcomes)
-        self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
-        if not outcomes:
-            return {}
-        return await self._outcomes(inserted, updated)
+        )
+        if not returning:
+            self.summary.updated = (await self.connection.execute(statement)).rowcount
+            return set()
+        updated = set((await self.connection.execute(statement.returning(song.c.id))).scalars())
+        self.summary.updated = len(updated)
+        return updated
 
     async def _report_rejections(self) -> None:
         c = staging.c

@@ -11,25 +11,25 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+from fastapi import Depends, Request
 from sqlalchemy import bindparam, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import col
 
-from app.db import DATABASE_ERRORS, Database, write_connection
-from app.errors import AppError, NotFound
+from app.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database
+from app.errors import DuplicateKeyName, NotFound
 from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, Scope, utcnow
 
 KEY_PREFIX = "sb_"
 LAST_USED_EVERY_SECONDS = 60.0  # how often a key's last use is written, at most, per process
-
-
-class DuplicateKeyName(AppError):
-    status_code = 409
-    code = "duplicate-key-name"
+# A valid key is believed this long without asking the database again: a key
+# revoked elsewhere (another instance, `songbook keys revoke`) is refused here
+# within that time; by the process that revokes it, at once.
+KNOWN_FOR_SECONDS = 5.0
+MAX_KNOWN = 10_000  # keys; then forgotten all at once
 
 
 @dataclass(frozen=True)
@@ -49,92 +49,121 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(*, session: AsyncSession, key_in: ApiKeyCreate) -> ApiKeyCreated:
+_PUBLIC_COLUMNS = tuple(col(getattr(ApiKey, name)) for name in ApiKeyPublic.model_fields)
+_INSERT_KEY = (
+    sa.insert(ApiKey)
+    .values({name: bindparam(name) for name in ("name", "scope", "prefix", "secret_hash", "created_at")})
+    .returning(*_PUBLIC_COLUMNS)
+)
+_LIST_KEYS = sa.select(*_PUBLIC_COLUMNS).order_by(col(ApiKey.id))
+_GET_KEY = sa.select(*_PUBLIC_COLUMNS).where(col(ApiKey.id) == bindparam("key_id"))
+_FIND_KEY_ID = sa.select(col(ApiKey.id)).where(col(ApiKey.name) == bindparam("name"))
+_REVOKE_KEY = (
+    update(ApiKey)
+    .where(col(ApiKey.id) == bindparam("key_id"), col(ApiKey.revoked_at).is_(None))
+    .values(revoked_at=bindparam("now"))
+    .returning(*_PUBLIC_COLUMNS)
+)
+
+
+async def create_key(*, db: Database, key_in: ApiKeyCreate) -> ApiKeyCreated:
     """Makes a key; its secret is in the answer, and nowhere else ever after."""
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    row = ApiKey(name=key_in.name, scope=key_in.scope, prefix=prefix, secret_hash=_hash(key))
-    await write_connection(session)
-    session.add(row)
+    row = {
+        "name": key_in.name,
+        "scope": key_in.scope,
+        "prefix": prefix,
+        "secret_hash": _hash(key),
+        "created_at": utcnow(),
+    }
     try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
+        created = await db.fetch(_INSERT_KEY, row, write=True)
+    except INTEGRITY_ERRORS:
         raise DuplicateKeyName(f"A key is named {key_in.name!r} already.") from None
-    return ApiKeyCreated.model_validate(row.model_dump() | {"key": key})
+    return ApiKeyCreated.model_validate(dict(created[0]) | {"key": key})
 
 
-async def list_keys(*, session: AsyncSession) -> list[ApiKeyPublic]:
-    rows = await session.exec(select(ApiKey).order_by(col(ApiKey.id)))
-    return [ApiKeyPublic.model_validate(row.model_dump()) for row in rows]
+async def list_keys(*, db: Database) -> list[ApiKeyPublic]:
+    """Every key, revoked ones included; never their secrets."""
+    return [ApiKeyPublic.model_validate(dict(row)) for row in await db.fetch(_LIST_KEYS, {})]
 
 
-async def revoke_key(*, session: AsyncSession, key_id: int) -> ApiKeyPublic:
-    """Revokes a key: from now on it is refused. Revoking twice changes nothing."""
-    await write_connection(session)
-    statement = (
-        update(ApiKey)
-        .where(col(ApiKey.id) == key_id)
-        .values(revoked_at=utcnow())
-        .where(col(ApiKey.revoked_at).is_(None))
-        .returning(ApiKey)
-    )
-    revoked = (await session.exec(statement)).scalar_one_or_none()
-    await session.commit()
-    if revoked is not None:
-        _known.pop(revoked.prefix, None)
-    if revoked is None:
-        existing = await session.get(ApiKey, key_id)
-        if existing is None:
+async def revoke_key(*, db: Database, key_id: int, keyring: "Keyring | None" = None) -> ApiKeyPublic:
+    """Revokes a key: from now on it is refused (by `keyring` at once). Revoking twice changes nothing."""
+    rows = await db.fetch(_REVOKE_KEY, {"key_id": key_id, "now": utcnow()}, write=True)
+    if rows and keyring is not None:
+        keyring.forget(rows[0]["prefix"])
+    if not rows:
+        rows = await db.fetch(_GET_KEY, {"key_id": key_id})
+        if not rows:
             raise NotFound(f"No key has id {key_id}.")
-        revoked = existing
-    return ApiKeyPublic.model_validate(revoked.model_dump())
+    return ApiKeyPublic.model_validate(dict(rows[0]))
 
 
-async def find_key_id(*, session: AsyncSession, name: str) -> int | None:
-    return (await session.exec(select(ApiKey.id).where(ApiKey.name == name))).first()
-
-
-_last_recorded: dict[str, float] = {}  # by prefix: random, never reused
-
-# A valid key is believed this long without asking the database again: a key
-# revoked elsewhere (another instance, `songbook keys revoke`) is refused here
-# within that time; by the process that revokes it, at once.
-KNOWN_FOR_SECONDS = 5.0
-MAX_KNOWN = 10_000  # keys; then forgotten all at once
-_known: dict[str, tuple[float, str, Caller]] = {}  # by prefix: (believed until, the secret's hash, the caller)
+async def find_key_id(*, db: Database, name_or_id: str) -> int:
+    """The id of the key named so (or with that id)."""
+    if name_or_id.isdigit():
+        return int(name_or_id)
+    rows = await db.fetch(_FIND_KEY_ID, {"name": name_or_id})
+    if not rows:
+        raise NotFound(f"no key is named {name_or_id!r}")
+    return int(rows[0]["id"])
 
 
 # Compiled once (see `Database`): a keyed request runs the first, and once a minute the second.
-_FIND_KEY = sa.select(
+_CHECK_KEY = sa.select(
     col(ApiKey.id), col(ApiKey.name), col(ApiKey.scope), col(ApiKey.secret_hash), col(ApiKey.revoked_at)
 ).where(col(ApiKey.prefix) == bindparam("prefix"))
 _RECORD_USE = update(ApiKey).where(col(ApiKey.id) == bindparam("key_id")).values(last_used_at=bindparam("now"))
 
 
-async def check_key(*, db: Database, key: str) -> Caller | None:
-    """The caller a key stands for; None if it is not a key of ours, or revoked."""
-    parts = key.removeprefix(KEY_PREFIX).split("_", 1)
-    if not key.startswith(KEY_PREFIX) or len(parts) != 2:
-        return None
-    prefix, now = parts[0], time.monotonic()
-    known = _known.get(prefix)
-    if known is None or known[0] <= now:
-        rows = await db.fetch(_FIND_KEY, {"prefix": prefix})
-        row = rows[0] if rows else None
-        if row is None or row["revoked_at"] is not None:
+@dataclass
+class Keyring:
+    """The keys one process believes valid, and when it last recorded their use; made by the lifespan."""
+
+    _known: dict[str, tuple[float, str, Caller]] = field(default_factory=dict)  # prefix: (until, hash, caller)
+    _last_recorded: dict[str, float] = field(default_factory=dict)  # by prefix: random, never reused
+
+    async def check(self, *, db: Database, key: str) -> Caller | None:
+        """The caller a key stands for; None if it is not a key of ours, or revoked."""
+        parts = key.removeprefix(KEY_PREFIX).split("_", 1)
+        if not key.startswith(KEY_PREFIX) or len(parts) != 2:
             return None
-        known = (now + KNOWN_FOR_SECONDS, row["secret_hash"], Caller(row["id"], row["name"], row["scope"], prefix))
-        if len(_known) >= MAX_KNOWN:
-            _known.clear()
-        _known[prefix] = known
-    _, secret_hash, caller = known
-    if not hmac.compare_digest(secret_hash, _hash(key)):
-        return None
-    if now - _last_recorded.get(prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
-        # Written once a minute at most, not on every request; and only if it can
-        # be at once: a busy database must not fail the request for it.
-        _last_recorded[prefix] = now
-        with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
-            await db.fetch(_RECORD_USE, {"key_id": caller.key_id, "now": utcnow()}, write=True)
-    return caller
+        prefix, now = parts[0], time.monotonic()
+        known = self._known.get(prefix)
+        if known is None or known[0] <= now:
+            rows = await db.fetch(_CHECK_KEY, {"prefix": prefix})
+            if not rows or rows[0]["revoked_at"] is not None:
+                return None
+            known = (now + KNOWN_FOR_SECONDS, rows[0]["secret_hash"], _caller(rows[0], prefix))
+            if len(self._known) >= MAX_KNOWN:
+                self._known.clear()
+            self._known[prefix] = known
+        _, secret_hash, caller = known
+        if not hmac.compare_digest(secret_hash, _hash(key)):
+            return None
+        if now - self._last_recorded.get(prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
+            # Written once a minute at most, not on every request; and only if it can
+            # be at once: a busy database must not fail the request for it.
+            self._last_recorded[prefix] = now
+            with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
+                await db.fetch(_RECORD_USE, {"key_id": caller.key_id, "now": utcnow()}, write=True)
+        return caller
+
+    def forget(self, prefix: str) -> None:
+        """Believes nothing more of the key with this prefix (it was revoked)."""
+        self._known.pop(prefix, None)
+
+
+def _caller(row: Any, prefix: str) -> Caller:
+    return Caller(row["id"], row["name"], row["scope"], prefix)
+
+
+async def get_keyring(request: Request) -> Keyring:
+    """The process's `Keyring`, made by the lifespan."""
+    keyring: Keyring = request.app.state.keyring
+    return keyring
+
+
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]

@@ -6,13 +6,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import db, ratelimit, schema
-from app.auth import document_public_reads
+from app import db, keys, openapi, ratelimit
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
 from app.limits import BodySizeLimit
-from app.routes import artists, health, keys, songs
+from app.routes import artists, health, songs
+from app.routes import keys as key_routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,12 +21,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = db.create_engine(settings)
-        app.state.engine = engine
-        app.state.sessionmaker = db.create_sessionmaker(engine)
-        app.state.db = db.Database(engine, await db.create_pool(settings, engine))
-        app.state.schema_heads = schema.head_revisions()
+        # What the dependencies hand out (`DatabaseDep`, `SettingsDep`, ...): made here, once.
+        app.state.database = await db.open_database(settings)
         app.state.buckets = ratelimit.buckets(settings.redis_url)
+        app.state.keyring = keys.Keyring()
         # What start-up made lives as long as the process: kept out of the garbage
         # collector's sight, a full collection no longer walks it on a request's time.
         gc.freeze()
@@ -34,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.buckets.close()
-            await app.state.db.close()
+            await app.state.database.close()
 
     app = FastAPI(
         title="Songbook",
@@ -47,12 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.telemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    openapi.describe(app, require_read_key=settings.require_read_key)
     install_error_handlers(app)
-    document_public_reads(app, require_read_key=settings.require_read_key)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     app.include_router(songs.router)
     app.include_router(artists.router)
-    app.include_router(keys.router)
+    app.include_router(key_routes.router)
     app.include_router(health.router)
     return app

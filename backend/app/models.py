@@ -2,11 +2,9 @@
 
 import re
 import unicodedata
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Literal, TypedDict
 
-import orjson
 import pydantic
 from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from pydantic_core import PydanticCustomError
@@ -31,53 +29,6 @@ YEAR_MAX = 9999
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def song_key(text: str) -> str:
-    """How names and artists compare for sameness: trimmed, NFC-normalised and case-folded."""
-    return unicodedata.normalize("NFC", text.strip()).casefold()
-
-
-_ASCII_PUNCTUATION = re.compile(r"[^a-z0-9]+")
-
-
-class _FoldTable(dict[int, str | None]):
-    """For str.translate: drops combining marks, makes other non-alphanumerics spaces; learns as it goes."""
-
-    def __missing__(self, code: int) -> str | None:
-        char = chr(code)
-        folded = None if unicodedata.combining(char) else char if char.isalnum() else " "
-        if len(self) < 100_000:  # bounded: hostile text cannot grow it without end
-            self[code] = folded
-        return folded
-
-
-_FOLD = _FoldTable()
-
-
-def search_fold(text: str) -> str:
-    """How search sees text: case-folded, accents dropped, punctuation as spaces ("Beyoncé" -> "beyonce")."""
-    if text.isascii():
-        # The same result, several times faster: bulk imports fold millions of names.
-        return " ".join(_ASCII_PUNCTUATION.sub(" ", text.lower()).split())
-    # Compatibility forms first (mathematical bold H is H), then case, then decomposed again for the accents.
-    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
-    return " ".join(decomposed.translate(_FOLD).split())
-
-
-def etag(version: int) -> str:
-    """A song's version as its strong ETag (RFC 9110): `"3"`."""
-    return f'"{version}"'
-
-
-def derived_columns(values: dict[str, Any]) -> dict[str, str]:
-    """The comparison keys and search texts of the name and artist that `values` sets."""
-    derived = {}
-    for field in ("name", "artist"):
-        if field in values:
-            derived[f"{field}_key"] = song_key(values[field])
-            derived[f"{field}_search"] = search_fold(values[field])
-    return derived
 
 
 # The keys sort and compare byte-wise on PostgreSQL, as on SQLite, whatever the
@@ -247,23 +198,6 @@ class SongRow(TypedDict):
     created_at: datetime
     updated_at: datetime
     version: int
-
-
-PUBLIC_FIELDS = tuple(SongPublic.model_fields)
-
-
-def public(song: Mapping[str, object]) -> dict[str, object]:
-    """What the API shows of a song read from the database: `SongPublic`'s fields."""
-    return {field: song[field] for field in PUBLIC_FIELDS}
-
-
-def public_json(content: object) -> bytes:
-    """JSON of songs made `public`, as pydantic would write `SongPublic` (a test holds it to that).
-
-    The rows are valid already: validating them into models again would cost
-    ten times what orjson takes to write them (backend/README.md, "Speed").
-    """
-    return orjson.dumps(content, option=orjson.OPT_UTC_Z)
 
 
 SearchText = Annotated[

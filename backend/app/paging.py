@@ -19,9 +19,6 @@ from sqlalchemy.orm import Mapped
 
 from app.errors import InvalidParameter
 
-LIMIT_DEFAULT = 50
-LIMIT_MAX = 500
-
 ValueKind = type[str] | type[int] | type[float] | type[datetime]
 
 

@@ -6,24 +6,28 @@ from collections.abc import Collection
 from fastapi import Request
 
 from app.errors import PreconditionRequired
-from app.models import etag
 
 ANY: Collection[int] | None = None  # If-Match: *
 _OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
+
+
+def etag(version: int) -> str:
+    """A song's version as its strong ETag (RFC 9110): `"3"`."""
+    return f'"{version}"'
 
 
 def _tags(header: str) -> list[str]:
     return [tag.strip() for tag in header.split(",") if tag.strip()]
 
 
-def if_match(request: Request) -> Collection[int] | None:
+def if_match(request: Request, *, required: bool) -> Collection[int] | None:
     """The versions `If-Match` accepts: `ANY` (None) for `*` or no header; an empty set if none can match.
 
-    With the `require_if_match` setting, a write without it is refused (428).
+    If `required` (the `require_if_match` setting), a write without it is refused (428).
     """
     header = request.headers.get("if-match")
     if header is None:
-        if request.app.state.settings.require_if_match:
+        if required:
             raise PreconditionRequired
         return ANY
     tags = _tags(header)

@@ -77,6 +77,12 @@ class RowProgress:
         if not self.live:
             self.console.print(_plain_line(name, rows, time.monotonic() - started, size, size), highlight=False)
 
+    def finish(self, message: str) -> None:
+        """Stops the live bar, its rows all read, and says what comes next."""
+        if self.live:
+            self._progress.stop()
+        self.note(message)
+
     def note(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False)
 

@@ -14,16 +14,12 @@ import time
 from typing import Protocol
 
 import redis.asyncio as redis
+from fastapi import Request
 from redis.exceptions import RedisError
 
-from app.errors import AppError
+from app.errors import TooManyRequests
 
 logger = logging.getLogger(__name__)
-
-
-class TooManyRequests(AppError):
-    status_code = 429
-    code = "too-many-requests"
 
 
 class Buckets(Protocol):
@@ -109,7 +105,14 @@ class RedisBuckets:
 
 
 def buckets(redis_url: str) -> Buckets:
+    """In Redis if there is one to share, else in the process."""
     return RedisBuckets(redis_url) if redis_url else MemoryBuckets()
+
+
+def buckets_of(request: Request) -> Buckets:
+    """The process's buckets, made by the lifespan."""
+    found: Buckets = request.app.state.buckets
+    return found
 
 
 async def limit(bucket_store: Buckets, name: str, per_second: float, burst: int) -> None:

@@ -1,5 +1,6 @@
 """The database schema's migration state, through Alembic."""
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -7,9 +8,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import ensure_sqlite_dir
+from app.db import Database, ensure_sqlite_dir
+from app.errors import DatabaseUnavailable
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -29,15 +30,28 @@ def upgrade(database_url: URL | str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def head_revisions() -> set[str]:
-    """The revisions a fully migrated database is at."""
-    return set(ScriptDirectory.from_config(Config(ALEMBIC_INI)).get_heads())
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The revisions a fully migrated database is at (read from the scripts once)."""
+    return frozenset(ScriptDirectory.from_config(Config(ALEMBIC_INI)).get_heads())
 
 
-async def current_revisions(connection: AsyncConnection) -> set[str]:
+async def current_revisions(db: Database) -> set[str]:
     """The revisions the database is at: empty if it was never migrated."""
 
     def read(sync_connection: object) -> set[str]:
         return set(MigrationContext.configure(sync_connection).get_current_heads())  # type: ignore[arg-type]
 
-    return await connection.run_sync(read)
+    async with db.engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
+async def check_ready(db: Database) -> None:
+    """Raises unless the database answers, on both ways to it, and its schema is at the latest migration."""
+    current = await current_revisions(db)
+    await db.ping()
+    if current != head_revisions():
+        raise DatabaseUnavailable(
+            f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "
+            "run `songbook migrate`."
+        )

@@ -33,8 +33,8 @@ from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, lit
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import dialect
-from app.models import Song, search_fold
+from app.folding import search_fold
+from app.models import Song
 
 MAX_WORDS = 8
 # Close enough to mean the query word: one edit in five letters, two in ten.
@@ -79,7 +79,7 @@ class _Word:
 
 async def plan(session: AsyncSession, query: str) -> Search:
     """Reads the query, and looks up each of its words in the catalog's vocabulary."""
-    postgres = dialect(session) == "postgresql"
+    postgres = session.get_bind().dialect.name == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
     candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words)
     found = [_word(word, *candidates[word]) for word in words]

@@ -1,34 +1,29 @@
-"""The catalog: every read and write of songs, as plain async functions over a session."""
+"""The catalog: every read and write of songs, as plain async functions over the `Database`.
+
+Each function decides how it reaches the database: one statement compiled
+once (`Database.fetch`, the hot paths), or a unit of work on a session
+(`Database.transaction`). Callers see neither.
+"""
 
 import functools
-import json
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-import asyncpg
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Select, bindparam, delete, false, func, literal_column, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Select, and_, bindparam, false, func, literal, literal_column, or_
 from sqlalchemy.orm import Mapped
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
+from sqlmodel import col
 
 from app import exporting, search
-from app.db import Database, dialect, write_connection
-from app.errors import (
-    AppError,
-    BatchDuplicate,
-    DuplicateSong,
-    DuplicateSongs,
-    InvalidParameter,
-    NotFound,
-    PreconditionFailed,
-)
+from app.db import INTEGRITY_ERRORS, Database, Transaction
+from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound, PreconditionFailed
+from app.folding import derived_columns, search_fold, song_key
 from app.formats import Format, RawRow
-from app.importing import Import, OnConflict, Rejected
+from app.importing import Import, OnConflict, Rejected, Summary
 from app.models import (
     YEAR_MAX,
     YEAR_MIN,
@@ -41,13 +36,10 @@ from app.models import (
     SongQuery,
     SongRow,
     SongUpdate,
-    derived_columns,
-    etag,
-    search_fold,
-    song_key,
     utcnow,
 )
 from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
+from app.preconditions import etag
 
 T = TypeVar("T")
 
@@ -62,50 +54,162 @@ READ_COLUMNS = (
     col(Song.updated_at),
     col(Song.version),
 )
+_ROW_FIELDS = tuple(SongRow.__annotations__)
 _INSERTED = ("name", "artist", "year", "name_key", "artist_key", "name_search", "artist_search")
 _INSERT_SONG = (
     sa.insert(Song)
     .values({name: bindparam(name) for name in (*_INSERTED, "version", "created_at", "updated_at")})
     .returning(*READ_COLUMNS)
 )
+_GET_SONG = sa.select(*READ_COLUMNS).where(col(Song.id) == bindparam("song_id"))
 _FIND_SONG_ID = sa.select(col(Song.id)).where(
     col(Song.name_key) == bindparam("name_key"), col(Song.artist_key) == bindparam("artist_key")
 )
+_VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
+
+
+def _song_row(row: Mapping[str, Any]) -> SongRow:
+    return {field: row[field] for field in _ROW_FIELDS}  # type: ignore[return-value]
 
 
 async def create_song(*, db: Database, song_in: SongCreate) -> SongRow:
-    """Adds a song; a `DuplicateSong` error if the catalog has it already. A hot path, on `Database`."""
+    """Adds a song; a `DuplicateSong` error if the catalog has it already."""
     now = utcnow()
     values = song_in.model_dump()
     row = values | derived_columns(values) | {"version": 1, "created_at": now, "updated_at": now}
     try:
         created = await db.fetch(_INSERT_SONG, row, write=True)
-    except (IntegrityError, asyncpg.UniqueViolationError):
+    except INTEGRITY_ERRORS:
         # The one constraint valid input can break: a song with the same keys is there.
-        found = await db.fetch(_FIND_SONG_ID, {"name_key": row["name_key"], "artist_key": row["artist_key"]})
-        if found:
-            raise DuplicateSong(found[0]["id"]) from None
+        await _raise_if_duplicate(db, name_key=row["name_key"], artist_key=row["artist_key"])
         raise
     return _song_row(created[0])
 
 
-async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
+async def get_song(*, db: Database, song_id: int) -> SongRow:
+    """Gets a song by its id."""
+    rows = await db.fetch(_GET_SONG, {"song_id": song_id})
+    if not rows:
+        raise _not_found(song_id)
+    return _song_row(rows[0])
+
+
+async def update_song(
+    *, db: Database, song_id: int, changes: SongUpdate, versions: Collection[int] | None = None
+) -> SongRow:
+    """Changes the fields given in `changes`; a `DuplicateSong` error if that makes it another song.
+
+    With `versions`, only if the song is at one of them (else `PreconditionFailed`).
+    """
+    return await _write(db, song_id, changes.model_dump(exclude_unset=True), versions)
+
+
+async def replace_song(
+    *, db: Database, song_id: int, song_in: SongCreate, versions: Collection[int] | None = None
+) -> SongRow:
+    """Replaces every field of the song (a year left out is no year)."""
+    return await _write(db, song_id, song_in.model_dump(), versions)
+
+
+async def delete_song(*, db: Database, song_id: int, versions: Collection[int] | None = None) -> None:
+    """Removes a song from the catalog; with `versions`, only if it is at one of them."""
+    accepted = _version_values(versions)
+    deleted = await db.fetch(_delete_statement(_count(versions)), {"song_id": song_id} | accepted, write=True)
+    if not deleted:
+        raise await _why_not_written(db, song_id)
+
+
+async def _write(db: Database, song_id: int, values: dict[str, Any], versions: Collection[int] | None) -> SongRow:
+    if not values:
+        current = await get_song(db=db, song_id=song_id)
+        if versions is not None and current["version"] not in versions:
+            raise PreconditionFailed(song_id, etag(current["version"]))
+        return current
+    # One UPDATE ... RETURNING: no read-then-write for a concurrent writer to slip
+    # between, and the version it checks is the one it increments.
+    changed = values | derived_columns(values)
+    params = {f"new_{name}": value for name, value in changed.items()} | _version_values(versions)
+    statement = _update_statement(tuple(sorted(changed)), _count(versions))
+    try:
+        rows = await db.fetch(statement, params | {"song_id": song_id, "now": utcnow()}, write=True)
+    except INTEGRITY_ERRORS:
+        current = await get_song(db=db, song_id=song_id)
+        merged = {"name": current["name"], "artist": current["artist"]} | values
+        await _raise_if_duplicate(db, name_key=song_key(merged["name"]), artist_key=song_key(merged["artist"]))
+        raise
+    if not rows:
+        raise await _why_not_written(db, song_id)
+    return _song_row(rows[0])
+
+
+# Statements made once for each shape (the columns set, how many versions If-Match
+# accepts), so that `Database` compiles each once.
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(columns: tuple[str, ...], versions: int | None) -> UpdateBase:
+    return (
+        sa.update(Song)
+        .where(col(Song.id) == bindparam("song_id"), *_at_version(versions))
+        .values(
+            {name: bindparam(f"new_{name}") for name in columns}
+            # A literal 1: a value SQLAlchemy would bind itself is not one `Database` passes.
+            | {"version": col(Song.version) + literal_column("1"), "updated_at": bindparam("now")}
+        )
+        .returning(*READ_COLUMNS)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _delete_statement(versions: int | None) -> UpdateBase:
+    return sa.delete(Song).where(col(Song.id) == bindparam("song_id"), *_at_version(versions)).returning(col(Song.id))
+
+
+def _at_version(versions: int | None) -> list[ColumnElement[bool]]:
+    if versions is None:
+        return []
+    return [col(Song.version).in_([bindparam(f"if_version_{i}") for i in range(versions)]) if versions else false()]
+
+
+def _count(versions: Collection[int] | None) -> int | None:
+    return None if versions is None else len(versions)
+
+
+def _version_values(versions: Collection[int] | None) -> dict[str, int]:
+    return {f"if_version_{i}": version for i, version in enumerate(sorted(versions or ()))}
+
+
+async def _why_not_written(db: Database, song_id: int) -> NotFound | PreconditionFailed:
+    rows = await db.fetch(_VERSION_OF, {"song_id": song_id})
+    return PreconditionFailed(song_id, etag(rows[0]["version"])) if rows else _not_found(song_id)
+
+
+async def _raise_if_duplicate(db: Database, *, name_key: str, artist_key: str) -> None:
+    found = await db.fetch(_FIND_SONG_ID, {"name_key": name_key, "artist_key": artist_key})
+    if found:
+        raise DuplicateSong(found[0]["id"])
+
+
+def _not_found(song_id: int) -> NotFound:
+    return NotFound(f"No song has id {song_id}.")
+
+
+async def create_songs(*, db: Database, songs_in: list[SongCreate], on_conflict: OnConflict) -> BatchResult:
     """Adds songs, all in one transaction, under the conflict rule of `songbook import`.
 
     Under `OnConflict.ERROR`, a song already there (or twice in the batch) is a
     `DuplicateSongs` error and nothing is written.
     """
     rejected: list[Rejected] = []
-    job = Import(await write_connection(session), on_conflict, rejected=rejected.append)
-    await job.start()
-    await job.stage("body", (RawRow(index, song.model_dump()) for index, song in enumerate(songs_in)))
-    outcomes = await job.apply(outcomes=True)
-    if rejected:
-        await session.rollback()
-        raise DuplicateSongs(
-            [BatchDuplicate(index=row.line, existing_id=row.existing_id, same_as=row.same_as) for row in rejected]
-        )
-    await session.commit()
+    async with db.transaction(write=True) as transaction:
+        job = Import(await transaction.connection(), on_conflict, rejected=rejected.append)
+        await job.start()
+        await job.stage("body", (RawRow(index, song.model_dump()) for index, song in enumerate(songs_in)))
+        outcomes = await job.apply(outcomes=True)
+        if rejected:
+            raise DuplicateSongs(
+                [BatchDuplicate(index=row.line, existing_id=row.existing_id, same_as=row.same_as) for row in rejected]
+            )
     # Ranks count the staged songs from 1, in the order given.
     items = [
         BatchItem(index=rank - 1, status=outcome.status, id=outcome.id) for rank, outcome in sorted(outcomes.items())
@@ -119,30 +223,31 @@ async def create_songs(*, session: AsyncSession, songs_in: list[SongCreate], on_
     )
 
 
-async def get_song(*, session: AsyncSession, song_id: int) -> Song:
-    """Gets a song by its id, to change it."""
-    song = await session.get(Song, song_id)
-    if song is None:
-        raise _not_found(song_id)
-    return song
+async def import_songs(
+    *,
+    db: Database,
+    sources: Iterable[tuple[str, Iterable[RawRow]]],
+    on_conflict: OnConflict = OnConflict.SKIP,
+    rejected: Callable[[Rejected], None] = lambda row: None,
+    max_errors: int | None = None,
+    dry_run: bool = False,
+    applying: Callable[[Summary], None] = lambda summary: None,
+) -> Summary:
+    """Imports the rows of each (name, rows) source in one transaction: all of them, or (killed or failed) none.
 
-
-_READ_SONG = sa.select(*READ_COLUMNS).where(col(Song.id) == bindparam("song_id"))
-
-
-async def read_song(*, db: Database, song_id: int) -> SongRow:
-    """Gets a song by its id, to show it: the hot path, on `Database`."""
-    rows = await db.fetch(_READ_SONG, {"song_id": song_id})
-    if not rows:
-        raise _not_found(song_id)
-    return _song_row(rows[0])
-
-
-_ROW_FIELDS = tuple(SongRow.__annotations__)
-
-
-def _song_row(row: Mapping[Any, Any]) -> SongRow:
-    return {field: row[field] for field in _ROW_FIELDS}  # type: ignore[return-value]
+    `rejected` is told of each row left out as soon as it is known, and
+    `applying` when every row is staged; `dry_run` rolls it all back.
+    """
+    async with db.transaction(write=True) as transaction:
+        job = Import(await transaction.connection(), on_conflict, rejected=rejected, max_errors=max_errors, bulk=True)
+        await job.start()
+        for source, rows in sources:
+            await job.stage(source, rows)
+        applying(job.summary)
+        await job.apply()
+        if dry_run:
+            await transaction.rollback()
+    return job.summary
 
 
 @dataclass
@@ -167,34 +272,29 @@ SORTABLE: dict[str, tuple[ColumnElement[Any] | Mapped[Any], ValueKind]] = {
 }
 
 
-async def list_page(*, db: Database, query: SongQuery) -> Page[Mapping[str, Any]]:
-    """A page of the songs that match `query`, in its order, without a search or a count: the hot path."""
-    assert query.q is None
-    statement, params, signature = _in_order(query, found=None)
-    return _ordered_page(await db.fetch(statement, params), signature, query.limit)
-
-
 async def list_songs(
-    *, session: AsyncSession, query: SongQuery, count: Literal["exact", "estimated"] | None = None
-) -> Page[Mapping[str, Any]]:
+    *, db: Database, query: SongQuery, count: Literal["exact", "estimated"] | None = None
+) -> Page[SongRow]:
     """A page of the songs that match `query`, in its order; with their total if `count` asks for it."""
-    # Planned once for the page and the count, so that both look for the same words.
-    found = await search.plan(session, query.q) if query.q else None
-    if found and (query.sort is None or query.sort.strip() == "relevance"):
-        page = await _search_by_relevance(session=session, query=query, found=found)
-    else:
-        page = await _list_in_order(session=session, query=query, found=found)
-    if count is not None:
-        page.total = await _count_songs(session=session, query=query, found=found, estimate=count == "estimated")
+    if query.q is None and count is None:
+        # The hot path: one statement, made once for its shape.
+        statement, params, signature = _in_order(query, found=None)
+        return _ordered_page(await db.fetch(statement, params), signature, query.limit)
+    async with db.transaction() as transaction:
+        # Planned once for the page and the count, so that both look for the same words.
+        found = await search.plan(transaction.session, query.q) if query.q else None
+        if found and (query.sort is None or query.sort.strip() == "relevance"):
+            page = await _search_by_relevance(transaction, query=query, found=found)
+        else:
+            statement, params, signature = _in_order(query, found)
+            page = _ordered_page(await transaction.fetch(statement, params), signature, query.limit)
+        if count == "exact":
+            counting = sa.select(func.count().label("count")).select_from(Song).where(*_matching(query, found))
+            page.total = (await transaction.fetch(counting, _filter_values(query)))[0]["count"]
+    if count == "estimated":
+        listing = sa.select(col(Song.id)).where(*_matching(query, found))
+        page.total = await db.estimated_rows(listing, _filter_values(query))
     return page
-
-
-async def _list_in_order(
-    *, session: AsyncSession, query: SongQuery, found: search.Search | None
-) -> Page[Mapping[str, Any]]:
-    statement, params, signature = _in_order(query, found)
-    rows = (await (await session.connection()).execute(statement, params)).mappings().all()
-    return _ordered_page(rows, signature, query.limit)
 
 
 def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any], dict[str, Any], str]:
@@ -225,23 +325,40 @@ def _page_statement(order: tuple[tuple[str, bool], ...], parameters: frozenset[s
     return statement.order_by(*(key.ordering() for key in keys)).limit(bindparam("limit", type_=sa.Integer))
 
 
-def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[Mapping[str, Any]]:
+def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[SongRow]:
     next_cursor = None
     if len(rows) == limit:
         last = rows[-1]
         next_cursor = encode_cursor(signature, [last[f"key_{i}"] for i in range(len(last) - len(READ_COLUMNS))])
-    return Page(list(rows), next_cursor)
+    return Page([_song_row(row) for row in rows], next_cursor)
 
 
-async def _search_by_relevance(
-    *, session: AsyncSession, query: SongQuery, found: search.Search
-) -> Page[Mapping[str, Any]]:
+async def _search_by_relevance(transaction: Transaction, *, query: SongQuery, found: search.Search) -> Page[SongRow]:
     """The songs of each tier of `found` in turn, each tier in id order."""
     assert query.q is not None
     # A cursor holds the words searched for: if the vocabulary changed them
     # since, the walk must start again rather than skip or repeat songs.
     signature = f"relevance?{search_fold(query.q)}?{found.fingerprint}"
     tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
+    params = _filter_values(query)
+    filters = _filters(params)
+    page: list[tuple[int, SongRow]] = []
+    for number, clause in enumerate(_tiers(found), start=1):
+        if clause is None or number < tier or len(page) == query.limit:
+            continue
+        # Each tier is its own query in id order: the database stops after the rows it needs.
+        statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
+        rows = await transaction.fetch(statement.order_by(col(Song.id)).limit(query.limit - len(page)), params)
+        page += [(number, _song_row(row)) for row in rows]
+    next_cursor = None
+    if len(page) == query.limit:
+        last_tier, last_song = page[-1]
+        next_cursor = encode_cursor(signature, [last_tier, last_song["id"]])
+    return Page([song for _, song in page], next_cursor)
+
+
+def _tiers(found: search.Search) -> list[ColumnElement[bool] | None]:
+    """The condition of each tier of a search: what its query finds and the tiers before it did not."""
     tiers: list[ColumnElement[bool] | None] = []
     previous, previous_query = None, None
     for full_text_query in found.queries:
@@ -251,56 +368,32 @@ async def _search_by_relevance(
         tiers.append(clause & ~previous if clause is not None and previous is not None else clause)
         if clause is not None:
             previous, previous_query = clause, full_text_query
-    params = _filter_values(query)
-    filters = _filters(params)
-    page: list[tuple[int, Any]] = []
-    for number, clause in enumerate(tiers, start=1):
-        if clause is None or number < tier or len(page) == query.limit:
-            continue
-        # Each tier is its own query in id order: the database stops after the rows it needs.
-        statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
-        rows = await (await session.connection()).execute(
-            statement.order_by(col(Song.id)).limit(query.limit - len(page)), params
-        )
-        page += [(number, row) for row in rows.mappings()]
-    next_cursor = None
-    if len(page) == query.limit:
-        last_tier, last_song = page[-1]
-        next_cursor = encode_cursor(signature, [last_tier, last_song["id"]])
-    return Page([song for _, song in page], next_cursor)
+    return tiers
 
 
-async def _count_songs(*, session: AsyncSession, query: SongQuery, found: search.Search | None, estimate: bool) -> int:
-    """How many songs match `query`: exactly, or as PostgreSQL's planner estimates it."""
-    params = _filter_values(query)
-    filters = [*_filters(params), *([_found(found)] if found else [])]
-    if estimate and dialect(session) == "postgresql":
-        # The planner's row estimate costs no scan. SQLite has none: it counts.
-        statement = select(col(Song.id)).where(*filters).params(params)
-        sql = statement.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})  # type: ignore[union-attr]
-        connection = await session.connection()
-        plan = (await connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
-        return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
-    return (await session.exec(select(func.count()).select_from(Song).where(*filters), params=params)).one()
+def _matching(query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:
+    """The conditions of the songs that `query`'s filters and search match."""
+    return [*_filters(_filter_values(query)), *([_found(found)] if found else [])]
 
 
-async def export_songs(*, session: AsyncSession, query: SongQuery, file_format: Format) -> AsyncGenerator[bytes]:
+async def export_songs(*, db: Database, query: SongQuery, file_format: Format) -> AsyncGenerator[bytes]:
     """Every song that `query`'s filters and search match, in id order, as `file_format` text, a chunk at a time.
 
     One statement: memory stays flat, and the songs are those of one snapshot
     of the catalog. `query`'s sort and paging are ignored.
     """
-    found = await search.plan(session, query.q) if query.q else None
-    statement = (
-        select(*exporting.columns(file_format, dialect(session)))
-        .select_from(Song)
-        .where(*_filters(params := _filter_values(query)), *([_found(found)] if found else []))
-        .order_by(col(Song.id))
-        .params(params)
-    )
-    async with aclosing(exporting.stream(await session.connection(), statement, file_format)) as chunks:
-        async for chunk in chunks:
-            yield chunk
+    async with db.transaction() as transaction:
+        found = await search.plan(transaction.session, query.q) if query.q else None
+        statement = (
+            sa.select(*exporting.columns(file_format, db.dialect))
+            .select_from(Song)
+            .where(*_matching(query, found))
+            .order_by(col(Song.id))
+            .params(_filter_values(query))
+        )
+        async with aclosing(exporting.stream(await transaction.connection(), statement, file_format)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 def _filter_values(query: SongQuery) -> dict[str, Any]:
@@ -360,8 +453,12 @@ def _song_order(query: SongQuery, found: search.Search | None) -> tuple[str, lis
     return signature, keys
 
 
-async def list_artists(*, session: AsyncSession, query: ArtistQuery) -> Page[ArtistPublic]:
-    """A page of the artists, with how many songs each has."""
+async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic]:
+    """A page of the artists, with how many songs each has.
+
+    `query.prefix` finds the artists whose name, or a word of it, starts with
+    it, ignoring case and accents: "bea" finds The Beatles, "bjo" Björk.
+    """
     spec = query.sort or "name"
     artist_key = col(Song.artist_key)
     songs = func.count()
@@ -372,102 +469,31 @@ async def list_artists(*, session: AsyncSession, query: ArtistQuery) -> Page[Art
         keys = [SortKey("songs", songs, int, descending), SortKey("name", artist_key, str, descending)]
     else:
         raise InvalidParameter("query", "sort", f"unknown sort key {spec!r}; use name, -name, songs or -songs")
-    statement = select(artist_key, func.min(col(Song.artist)), songs).group_by(artist_key)
+    statement: Select[*tuple[Any, ...]] = sa.select(
+        artist_key.label("key"), func.min(col(Song.artist)).label("name"), songs.label("songs")
+    )
+    statement = statement.group_by(artist_key)
     if query.prefix:
-        prefix = song_key(query.prefix)
-        statement = statement.where(artist_key >= prefix, artist_key < prefix + "\U0010ffff")
+        statement = statement.where(_artist_starts(query.prefix))
     if query.cursor:
         values = decode_cursor(query.cursor, spec, [key.kind for key in keys])
         # Paging by name filters rows before grouping; by count, groups after it.
         statement = statement.where(after(keys, values)) if len(keys) == 1 else statement.having(after(keys, values))
     statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
-    rows = (await session.exec(statement)).all()
+    async with db.transaction() as transaction:
+        rows = await transaction.fetch(statement)
     next_cursor = None
     if len(rows) == query.limit:
-        last_key, _, last_count = rows[-1]
-        next_cursor = encode_cursor(spec, [last_key] if len(keys) == 1 else [last_count, last_key])
-    return Page([ArtistPublic(name=name, songs=count) for _, name, count in rows], next_cursor)
+        last = rows[-1]
+        next_cursor = encode_cursor(spec, [last["key"]] if len(keys) == 1 else [last["songs"], last["key"]])
+    return Page([ArtistPublic(name=row["name"], songs=row["songs"]) for row in rows], next_cursor)
 
 
-async def update_song(
-    *, session: AsyncSession, song_id: int, changes: SongUpdate, versions: Collection[int] | None = None
-) -> Song:
-    """Changes the fields given in `changes`; a `DuplicateSong` error if that makes it another song.
-
-    With `versions`, only if the song is at one of them (else `PreconditionFailed`).
-    """
-    return await _write(session, song_id, changes.model_dump(exclude_unset=True), versions)
-
-
-async def replace_song(
-    *, session: AsyncSession, song_id: int, song_in: SongCreate, versions: Collection[int] | None = None
-) -> Song:
-    """Replaces every field of the song (a year left out is no year)."""
-    return await _write(session, song_id, song_in.model_dump(), versions)
-
-
-async def _write(session: AsyncSession, song_id: int, values: dict[str, Any], versions: Collection[int] | None) -> Song:
-    if not values:
-        current = await get_song(session=session, song_id=song_id)
-        if versions is not None and current.version not in versions:
-            raise PreconditionFailed(song_id, etag(current.version))
-        return current
-    # One UPDATE ... RETURNING: no read-then-write for a concurrent writer to slip
-    # between, and the version it checks is the one it increments.
-    statement = (
-        update(Song)
-        .where(col(Song.id) == song_id, *_at_version(versions))
-        .values(**values, **derived_columns(values), version=col(Song.version) + 1, updated_at=utcnow())
-        .returning(Song)
-        .execution_options(populate_existing=True)
-    )
-    await write_connection(session)
-    try:
-        song: Song | None = (await session.exec(statement)).scalar_one_or_none()
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        current = await get_song(session=session, song_id=song_id)
-        merged = {"name": current.name, "artist": current.artist} | values
-        await _raise_if_duplicate(
-            session=session, name_key=song_key(merged["name"]), artist_key=song_key(merged["artist"])
-        )
-        raise
-    if song is None:
-        raise await _why_not_written(session, song_id)
-    return song
-
-
-def _at_version(versions: Collection[int] | None) -> list[ColumnElement[bool]]:
-    return [] if versions is None else [col(Song.version).in_(versions) if versions else false()]
-
-
-async def _why_not_written(session: AsyncSession, song_id: int) -> AppError:
-    version = (await session.exec(select(Song.version).where(Song.id == song_id))).first()
-    return _not_found(song_id) if version is None else PreconditionFailed(song_id, etag(version))
-
-
-async def delete_song(*, session: AsyncSession, song_id: int, versions: Collection[int] | None = None) -> None:
-    """Removes a song from the catalog; with `versions`, only if it is at one of them."""
-    statement = delete(Song).where(col(Song.id) == song_id, *_at_version(versions)).returning(col(Song.id))
-    await write_connection(session)
-    deleted = (await session.exec(statement)).scalar_one_or_none()
-    await session.commit()
-    if deleted is None:
-        raise await _why_not_written(session, song_id)
-
-
-async def find_song_id(*, session: AsyncSession, name_key: str, artist_key: str) -> int | None:
-    """The id of the song with these keys, if the catalog has it."""
-    statement = select(Song.id).where(Song.name_key == name_key, Song.artist_key == artist_key)
-    return (await session.exec(statement)).first()
-
-
-async def _raise_if_duplicate(*, session: AsyncSession, name_key: str, artist_key: str) -> None:
-    existing_id = await find_song_id(session=session, name_key=name_key, artist_key=artist_key)
-    if existing_id is not None:
-        raise DuplicateSong(existing_id)
-
-
-def _not_found(song_id: int) -> NotFound:
-    return NotFound(f"No song has id {song_id}.")
+def _artist_starts(prefix: str) -> ColumnElement[bool]:
+    """Artists whose name starts with `prefix` (ignoring case), or a word of whose name does (and accents)."""
+    key = song_key(prefix)
+    whole_name = and_(col(Song.artist_key) >= key, col(Song.artist_key) < key + "\U0010ffff")
+    folded = search_fold(prefix)  # letters, digits and single spaces: nothing LIKE would read as a wildcard
+    if not folded:
+        return whole_name
+    return or_(whole_name, (literal(" ") + col(Song.artist_search)).like(f"% {folded}%"))

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import asyncpg
 import orjson
 
-from app.models import search_fold, song_key
+from app.folding import search_fold, song_key
 
 DSN = os.environ.get("REFERENCE_DSN", "postgresql://postgres@127.0.0.1/songbook_bench")
 POOL_SIZE = int(os.environ.get("REFERENCE_POOL", "10"))

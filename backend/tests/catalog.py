@@ -43,13 +43,9 @@ def new_key(settings: Settings, scope: Scope) -> str:
     """A new API key in the database of `settings`, for tests that run an app of their own."""
 
     async def make() -> str:
-        engine = db.create_engine(settings)
-        try:
-            async with db.create_sessionmaker(engine)() as session:
-                key_in = ApiKeyCreate(name=f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
-                return (await keys.create_key(session=session, key_in=key_in)).key
-        finally:
-            await engine.dispose()
+        async with db.connect(settings) as database:
+            key_in = ApiKeyCreate(name=f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
+            return (await keys.create_key(db=database, key_in=key_in)).key
 
     return asyncio.run(make())
 

@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import keys, schema
 from app.config import Settings, async_url
+from app.db import Database
 from app.main import create_app
 from app.models import ApiKeyCreate, Scope
 from tests.catalog import empty, empty_catalog
@@ -76,7 +76,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The real application, its lifespan run, over an empty catalog."""
     application = create_app(settings)
     async with LifespanManager(application):
-        await empty_catalog(application.state.engine)
+        await empty_catalog(application.state.database.engine)
         yield application
 
 
@@ -91,9 +91,8 @@ def catalog(database_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 async def make_key(app: FastAPI, scope: Scope, name: str | None = None) -> str:
-    async with app.state.sessionmaker() as session:
-        key_in = ApiKeyCreate(name=name or f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
-        return (await keys.create_key(session=session, key_in=key_in)).key
+    key_in = ApiKeyCreate(name=name or f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
+    return (await keys.create_key(db=app.state.database, key_in=key_in)).key
 
 
 @asynccontextmanager
@@ -120,6 +119,7 @@ async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def session(app: FastAPI) -> AsyncIterator[AsyncSession]:
-    async with app.state.sessionmaker() as session:
-        yield session
+def db(app: FastAPI) -> Database:
+    """The application's own way to its database, for factories and checks."""
+    database: Database = app.state.database
+    return database

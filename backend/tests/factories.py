@@ -1,21 +1,11 @@
 """Test data, made through the catalog logic as a client would make it."""
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from app import songs
 from app.db import Database
-from app.models import Song, SongCreate
+from app.models import SongCreate, SongRow
 
 
 async def make_song(
-    session: AsyncSession, *, name: str = "Yesterday", artist: str = "The Beatles", year: int | None = 1965
-) -> Song:
-    assert isinstance(session.bind, AsyncEngine)
-    created = await songs.create_song(
-        db=Database(session.bind, pool=None), song_in=SongCreate(name=name, artist=artist, year=year)
-    )
-    await session.commit()  # a read begun before would not see it, on SQLite
-    song = await session.get(Song, created["id"])
-    assert song is not None
-    return song
+    db: Database, *, name: str = "Yesterday", artist: str = "The Beatles", year: int | None = 1965
+) -> SongRow:
+    return await songs.create_song(db=db, song_in=SongCreate(name=name, artist=artist, year=year))

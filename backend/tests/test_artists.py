@@ -2,18 +2,18 @@
 
 import httpx
 import pytest
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from tests.factories import make_song
 from tests.pages import walk
 
 
 @pytest.fixture(autouse=True)
-async def catalog(session: AsyncSession) -> None:
+async def catalog(db: Database) -> None:
     songs = {"The Beatles": 3, "Beyoncé": 2, "Queen": 1, "beatles tribute band": 2, "ABBA": 1}
     for artist, count in songs.items():
         for n in range(count):
-            await make_song(session, name=f"{artist} song {n}", artist=artist)
+            await make_song(db, name=f"{artist} song {n}", artist=artist)
 
 
 async def artists(client: httpx.AsyncClient, query: str = "") -> list[tuple[str, int]]:
@@ -43,7 +43,23 @@ async def test_artists_by_most_songs(client: httpx.AsyncClient) -> None:
 
 
 async def test_artists_by_prefix_ignoring_case(client: httpx.AsyncClient) -> None:
-    assert await artists(client, "prefix=BE") == [("beatles tribute band", 2), ("Beyoncé", 2)]
+    assert await artists(client, "prefix=BE") == [("beatles tribute band", 2), ("Beyoncé", 2), ("The Beatles", 3)]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "found"),
+    [
+        ("bea", ["beatles tribute band", "The Beatles"]),  # a word of the name starts with it
+        ("the bea", ["The Beatles"]),
+        ("tribute", ["beatles tribute band"]),
+        ("beyonce", ["Beyoncé"]),  # accents aside, as search does
+        ("eatles", []),  # inside a word: no
+    ],
+)
+async def test_a_prefix_finds_the_artists_with_a_word_starting_so(
+    client: httpx.AsyncClient, prefix: str, found: list[str]
+) -> None:
+    assert [name for name, _ in await artists(client, f"prefix={prefix}")] == found
 
 
 @pytest.mark.parametrize("sort", ["name", "-name", "songs", "-songs"])

@@ -124,7 +124,7 @@ async def test_a_key_revoked_by_another_process_is_refused_within_seconds(
         before = await writer.get("/songs")
         # While the key is believed, its secret is still checked: the prefix alone is not enough.
         wrong_secret = await writer.get("/songs", headers={"Authorization": f"Bearer {key[:-2]}xx"})
-        async with app.state.engine.begin() as connection:
+        async with app.state.database.engine.begin() as connection:
             await connection.execute(text("UPDATE api_key SET revoked_at = CURRENT_TIMESTAMP WHERE name = 'elsewhere'"))
         believed = await writer.get("/songs")
         await asyncio.sleep(0.4)
@@ -140,7 +140,7 @@ async def test_keys_are_stored_only_as_hashes_and_record_their_last_use(
     key = await make_key(app, "write", "hashed")
     async with client_for(app, key) as writer:
         await writer.post("/songs", json=SONG)
-    async with app.state.engine.connect() as connection:
+    async with app.state.database.engine.connect() as connection:
         row = (await connection.execute(text("SELECT * FROM api_key WHERE name = 'hashed'"))).one()
 
     assert key not in " ".join(str(value) for value in row)

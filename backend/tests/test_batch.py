@@ -2,15 +2,15 @@
 
 import httpx
 import pytest
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from tests.factories import make_song
 
 
 async def test_a_batch_creates_each_new_song_and_names_those_already_there(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, db: Database
 ) -> None:
-    existing = await make_song(session, name="Yesterday", artist="The Beatles")
+    existing = await make_song(db, name="Yesterday", artist="The Beatles")
 
     response = await client.post(
         "/songs/batch",
@@ -31,7 +31,7 @@ async def test_a_batch_creates_each_new_song_and_names_those_already_there(
         "duplicates": 2,
         "items": [
             {"index": 0, "status": "created", "id": halo},
-            {"index": 1, "status": "duplicate", "id": existing.id},
+            {"index": 1, "status": "duplicate", "id": existing["id"]},
             {"index": 2, "status": "created", "id": creep},
             {"index": 3, "status": "duplicate", "id": halo},
         ],
@@ -40,23 +40,21 @@ async def test_a_batch_creates_each_new_song_and_names_those_already_there(
     assert [song["id"] for song in (await client.get("/songs?q=beyonse")).json()] == [halo]
 
 
-async def test_update_takes_the_batchs_spelling_and_year(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    existing = await make_song(session, name="Yesterday", artist="The Beatles", year=1966)
+async def test_update_takes_the_batchs_spelling_and_year(client: httpx.AsyncClient, db: Database) -> None:
+    existing = await make_song(db, name="Yesterday", artist="The Beatles", year=1966)
 
     response = await client.post(
         "/songs/batch?on_conflict=update", json=[{"name": "YESTERDAY", "artist": "The Beatles", "year": 1965}]
     )
 
-    assert response.json()["items"] == [{"index": 0, "status": "updated", "id": existing.id}]
-    song = (await client.get(f"/songs/{existing.id}")).json()
+    assert response.json()["items"] == [{"index": 0, "status": "updated", "id": existing["id"]}]
+    song = (await client.get(f"/songs/{existing['id']}")).json()
     assert (song["name"], song["year"]) == ("YESTERDAY", 1965)
     assert song["updated_at"] > song["created_at"]
 
 
-async def test_under_error_a_duplicate_refuses_the_whole_batch(
-    client: httpx.AsyncClient, session: AsyncSession
-) -> None:
-    existing = await make_song(session, name="Yesterday", artist="The Beatles")
+async def test_under_error_a_duplicate_refuses_the_whole_batch(client: httpx.AsyncClient, db: Database) -> None:
+    existing = await make_song(db, name="Yesterday", artist="The Beatles")
 
     response = await client.post(
         "/songs/batch?on_conflict=error",
@@ -70,7 +68,7 @@ async def test_under_error_a_duplicate_refuses_the_whole_batch(
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "duplicate-songs"
-    assert response.json()["duplicates"] == [{"index": 1, "existing_id": existing.id}, {"index": 2, "same_as": 0}]
+    assert response.json()["duplicates"] == [{"index": 1, "existing_id": existing["id"]}, {"index": 2, "same_as": 0}]
     assert len((await client.get("/songs")).json()) == 1
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings, SettingsError, load_settings
+from app.config import Settings, load_settings
+from app.errors import SettingsError
 
 
 @pytest.fixture(autouse=True)

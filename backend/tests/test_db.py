@@ -19,13 +19,8 @@ async def hot_database(settings: Settings, **changes: Any) -> AsyncIterator[db.D
     """A `Database` for `settings` with `changes`, as the service makes it, closed after."""
     if settings.sqlalchemy_url.get_backend_name() != "postgresql":
         pytest.skip("on SQLite the hot paths run on the engine: there is no pool of their own")
-    changed = settings.model_copy(update=changes)
-    engine = db.create_engine(changed)
-    database = db.Database(engine, await db.create_pool(changed, engine))
-    try:
+    async with db.connect(settings.model_copy(update=changes)) as database:
         yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture
@@ -41,12 +36,36 @@ async def pid(database: db.Database) -> int:
 
 
 async def test_statements_in_a_bound_block_share_one_connection(database: db.Database) -> None:
-    async with database.bound() as bound:
-        pairs = [await asyncio.gather(pid(bound), pid(database)) for _ in range(3)]
+    async with database.bound():
+        pairs = [await ours_and_another_tasks(database) for _ in range(3)]
 
     ours, others = {pair[0] for pair in pairs}, {pair[1] for pair in pairs}
     assert len(ours) == 1  # the block's connection throughout
     assert ours.isdisjoint(others)  # and nobody else's meanwhile
+
+
+async def ours_and_another_tasks(database: db.Database) -> tuple[int, int]:
+    """The backends of a statement of this task and, meanwhile, of a task started here."""
+    other = asyncio.create_task(pid(database))
+    return await pid(database), await other
+
+
+def in_use(database: db.Database) -> int:
+    assert database.pool is not None
+    return int(database.pool.get_size() - database.pool.get_idle_size())
+
+
+async def test_a_bound_block_gives_its_connection_back_while_a_transaction_of_it_runs(database: db.Database) -> None:
+    async with database.bound():
+        await pid(database)
+        held = in_use(database)
+        async with database.transaction():
+            during = in_use(database)
+        await pid(database)
+        again = in_use(database)
+    after = in_use(database)
+
+    assert (held, during, again, after) == (1, 0, 1, 0)
 
 
 async def test_the_urls_options_for_sqlalchemys_driver_leave_the_hot_pool_working(settings: Settings) -> None:

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.engine import URL
-from sqlmodel.ext.asyncio.session import AsyncSession
 from typer.testing import CliRunner
 
 from app import songs
 from app.cli import cli
+from app.db import Database
 from app.formats import Format, RawRow
-from app.importing import Import
 from app.models import SongQuery
 from tests.catalog import empty, full_rows
 from tests.factories import make_song
@@ -95,9 +93,9 @@ def test_a_bad_filter_or_format_is_a_clear_message(catalog: URL) -> None:
     assert "export writes csv or ndjson" in bad_format.stderr
 
 
-async def test_http_export_streams_every_matching_song(client: httpx.AsyncClient, session: AsyncSession) -> None:
+async def test_http_export_streams_every_matching_song(client: httpx.AsyncClient, db: Database) -> None:
     for number in range(12):
-        await make_song(session, name=f"Song {number}", artist="Beyoncé" if number % 3 else "Adele")
+        await make_song(db, name=f"Song {number}", artist="Beyoncé" if number % 3 else "Adele")
 
     csv_response = await client.get("/songs", headers={"Accept": "text/csv"})
     ndjson_response = await client.get("/songs?artist=beyoncé", headers={"Accept": "application/x-ndjson"})
@@ -113,10 +111,10 @@ async def test_http_export_streams_every_matching_song(client: httpx.AsyncClient
 
 
 async def test_http_export_is_the_same_as_the_command(
-    client: httpx.AsyncClient, session: AsyncSession, database_url: URL, tmp_path: Path
+    client: httpx.AsyncClient, db: Database, database_url: URL, tmp_path: Path
 ) -> None:
     for number in range(3):
-        await make_song(session, name=f"Song, {number}", artist="Björk")
+        await make_song(db, name=f"Song, {number}", artist="Björk")
 
     response = await client.get("/songs", headers={"Accept": "application/json;q=0.5, text/csv"})
     exported = await asyncio.to_thread(
@@ -144,18 +142,13 @@ async def test_an_export_refuses_paging(client: httpx.AsyncClient, parameter: st
     assert "an export has every matching song, in id order" in response.json()["detail"]
 
 
-async def test_an_export_left_early_frees_its_connection(client: httpx.AsyncClient, app: FastAPI) -> None:
-    async with app.state.sessionmaker() as session:
-        job = Import(await session.connection())
-        await job.start()
-        await job.stage("test", (RawRow(i, {"name": f"Song {i}", "artist": "Band"}) for i in range(20_000)))
-        await job.apply()
-        await session.commit()
+async def test_an_export_left_early_frees_its_connection(client: httpx.AsyncClient, db: Database) -> None:
+    rows = (RawRow(i, {"name": f"Song {i}", "artist": "Band"}) for i in range(20_000))
+    await songs.import_songs(db=db, sources=[("test", rows)])
     for _ in range(3):  # more times than... the pool would bear if each left a connection behind
-        async with app.state.sessionmaker() as session:
-            chunks = songs.export_songs(session=session, query=SongQuery(), file_format=Format.CSV)
-            first = await anext(chunks)
-            await chunks.aclose()  # a client that went away
+        chunks = songs.export_songs(db=db, query=SongQuery(), file_format=Format.CSV)
+        first = await anext(chunks)
+        await chunks.aclose()  # a client that went away
 
         assert first.startswith(b"id,name,artist,year,created_at,updated_at\n1,Song 0,Band,,")
     assert (await client.get("/songs?limit=1")).status_code == 200

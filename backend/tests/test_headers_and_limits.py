@@ -11,9 +11,9 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
+from app.db import Database
 from app.main import create_app
 from tests.conftest import client_for, make_key
 from tests.factories import make_song
@@ -72,18 +72,18 @@ async def test_cors_answers_the_origins_configured(settings: Settings) -> None:
 
 
 async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
-    settings: Settings, database_url: URL, session: AsyncSession
+    settings: Settings, database_url: URL, db: Database
 ) -> None:
     if database_url.get_backend_name() != "postgresql":
         pytest.skip("SQLite has no statement timeout: its busy timeout bounds the wait for a lock")
-    song = await make_song(session)
+    song = await make_song(db)
     holder = create_async_engine(database_url)
     try:
         async with holder.connect() as connection, connection.begin():
-            await connection.execute(text("SELECT 1 FROM song WHERE id = :id FOR UPDATE"), {"id": song.id})
+            await connection.execute(text("SELECT 1 FROM song WHERE id = :id FOR UPDATE"), {"id": song["id"]})
             async with client_with(settings, statement_timeout_ms=300) as client:
                 started = time.monotonic()
-                response = await asyncio.wait_for(client.patch(f"/songs/{song.id}", json={"year": 1970}), 10)
+                response = await asyncio.wait_for(client.patch(f"/songs/{song['id']}", json={"year": 1970}), 10)
                 waited = time.monotonic() - started
     finally:
         await holder.dispose()

@@ -125,9 +125,8 @@ async def test_a_claim_whose_request_died_is_taken_over(app: FastAPI, client: ht
 
 
 async def set_records(app: FastAPI, **values: object) -> None:
-    async with app.state.sessionmaker() as session:
-        await session.exec(update(IdempotencyRecord).values(**values))
-        await session.commit()
+    async with app.state.database.transaction(write=True) as transaction:
+        await transaction.fetch(update(IdempotencyRecord).values(**values))
 
 
 async def test_answers_are_seen_by_every_instance(app: FastAPI, client: httpx.AsyncClient, settings: Settings) -> None:
@@ -149,7 +148,7 @@ async def test_answers_are_seen_by_every_instance(app: FastAPI, client: httpx.As
 async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    if app.state.engine.dialect.name != "postgresql":
+    if app.state.database.engine.dialect.name != "postgresql":
         pytest.skip("a SQLite file has no connection to lose")
     # The connection that inserts this song is ended by the server, mid-statement.
     doomed = [
@@ -158,13 +157,13 @@ async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
         "CREATE TRIGGER end_own_backend BEFORE INSERT ON song FOR EACH ROW "
         "WHEN (NEW.name = 'Doomed') EXECUTE FUNCTION end_own_backend()",
     ]
-    async with app.state.engine.begin() as connection:
+    async with app.state.database.engine.begin() as connection:
         for statement in doomed:
             await connection.exec_driver_sql(statement)
     try:
         lost = await client.post("/songs", json={"name": "Doomed", "artist": "X"}, headers=key("lost"))
     finally:
-        async with app.state.engine.begin() as connection:
+        async with app.state.database.engine.begin() as connection:
             await connection.exec_driver_sql("DROP TRIGGER end_own_backend ON song")
             await connection.exec_driver_sql("DROP FUNCTION end_own_backend()")
 

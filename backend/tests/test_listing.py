@@ -5,8 +5,8 @@ import re
 
 import httpx
 import pytest
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from tests.factories import make_song
 from tests.pages import next_link, walk
 
@@ -25,13 +25,13 @@ CATALOG = [
 
 
 @pytest.fixture
-async def catalog(session: AsyncSession) -> dict[str, int]:
+async def catalog(db: Database) -> dict[str, int]:
     """The catalog above; name -> id."""
     ids = {}
     for name, artist, year in CATALOG:
-        song = await make_song(session, name=name, artist=artist, year=year)
-        assert song.id is not None
-        ids[name] = song.id
+        song = await make_song(db, name=name, artist=artist, year=year)
+        assert song["id"] is not None
+        ids[name] = song["id"]
     return ids
 
 
@@ -177,11 +177,9 @@ async def test_paging_keeps_the_filters(client: httpx.AsyncClient) -> None:
     assert [song["name"] for song in songs] == ["Yesterday", "Let It Be", "Help!"]
 
 
-async def test_paging_under_concurrent_inserts_visits_every_song_once(
-    client: httpx.AsyncClient, session: AsyncSession
-) -> None:
+async def test_paging_under_concurrent_inserts_visits_every_song_once(client: httpx.AsyncClient, db: Database) -> None:
     for n in range(40):
-        await make_song(session, name=f"Before {n:02}", artist=f"Artist {n % 7}", year=1950 + n % 30)
+        await make_song(db, name=f"Before {n:02}", artist=f"Artist {n % 7}", year=1950 + n % 30)
     adding = asyncio.create_task(_add_songs(client, 40))
 
     seen = [song["id"] for song in await walk(client, "/songs?sort=artist,-year&limit=3")]

@@ -98,7 +98,7 @@ async def service(pgbouncer: URL, tmp_path: Path) -> AsyncIterator[tuple[httpx.A
     )
     app = create_app(settings)
     async with LifespanManager(app):
-        await empty_catalog(app.state.engine)
+        await empty_catalog(app.state.database.engine)
         key = await make_key(app, "write")
         async with client_for(app, key) as writer, client_for(app, None) as reader:
             yield writer, reader

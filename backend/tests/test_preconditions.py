@@ -5,8 +5,8 @@ import asyncio
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from tests.factories import make_song
 
 
@@ -23,14 +23,12 @@ async def test_a_song_carries_its_version_as_a_strong_etag(client: httpx.AsyncCl
     assert (await client.get(f"/songs/{song_id}")).headers["etag"] == '"2"'
 
 
-async def test_if_none_match_answers_304_while_the_song_is_unchanged(
-    client: httpx.AsyncClient, session: AsyncSession
-) -> None:
-    song = await make_song(session)
+async def test_if_none_match_answers_304_while_the_song_is_unchanged(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db)
 
-    unchanged = await client.get(f"/songs/{song.id}", headers={"If-None-Match": '"1"'})
-    await client.patch(f"/songs/{song.id}", json={"year": 1966})
-    changed = await client.get(f"/songs/{song.id}", headers={"If-None-Match": 'W/"1"'})
+    unchanged = await client.get(f"/songs/{song['id']}", headers={"If-None-Match": '"1"'})
+    await client.patch(f"/songs/{song['id']}", json={"year": 1966})
+    changed = await client.get(f"/songs/{song['id']}", headers={"If-None-Match": 'W/"1"'})
 
     assert unchanged.status_code == 304
     assert unchanged.headers["etag"] == '"1"'
@@ -41,43 +39,41 @@ async def test_if_none_match_answers_304_while_the_song_is_unchanged(
 
 @pytest.mark.parametrize("method", ["PATCH", "PUT", "DELETE"])
 async def test_a_stale_if_match_is_412_and_changes_nothing(
-    client: httpx.AsyncClient, session: AsyncSession, method: str
+    client: httpx.AsyncClient, db: Database, method: str
 ) -> None:
-    song = await make_song(session, name="Yesterday", year=1965)
-    await client.patch(f"/songs/{song.id}", json={"year": 1966})  # now at version 2
+    song = await make_song(db, name="Yesterday", year=1965)
+    await client.patch(f"/songs/{song['id']}", json={"year": 1966})  # now at version 2
     body = {"name": "Yesterday", "artist": "The Beatles", "year": 1967} if method != "DELETE" else None
 
-    response = await client.request(method, f"/songs/{song.id}", json=body, headers={"If-Match": '"1"'})
+    response = await client.request(method, f"/songs/{song['id']}", json=body, headers={"If-Match": '"1"'})
 
     assert response.status_code == 412
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "precondition-failed"
     assert response.headers["etag"] == '"2"'
-    assert (await client.get(f"/songs/{song.id}")).json()["year"] == 1966
+    assert (await client.get(f"/songs/{song['id']}")).json()["year"] == 1966
 
 
 @pytest.mark.parametrize("if_match", ['"1"', '"7", "1"', "*"])
 async def test_a_current_if_match_lets_the_write_through(
-    client: httpx.AsyncClient, session: AsyncSession, if_match: str
+    client: httpx.AsyncClient, db: Database, if_match: str
 ) -> None:
-    song = await make_song(session)
+    song = await make_song(db)
 
-    response = await client.patch(f"/songs/{song.id}", json={"year": 1970}, headers={"If-Match": if_match})
+    response = await client.patch(f"/songs/{song['id']}", json={"year": 1970}, headers={"If-Match": if_match})
 
     assert response.status_code == 200
     assert response.json()["year"] == 1970
 
 
 @pytest.mark.parametrize("if_match", ['W/"1"', "1", '"one"', '""', '"²"', '"99999999999999999999"'])
-async def test_a_weak_or_foreign_tag_never_matches(
-    client: httpx.AsyncClient, session: AsyncSession, if_match: str
-) -> None:
-    song = await make_song(session)
+async def test_a_weak_or_foreign_tag_never_matches(client: httpx.AsyncClient, db: Database, if_match: str) -> None:
+    song = await make_song(db)
 
-    response = await client.delete(f"/songs/{song.id}", headers={b"If-Match": if_match.encode("latin-1")})
+    response = await client.delete(f"/songs/{song['id']}", headers={b"If-Match": if_match.encode("latin-1")})
 
     assert response.status_code == 412
-    assert (await client.get(f"/songs/{song.id}")).status_code == 200
+    assert (await client.get(f"/songs/{song['id']}")).status_code == 200
 
 
 async def test_a_precondition_on_a_missing_song_is_404(client: httpx.AsyncClient) -> None:
@@ -86,46 +82,46 @@ async def test_a_precondition_on_a_missing_song_is_404(client: httpx.AsyncClient
     assert response.status_code == 404
 
 
-async def test_put_replaces_every_field(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session, name="Yesterday", artist="The Beatles", year=1965)
+async def test_put_replaces_every_field(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db, name="Yesterday", artist="The Beatles", year=1965)
 
-    response = await client.put(f"/songs/{song.id}", json={"name": "Yesterday (Remastered)", "artist": "The Beatles"})
+    response = await client.put(
+        f"/songs/{song['id']}", json={"name": "Yesterday (Remastered)", "artist": "The Beatles"}
+    )
 
     assert response.status_code == 200
     assert response.json()["name"] == "Yesterday (Remastered)"
     assert response.json()["year"] is None
     assert response.headers["etag"] == '"2"'
-    assert (await client.put(f"/songs/{song.id}", json={"name": "X"})).status_code == 422
+    assert (await client.put(f"/songs/{song['id']}", json={"name": "X"})).status_code == 422
 
 
 async def test_the_setting_can_require_if_match_on_writes(
-    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    app: FastAPI, client: httpx.AsyncClient, db: Database
 ) -> None:
-    song = await make_song(session)
+    song = await make_song(db)
     app.state.settings.require_if_match = True
 
-    refused = await client.patch(f"/songs/{song.id}", json={"year": 1970})
-    deleted = await client.delete(f"/songs/{song.id}", headers={"If-Match": '"1"'})
+    refused = await client.patch(f"/songs/{song['id']}", json={"year": 1970})
+    deleted = await client.delete(f"/songs/{song['id']}", headers={"If-Match": '"1"'})
 
     assert refused.status_code == 428
     assert refused.json()["code"] == "precondition-required"
     assert deleted.status_code == 204
 
 
-async def test_concurrent_editors_lose_no_update(
-    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
-) -> None:
+async def test_concurrent_editors_lose_no_update(app: FastAPI, client: httpx.AsyncClient, db: Database) -> None:
     app.state.settings.rate_limit_per_second = 0  # the retries on conflict are many
-    song = await make_song(session, year=1900)
+    song = await make_song(db, year=1900)
     editors, increments = 8, 5
 
     async def editor() -> int:
         conflicts = 0
         for _ in range(increments):
             while True:  # read, change, write if unchanged since; else read again
-                read = await client.get(f"/songs/{song.id}")
+                read = await client.get(f"/songs/{song['id']}")
                 written = await client.patch(
-                    f"/songs/{song.id}",
+                    f"/songs/{song['id']}",
                     json={"year": read.json()["year"] + 1},
                     headers={"If-Match": read.headers["etag"]},
                 )
@@ -137,18 +133,18 @@ async def test_concurrent_editors_lose_no_update(
 
     await asyncio.gather(*(editor() for _ in range(editors)))
 
-    final = await client.get(f"/songs/{song.id}")
+    final = await client.get(f"/songs/{song['id']}")
     assert final.json()["year"] == 1900 + editors * increments
     assert final.headers["etag"] == f'"{1 + editors * increments}"'
 
 
 async def test_concurrent_writes_to_one_version_let_exactly_one_through(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, db: Database
 ) -> None:
-    song = await make_song(session, year=1900)
+    song = await make_song(db, year=1900)
 
     responses = await asyncio.gather(
-        *(client.patch(f"/songs/{song.id}", json={"year": 1901 + i}, headers={"If-Match": '"1"'}) for i in range(10))
+        *(client.patch(f"/songs/{song['id']}", json={"year": 1901 + i}, headers={"If-Match": '"1"'}) for i in range(10))
     )
 
     assert sorted(response.status_code for response in responses) == [200] + [412] * 9

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
 from app.config import Settings
+from app.folding import song_key
 from app.main import create_app
-from app.models import TEXT_MAX, YEAR_MIN, SongCreate, song_key, utcnow
+from app.models import TEXT_MAX, YEAR_MIN, SongCreate, utcnow
 from tests.catalog import new_key
 
 # Text as people type it, and as programs mangle it: accents composed and not,

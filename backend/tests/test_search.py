@@ -4,8 +4,8 @@ import asyncio
 
 import httpx
 import pytest
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from tests.factories import make_song
 from tests.pages import next_link, walk
 
@@ -23,9 +23,9 @@ CATALOG = [
 
 
 @pytest.fixture(autouse=True)
-async def catalog(session: AsyncSession) -> None:
+async def catalog(db: Database) -> None:
     for name, artist, year in CATALOG:
-        await make_song(session, name=name, artist=artist, year=year)
+        await make_song(db, name=name, artist=artist, year=year)
 
 
 async def search(client: httpx.AsyncClient, query: str) -> list[tuple[str, str]]:

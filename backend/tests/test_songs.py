@@ -4,9 +4,10 @@ from datetime import UTC, datetime
 
 import httpx
 from pydantic import TypeAdapter
+from sqlalchemy import update
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import Database
 from app.models import Song, SongPublic
 from tests.factories import make_song
 from tests.pages import next_link
@@ -45,20 +46,20 @@ async def test_year_is_optional(client: httpx.AsyncClient) -> None:
 
 
 async def test_the_same_song_ignoring_case_and_spaces_is_a_409_naming_the_existing_id(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, db: Database
 ) -> None:
-    existing = await make_song(session, name="Crazy in Love", artist="Beyoncé")
+    existing = await make_song(db, name="Crazy in Love", artist="Beyoncé")
 
     response = await client.post("/songs", json={"name": " CRAZY IN LOVE", "artist": "BEYONCÉ "})
 
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "duplicate-song"
-    assert response.json()["existing_id"] == existing.id
+    assert response.json()["existing_id"] == existing["id"]
 
 
-async def test_same_name_by_another_artist_is_another_song(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    await make_song(session, name="Yesterday", artist="The Beatles")
+async def test_same_name_by_another_artist_is_another_song(client: httpx.AsyncClient, db: Database) -> None:
+    await make_song(db, name="Yesterday", artist="The Beatles")
 
     response = await client.post("/songs", json={"name": "Yesterday", "artist": "Leona Lewis"})
 
@@ -73,8 +74,8 @@ async def test_get_an_unknown_id_is_a_404_problem(client: httpx.AsyncClient) -> 
     assert "4242" in response.json()["detail"]
 
 
-async def test_list_is_a_json_array_in_id_order(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    ids = [(await make_song(session, name=f"Song {n}")).id for n in range(3)]
+async def test_list_is_a_json_array_in_id_order(client: httpx.AsyncClient, db: Database) -> None:
+    ids = [(await make_song(db, name=f"Song {n}"))["id"] for n in range(3)]
 
     response = await client.get("/songs")
 
@@ -83,8 +84,8 @@ async def test_list_is_a_json_array_in_id_order(client: httpx.AsyncClient, sessi
     assert next_link(response) is None
 
 
-async def test_pages_visit_every_song_exactly_once(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    ids = [(await make_song(session, name=f"Song {n}")).id for n in range(7)]
+async def test_pages_visit_every_song_exactly_once(client: httpx.AsyncClient, db: Database) -> None:
+    ids = [(await make_song(db, name=f"Song {n}"))["id"] for n in range(7)]
     seen: list[int] = []
     url: str | None = "/songs?limit=3"
     pages = 0
@@ -100,20 +101,20 @@ async def test_pages_visit_every_song_exactly_once(client: httpx.AsyncClient, se
     assert pages == 3
 
 
-async def test_page_walk_sees_songs_added_after_it_started(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    first = [(await make_song(session, name=f"Song {n}")).id for n in range(2)]
+async def test_page_walk_sees_songs_added_after_it_started(client: httpx.AsyncClient, db: Database) -> None:
+    first = [(await make_song(db, name=f"Song {n}"))["id"] for n in range(2)]
     response = await client.get("/songs?limit=2")
-    added = await make_song(session, name="Added later")
+    added = await make_song(db, name="Added later")
 
     next_page = await client.get(next_link(response) or "")
 
     assert [song["id"] for song in response.json()] == first
-    assert [song["id"] for song in next_page.json()] == [added.id]
+    assert [song["id"] for song in next_page.json()] == [added["id"]]
 
 
-async def test_limit_defaults_to_50(client: httpx.AsyncClient, session: AsyncSession) -> None:
+async def test_limit_defaults_to_50(client: httpx.AsyncClient, db: Database) -> None:
     for n in range(51):
-        await make_song(session, name=f"Song {n}")
+        await make_song(db, name=f"Song {n}")
 
     response = await client.get("/songs")
 
@@ -121,46 +122,46 @@ async def test_limit_defaults_to_50(client: httpx.AsyncClient, session: AsyncSes
     assert next_link(response) is not None
 
 
-async def test_patch_changes_only_the_fields_given(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session, name="Yesterday", artist="The Beatles", year=1965)
+async def test_patch_changes_only_the_fields_given(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db, name="Yesterday", artist="The Beatles", year=1965)
 
-    response = await client.patch(f"/songs/{song.id}", json={"year": 1966})
+    response = await client.patch(f"/songs/{song['id']}", json={"year": 1966})
 
     assert response.status_code == 200
     body = response.json()
     assert (body["name"], body["artist"], body["year"]) == ("Yesterday", "The Beatles", 1966)
-    assert body["created_at"] == (await client.get(f"/songs/{song.id}")).json()["created_at"]
+    assert body["created_at"] == (await client.get(f"/songs/{song['id']}")).json()["created_at"]
     assert datetime.fromisoformat(body["updated_at"]) > datetime.fromisoformat(body["created_at"])
 
 
-async def test_patch_with_null_year_clears_it(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session, year=1965)
+async def test_patch_with_null_year_clears_it(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db, year=1965)
 
-    response = await client.patch(f"/songs/{song.id}", json={"year": None})
+    response = await client.patch(f"/songs/{song['id']}", json={"year": None})
 
     assert response.json()["year"] is None
-    assert (await client.get(f"/songs/{song.id}")).json()["year"] is None
+    assert (await client.get(f"/songs/{song['id']}")).json()["year"] is None
 
 
-async def test_patch_that_makes_a_duplicate_is_a_409(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    existing = await make_song(session, name="Help!", artist="The Beatles")
-    song = await make_song(session, name="Help", artist="The Beatles")
+async def test_patch_that_makes_a_duplicate_is_a_409(client: httpx.AsyncClient, db: Database) -> None:
+    existing = await make_song(db, name="Help!", artist="The Beatles")
+    song = await make_song(db, name="Help", artist="The Beatles")
 
-    response = await client.patch(f"/songs/{song.id}", json={"name": "HELP!"})
+    response = await client.patch(f"/songs/{song['id']}", json={"name": "HELP!"})
 
     assert response.status_code == 409
-    assert response.json()["existing_id"] == existing.id
-    assert (await client.get(f"/songs/{song.id}")).json()["name"] == "Help"
+    assert response.json()["existing_id"] == existing["id"]
+    assert (await client.get(f"/songs/{song['id']}")).json()["name"] == "Help"
 
 
-async def test_patch_renaming_a_song_keeps_its_uniqueness_key(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session, name="Yesterdy", artist="The Beatles")
-    await client.patch(f"/songs/{song.id}", json={"name": "Yesterday"})
+async def test_patch_renaming_a_song_keeps_its_uniqueness_key(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db, name="Yesterdy", artist="The Beatles")
+    await client.patch(f"/songs/{song['id']}", json={"name": "Yesterday"})
 
     response = await client.post("/songs", json={"name": "yesterday", "artist": "the beatles"})
 
     assert response.status_code == 409
-    assert response.json()["existing_id"] == song.id
+    assert response.json()["existing_id"] == song["id"]
 
 
 async def test_patch_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
@@ -169,15 +170,15 @@ async def test_patch_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
     assert response.status_code == 404
 
 
-async def test_delete_answers_204_and_the_song_is_gone(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session)
+async def test_delete_answers_204_and_the_song_is_gone(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db)
 
-    response = await client.delete(f"/songs/{song.id}")
+    response = await client.delete(f"/songs/{song['id']}")
 
     assert response.status_code == 204
     assert response.content == b""
     assert "content-type" not in response.headers
-    assert (await client.get(f"/songs/{song.id}")).status_code == 404
+    assert (await client.get(f"/songs/{song['id']}")).status_code == 404
 
 
 async def test_delete_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
@@ -186,31 +187,33 @@ async def test_delete_an_unknown_id_is_a_404(client: httpx.AsyncClient) -> None:
     assert response.status_code == 404
 
 
-async def test_ids_of_deleted_songs_are_not_reused(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    song = await make_song(session)
-    await client.delete(f"/songs/{song.id}")
+async def test_ids_of_deleted_songs_are_not_reused(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db)
+    await client.delete(f"/songs/{song['id']}")
 
     response = await client.post("/songs", json={"name": "Something", "artist": "The Beatles"})
 
-    assert song.id is not None
-    assert response.json()["id"] > song.id
+    assert song["id"] is not None
+    assert response.json()["id"] > song["id"]
 
 
 async def test_songs_are_written_byte_for_byte_as_pydantic_writes_song_public(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, db: Database
 ) -> None:
     # The hot routes write the database's rows with orjson, unvalidated: as the response model would.
     created = await client.post("/songs", json={"name": "Ça plane pour moi", "artist": "Plastic Bertrand"})
-    whole_second = await make_song(session, name="Zero", artist="Microseconds", year=None)
-    whole_second.created_at = whole_second.updated_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    await session.commit()
+    whole_second = await make_song(db, name="Zero", artist="Microseconds", year=None)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    async with db.transaction(write=True) as transaction:
+        changed = update(Song).where(col(Song.id) == whole_second["id"]).values(created_at=stamp, updated_at=stamp)
+        await transaction.fetch(changed)
 
-    for song_id in (created.json()["id"], whole_second.id):
-        song = await session.get(Song, song_id, populate_existing=True)
+    async with db.transaction() as transaction:
+        songs = (await transaction.session.exec(select(Song).order_by(col(Song.id)))).all()
+    for song in songs:
         expected = SongPublic.model_validate(song, from_attributes=True).model_dump_json().encode()
-        assert (await client.get(f"/songs/{song_id}")).content == expected
+        assert (await client.get(f"/songs/{song.id}")).content == expected
     listed = await client.get("/songs", params={"sort": "id"})
-    songs = (await session.exec(select(Song).order_by(col(Song.id)))).all()
     assert listed.content == TypeAdapter(list[SongPublic]).dump_json(
         [SongPublic.model_validate(song, from_attributes=True) for song in songs]
     )

@@ -6,9 +6,10 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app import songs
 from app.auth import require
-from app.db import SessionDep
-from app.errors import problem_responses
+from app.config import SettingsDep
+from app.db import DatabaseDep
 from app.models import ArtistPublic, ArtistQuery
+from app.openapi import problem_responses
 from app.routes.links import check_page_size, set_next_link
 
 router = APIRouter(
@@ -28,10 +29,14 @@ router = APIRouter(
     },
 )
 async def list_artists(
-    request: Request, response: Response, session: SessionDep, query: Annotated[ArtistQuery, Query()]
+    request: Request,
+    response: Response,
+    query: Annotated[ArtistQuery, Query()],
+    db: DatabaseDep,
+    settings: SettingsDep,
 ) -> list[ArtistPublic]:
     """Lists the artists, by name or by number of songs."""
-    check_page_size(request, query.limit)
-    page = await songs.list_artists(session=session, query=query)
+    check_page_size(query.limit, settings.max_page_size)
+    page = await songs.list_artists(db=db, query=query)
     set_next_link(request, response, page.next_cursor)
     return page.items

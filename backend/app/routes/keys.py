@@ -6,9 +6,9 @@ from fastapi import APIRouter, Path, status
 
 from app import keys
 from app.auth import require
-from app.db import SessionDep
-from app.errors import problem_responses
+from app.db import DatabaseDep
 from app.models import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from app.openapi import problem_responses
 
 KeyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The key's id.")]
 
@@ -18,18 +18,18 @@ router = APIRouter(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(400, 409, 413, 415, 422))
-async def create_key(key_in: ApiKeyCreate, session: SessionDep) -> ApiKeyCreated:
+async def create_key(key_in: ApiKeyCreate, db: DatabaseDep) -> ApiKeyCreated:
     """Makes a key. Its secret (`key`) is in this answer only: keep it."""
-    return await keys.create_key(session=session, key_in=key_in)
+    return await keys.create_key(db=db, key_in=key_in)
 
 
 @router.get("")
-async def list_keys(session: SessionDep) -> list[ApiKeyPublic]:
+async def list_keys(db: DatabaseDep) -> list[ApiKeyPublic]:
     """Every key, revoked ones included; never their secrets."""
-    return await keys.list_keys(session=session)
+    return await keys.list_keys(db=db)
 
 
 @router.delete("/{key_id}", responses=problem_responses(404, 422))
-async def revoke_key(key_id: KeyId, session: SessionDep) -> ApiKeyPublic:
+async def revoke_key(key_id: KeyId, db: DatabaseDep, keyring: keys.KeyringDep) -> ApiKeyPublic:
     """Revokes a key: it is refused from now on."""
-    return await keys.revoke_key(session=session, key_id=key_id)
+    return await keys.revoke_key(db=db, key_id=key_id, keyring=keyring)

@@ -7,9 +7,8 @@ from fastapi import Request, Response
 from app.errors import InvalidParameter
 
 
-def check_page_size(request: Request, limit: int) -> None:
+def check_page_size(limit: int, largest: int) -> None:
     """Refuses a page larger than the service's limit (the `max_page_size` setting)."""
-    largest = request.app.state.settings.max_page_size
     if limit > largest:
         raise InvalidParameter("query", "limit", f"must be at most {largest}, this service's largest page")
 
@@ -24,6 +23,9 @@ def preferred_count(request: Request) -> Literal["exact", "estimated"] | None:
     """The count asked for in the request's `Prefer` header (RFC 7240), if any."""
     for preference in request.headers.get("prefer", "").split(","):
         name, _, value = preference.strip().partition("=")
-        if name.strip().lower() == "count" and value.strip().strip('"') in ("exact", "estimated"):
-            return value.strip().strip('"')  # type: ignore[return-value]
+        value = value.strip().strip('"')
+        if name.strip().lower() == "count" and value == "exact":
+            return "exact"
+        if name.strip().lower() == "count" and value == "estimated":
+            return "estimated"
     return None

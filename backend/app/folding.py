@@ -1,0 +1,47 @@
+"""How names and artists are compared and searched: the keys of sameness and the folded search texts."""
+
+import re
+import unicodedata
+from typing import Any
+
+
+def song_key(text: str) -> str:
+    """How names and artists compare for sameness: trimmed, NFC-normalised and case-folded."""
+    return unicodedata.normalize("NFC", text.strip()).casefold()
+
+
+_ASCII_PUNCTUATION = re.compile(r"[^a-z0-9]+")
+
+
+class _FoldTable(dict[int, str | None]):
+    """For str.translate: drops combining marks, makes other non-alphanumerics spaces; learns as it goes."""
+
+    def __missing__(self, code: int) -> str | None:
+        char = chr(code)
+        folded = None if unicodedata.combining(char) else char if char.isalnum() else " "
+        if len(self) < 100_000:  # bounded: hostile text cannot grow it without end
+            self[code] = folded
+        return folded
+
+
+_FOLD = _FoldTable()
+
+
+def search_fold(text: str) -> str:
+    """How search sees text: case-folded, accents dropped, punctuation as spaces ("Beyoncé" -> "beyonce")."""
+    if text.isascii():
+        # The same result, several times faster: bulk imports fold millions of names.
+        return " ".join(_ASCII_PUNCTUATION.sub(" ", text.lower()).split())
+    # Compatibility forms first (mathematical bold H is H), then case, then decomposed again for the accents.
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    return " ".join(decomposed.translate(_FOLD).split())
+
+
+def derived_columns(values: dict[str, Any]) -> dict[str, str]:
+    """The comparison keys and search texts of the name and artist that `values` sets."""
+    derived = {}
+    for field in ("name", "artist"):
+        if field in values:
+            derived[f"{field}_key"] = song_key(values[field])
+            derived[f"{field}_search"] = search_fold(values[field])
+    return derived

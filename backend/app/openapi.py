@@ -1,0 +1,129 @@
+"""The OpenAPI description: what FastAPI derives, and what it cannot, added in one place.
+
+Routes document their error answers with `problem_responses` and the request
+headers they read with `reads_headers`; `describe` adds the `Problem` schema
+those refer to and marks the key optional on public reads.
+"""
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, problem_body
+
+# The request headers the routes heed. Each is read where it is used (`preconditions`,
+# `idempotency`, `links`) and documented here, not declared as a parameter: FastAPI
+# parses every declared header on every request (about 25 µs of a GET, backend/README.md, "Speed").
+REQUEST_HEADERS = {
+    "Prefer": "`count=exact` or `count=estimated` to be told the total in `X-Total-Count`.",
+    "If-None-Match": "An ETag read before: 304 if it is still so.",
+    "If-Match": 'The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.',
+    "Idempotency-Key": "Any unique string (a UUID): a retry with the same key and request gets the first answer "
+    "again, with `Idempotent-Replayed: true`, and writes nothing more. Kept 24 hours, per API key.",
+}
+
+
+def reads_headers(*names: str) -> dict[str, Any]:
+    """The `openapi_extra` of a route that reads the request headers `names`."""
+    return {
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": REQUEST_HEADERS[name],
+                "schema": {"type": "string"},
+            }
+            for name in names
+        ]
+    }
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {
+        status: {
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": _EXAMPLES[status],
+                }
+            },
+            "description": HTTPStatus(status).phrase,
+        }
+        for status in statuses
+    }
+
+
+_EXAMPLES = {
+    400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
+    401: problem_body(401, "unauthorized", "This needs an API key with the write scope: Authorization: Bearer <key>."),
+    403: problem_body(403, "forbidden", "The key 'reader' has the read scope; this needs write."),
+    404: problem_body(404, "not-found", "No song has id 42."),
+    409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
+    412: problem_body(
+        412, "precondition-failed", 'Song 7 has changed since: its ETag is now "3". Read it again, then retry.'
+    ),
+    413: problem_body(413, "payload-too-large", "The request body is larger than 1048576 bytes."),
+    415: problem_body(
+        415, "unsupported-media-type", "Send the request body as JSON, with Content-Type: application/json."
+    ),
+    422: problem_body(
+        422,
+        "validation-failed",
+        "Invalid request: name: String should have at least 1 character.",
+        errors=[
+            {
+                "location": "body",
+                "field": "name",
+                "message": "String should have at least 1 character",
+                "type": "string_too_short",
+            }
+        ],
+    ),
+    428: problem_body(
+        428, "precondition-required", "Send If-Match with the ETag of the song as you read it (GET /songs/{id})."
+    ),
+    500: problem_body(500, "internal-error", "The service failed to answer this request."),
+    503: problem_body(503, "database-unavailable", "The database is not answering; try again shortly."),
+}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Puts the `Problem` schema, which every error response refers to, in the OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}), Problem=problem)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def describe(app: FastAPI, *, require_read_key: bool) -> None:
+    """Makes `app.openapi()` add what FastAPI cannot derive: the `Problem` schema, and public reads."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            described = generate()
+            schemas = described.setdefault("components", {}).setdefault("schemas", {})
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}), Problem=problem)
+            if not require_read_key:
+                _mark_reads_public(described)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _mark_reads_public(described: dict[str, Any]) -> None:
+    """The key is optional on the reads: none, or a key (whose scope is then checked)."""
+    for path, operations in described.get("paths", {}).items():
+        read = operations.get("get")
+        if read and "security" in read and not path.startswith("/keys"):
+            read["security"] = [{}, *read["security"]]
