@@ -12,12 +12,13 @@ run: $(UV)
 	cd backend && $(UV) run --locked --no-dev songbook migrate
 	cd backend && $(UV) run --locked --no-dev songbook serve
 
-# A write key for the local service (make key SCOPE=admin NAME=... for others); printed once.
+# A write key for the local service (make key SCOPE=admin NAME=... for others); printed once,
+# as KEY=sb_...: pasted into a shell, it sets $KEY for the README's examples.
 SCOPE ?= write
 NAME ?= $(SCOPE)-$(shell date +%Y%m%d-%H%M%S)
 key: $(UV)
 	cd backend && $(UV) run --locked --no-dev songbook migrate >/dev/null
-	cd backend && $(UV) run --locked --no-dev songbook keys create --name "$(NAME)" --scope "$(SCOPE)"
+	@key=$$(cd backend && $(UV) run --locked --no-dev songbook keys create --name "$(NAME)" --scope "$(SCOPE)") && echo "KEY=$$key"
 
 test: lint typecheck pytest
 

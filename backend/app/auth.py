@@ -83,7 +83,5 @@ def require(scope: Scope) -> Any:
     return Depends(KeyRequired(scope))
 
 
-# The caller of a route, once its key is checked: None where no key is needed and none was sent.
-ReaderDep = Annotated[Caller | None, require("read")]
+# The caller of a write, once its key is checked: None where no key is needed and none was sent.
 WriterDep = Annotated[Caller | None, require("write")]
-AdminDep = Annotated[Caller | None, require("admin")]

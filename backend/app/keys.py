@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -118,12 +118,12 @@ _CHECK_KEY = sa.select(
 _RECORD_USE = update(ApiKey).where(col(ApiKey.id) == bindparam("key_id")).values(last_used_at=bindparam("now"))
 
 
-@dataclass
 class Keyring:
     """The keys one process believes valid, and when it last recorded their use; made by the lifespan."""
 
-    _known: dict[str, tuple[float, str, Caller]] = field(default_factory=dict)  # prefix: (until, hash, caller)
-    _last_recorded: dict[str, float] = field(default_factory=dict)  # by prefix: random, never reused
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float, str, Caller]] = {}  # by prefix: (believed until, hash, caller)
+        self._last_recorded: dict[str, float] = {}  # by prefix: random, never reused
 
     async def check(self, *, db: Database, key: str) -> Caller | None:
         """The caller a key stands for; None if it is not a key of ours, or revoked."""
