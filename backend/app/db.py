@@ -242,8 +242,9 @@ class _Binding:
 
     async def connection(self) -> asyncpg.Connection:
         if self._connection is None:
-            self._held = self.database._connection()
-            self._connection = await self._held.__aenter__()
+            held = self.database._connection()
+            self._connection = await held.__aenter__()
+            self._held = held  # only once taken: a wait cut short leaves nothing to give back
         return self._connection
 
     async def release(self) -> None:
