@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
+from app.config import get_settings
 from app.db import Database
 from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, InvalidParameter, error_response
 from app.keys import Caller
@@ -53,7 +54,6 @@ async def run_once(
     caller: Caller | None,
     payload: Any,
     write: Callable[[], Awaitable[Response]],
-    ttl_seconds: int,
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
@@ -71,6 +71,7 @@ async def run_once(
     claim: dict[str, Any] | None = None
     try:
         async with db.bound():
+            ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
             claimed_at, record = await _claim(db, this, fingerprint, ttl_seconds)
             if record is not None:
                 return _replay(record, fingerprint)

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app import songs
 from app.auth import require
-from app.config import SettingsDep
 from app.db import DatabaseDep
 from app.models import ArtistPublic, ArtistQuery
 from app.openapi import problem_responses
@@ -33,10 +32,9 @@ async def list_artists(
     response: Response,
     query: Annotated[ArtistQuery, Query()],
     db: DatabaseDep,
-    settings: SettingsDep,
 ) -> list[ArtistPublic]:
     """Lists the artists, by name or by number of songs."""
-    check_page_size(query.limit, settings.max_page_size)
+    await check_page_size(request, query.limit)
     page = await songs.list_artists(db=db, query=query)
     set_next_link(request, response, page.next_cursor)
     return page.items

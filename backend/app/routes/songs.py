@@ -58,9 +58,7 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.
     },
     openapi_extra=reads_headers("Prefer"),
 )
-async def list_songs(
-    request: Request, query: Annotated[SongQuery, Query()], db: DatabaseDep, settings: SettingsDep
-) -> Response:
+async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db: DatabaseDep) -> Response:
     """Lists, filters, sorts and searches the songs, a page at a time.
 
     With `Accept: text/csv` or `application/x-ndjson`, streams every matching
@@ -69,7 +67,7 @@ async def list_songs(
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
         return await _export(request, db, query, export)
-    check_page_size(query.limit, settings.max_page_size)
+    await check_page_size(request, query.limit)
     count = preferred_count(request)
     page = await songs.list_songs(db=db, query=query, count=count)
     response = songs_response(page.items)
@@ -96,23 +94,14 @@ async def list_songs(
     },
     openapi_extra=reads_headers("Idempotency-Key"),
 )
-async def create_song(
-    song_in: SongCreate, request: Request, caller: WriterDep, db: DatabaseDep, settings: SettingsDep
-) -> Response:
+async def create_song(song_in: SongCreate, request: Request, caller: WriterDep, db: DatabaseDep) -> Response:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
 
     async def create() -> Response:
         song = await songs.create_song(db=db, song_in=song_in)
         return song_response(song, status_code=status.HTTP_201_CREATED, headers={"Location": f"/songs/{song['id']}"})
 
-    return await idempotency.run_once(
-        request,
-        db=db,
-        caller=caller,
-        payload=song_in.model_dump(),
-        write=create,
-        ttl_seconds=settings.idempotency_ttl_seconds,
-    )
+    return await idempotency.run_once(request, db=db, caller=caller, payload=song_in.model_dump(), write=create)
 
 
 @router.post(
@@ -151,14 +140,8 @@ async def create_songs(
         result = await songs.create_songs(db=db, songs_in=songs_in, on_conflict=on_conflict)
         return Response(result.model_dump_json(), media_type="application/json")
 
-    return await idempotency.run_once(
-        request,
-        db=db,
-        caller=caller,
-        payload=[song.model_dump() for song in songs_in],
-        write=create,
-        ttl_seconds=settings.idempotency_ttl_seconds,
-    )
+    payload = [song.model_dump() for song in songs_in]
+    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create)
 
 
 @router.get(
