@@ -119,7 +119,8 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, write: bool = False) -> AsyncIterator["Transaction"]:
-        """A unit of work on a session: committed when the block ends, rolled back if it raises.
+        """A unit of work on a session: one that `write`s is committed when the block ends; any is
+        rolled back if it raises (and a read, which has nothing to commit, when it ends).
 
         One that `write`s begins with `BEGIN IMMEDIATE` on SQLite (see `WRITE_OPTIONS`).
         """
@@ -130,7 +131,8 @@ class Database:
             if write:
                 await session.connection(execution_options=WRITE_OPTIONS)
             yield Transaction(session)
-            await session.commit()
+            if write:
+                await session.commit()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
