@@ -90,20 +90,6 @@ _EXAMPLES = {
 }
 
 
-def document_problems(app: FastAPI) -> None:
-    """Puts the `Problem` schema, which every error response refers to, in the OpenAPI components."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(problem.pop("$defs", {}), Problem=problem)
-        return app.openapi_schema or generate()
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def describe(app: FastAPI, *, require_read_key: bool) -> None:
     """Makes `app.openapi()` add what FastAPI cannot derive: the `Problem` schema, and public reads."""
     generate = app.openapi
