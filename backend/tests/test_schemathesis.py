@@ -61,9 +61,10 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
             suppress_health_check=list(HealthCheck),
         )
         def check(case: Case) -> None:  # type: ignore[type-arg]
-            case.call_and_validate(
-                headers={"Authorization": f"Bearer {key}"}, excluded_checks=[positive_data_acceptance]
-            )
+            # The generated key is swapped for a real one; a case left without one on purpose
+            # (an invalid request: the header is required) stays without.
+            sent = {"Authorization": f"Bearer {key}"} if "Authorization" in (case.headers or {}) else {}
+            case.call_and_validate(headers=sent, excluded_checks=[positive_data_acceptance])
 
         try:
             check()
