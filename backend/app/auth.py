@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from app import keys, ratelimit
+from app import keys, logs, ratelimit
 from app.config import Settings, get_settings
 from app.db import get_database
 from app.errors import Forbidden, Unauthorized
@@ -74,6 +74,9 @@ async def caller(request: Request, settings: Settings) -> Caller | None:
             "This key is not valid: unknown, mistyped or revoked.",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
+    context = logs.current_request.get()
+    if context is not None:  # the request's log records name its key: its id and name, never the key
+        context.api_key_id, context.api_key_name = found.key_id, found.name
     await ratelimit.limit(buckets, f"key:{found.prefix}", settings.rate_limit_per_second, settings.rate_limit_burst)
     return found
 

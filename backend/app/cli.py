@@ -1,8 +1,10 @@
 """The `songbook` command: serve the API and migrate its database."""
 
 import asyncio
+import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import closing, contextmanager
@@ -14,7 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 
-from app import db, keys, schema, songs
+from app import db, keys, logs, metrics, schema, songs
 from app import seed as seeding
 from app.config import Settings, load_settings
 from app.db import Database
@@ -68,18 +70,40 @@ def serve(
             "songbook: each of the workers keeps rate limits of its own; set SONGBOOK_REDIS_URL for limits they share",
             err=True,
         )
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=None if reload else workers,
-        reload=reload,
-        reload_dirs=[str(APP_DIR)] if reload else None,
-        log_level=settings.log_level,
-        # Behind a proxy, the client's address (for the rate limits) is in X-Forwarded-For.
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
+    with _metrics_shared(settings.metrics and workers > 1 and not reload):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=None if reload else workers,
+            reload=reload,
+            reload_dirs=[str(APP_DIR)] if reload else None,
+            log_level=settings.log_level,
+            # Every record in songbook's format; its own access log replaces uvicorn's.
+            log_config=logs.logging_config(settings.log_level, settings.log_format),
+            access_log=False,
+            # Behind a proxy, the client's address (for the rate limits) is in X-Forwarded-For.
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+        )
+
+
+@contextmanager
+def _metrics_shared(shared: bool) -> Iterator[None]:
+    """With several workers, their metrics are kept in files that every scrape adds up.
+
+    In PROMETHEUS_MULTIPROC_DIR if it is set (emptied first: values of an earlier run would
+    be added to this one's), else in a folder of its own, removed at exit.
+    """
+    if not shared:
+        yield
+        return
+    given = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
+    with contextlib.ExitStack() as stack:
+        folder = given or stack.enter_context(tempfile.TemporaryDirectory(prefix="songbook-metrics-"))
+        metrics.prepare_multiprocess_dir(folder)
+        os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = folder  # read by each worker as it starts
+        yield
 
 
 @migrate_cli.callback(invoke_without_command=True)

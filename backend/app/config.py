@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.errors import SettingsError
+from app.logs import LogFormat
 from app.models import BATCH_SIZE_CEILING, PAGE_SIZE_CEILING
 
 ENV_PREFIX = "SONGBOOK_"
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
     sql_echo: bool = False
     log_level: LogLevel = "info"
+    # JSON lines for machines (the container image's default), readable lines on a terminal.
+    log_format: LogFormat = "console"
+    access_log: bool = True
+    # GET /metrics, in the Prometheus text format.
+    metrics: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from uuid import uuid4
 
 import asyncpg
@@ -28,11 +28,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import Executable, Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
+from app.metrics import PoolUsage
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -65,7 +67,7 @@ class Database:
         # just arrived take a connection given back before one already waiting wakes up:
         # under load some requests waited again and again (p99 of GET /songs/{id} 37-51 ms
         # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
-        self._turns = asyncio.Semaphore(pool.get_max_size() if pool is not None else 1)
+        self._turns = _Turns(pool.get_max_size() if pool is not None else 1)
         self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
 
     @property
@@ -203,10 +205,39 @@ class Database:
             async with self.engine.begin() as connection:
                 await connection.exec_driver_sql("ANALYZE")
 
+    def usage(self) -> list[PoolUsage]:
+        """Each pool's connections, used and idle, and the requests waiting for one, as they are now."""
+        pools = []
+        if self.pool is not None:
+            idle = self.pool.get_idle_size()
+            used = self.pool.get_size() - idle
+            pools.append(PoolUsage("hot", used, idle, self.pool.get_max_size(), self._turns.waiting))
+        sessions = self.engine.pool
+        if isinstance(sessions, QueuePool):
+            # SQLAlchemy's pool does not tell how many wait for it.
+            most = sessions.size() + max(sessions._max_overflow, 0)
+            pools.append(PoolUsage("session", sessions.checkedout(), sessions.checkedin(), most, None))
+        return pools
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
         await self.engine.dispose()
+
+
+class _Turns(asyncio.Semaphore):
+    """A semaphore that counts who waits for it."""
+
+    waiting = 0
+
+    async def acquire(self) -> Literal[True]:
+        if not self.locked():
+            return await super().acquire()
+        self.waiting += 1
+        try:
+            return await super().acquire()
+        finally:
+            self.waiting -= 1
 
 
 @dataclass(frozen=True)

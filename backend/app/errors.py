@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from app import logs, metrics
 from app.headers import API_POLICY, SECURITY_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class Problem(BaseModel):
     duplicates: list[BatchDuplicate] | None = Field(
         default=None,
         description="For a batch refused under `on_conflict=error`: each item naming a song already there.",
+    )
+    request_id: str = Field(
+        description="The request's id, as in its X-Request-ID header: the service's logs of it carry the same.",
+        examples=["9f1c2e4b7a0d4c3e8b6a5f4e3d2c1b0a"],
     )
 
 
@@ -200,8 +205,8 @@ def problem_response(
 
 
 def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
-    """The RFC 9457 members, then the extensions (`errors`, `existing_id`)."""
-    return {
+    """The RFC 9457 members, then the extensions (`errors`, `existing_id`) and the request's id."""
+    body = {
         "type": f"urn:songbook:problem:{code}",
         "title": HTTPStatus(status).phrase,
         "status": status,
@@ -209,6 +214,10 @@ def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict
         "code": code,
         **extensions,
     }
+    request_id = logs.request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
@@ -221,6 +230,8 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 def error_response(exc: AppError) -> JSONResponse:
     """The problem-details response of an `AppError`."""
+    if exc.status_code == 503:
+        metrics.unavailable.labels(exc.code).inc()
     return problem_response(exc.status_code, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
 
 
@@ -283,6 +294,7 @@ def _field_error(error: Any) -> FieldError:
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", type(exc).__name__)
+    metrics.database_errors.labels(type(exc).__name__).inc()
     return error_response(DatabaseUnavailable("The database is not answering; try again shortly."))
 
 
@@ -304,6 +316,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         transient = isinstance(exc, asyncpg.PostgresConnectionError) or type(exc) is asyncpg.InterfaceError
         orig = exc
     sqlstate = str(getattr(orig, "sqlstate", "") or "")
+    metrics.database_errors.labels(type(orig).__name__).inc()
     if transient or sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08"):
         logger.warning("database unavailable: %s", type(orig).__name__)
         return error_response(DatabaseUnavailable("The database took too long to answer; try again shortly."))
@@ -318,8 +331,12 @@ def _failed(request: Request) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     response = _failed(request)
-    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the security headers are added here.
+    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the security headers,
+    # and the request's id, are added here.
     response.headers.update({name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, API_POLICY)})
+    request_id = logs.request_id()
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
     return response
 
 

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,11 +26,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
+from app import metrics
 from app.config import get_settings
 from app.db import Database
 from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, InvalidParameter, error_response
 from app.keys import Caller
 from app.models import IdempotencyRecord, utcnow
+
+logger = logging.getLogger(__name__)
 
 HEADER = "idempotency-key"
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the draft standard suggests
@@ -98,7 +102,11 @@ def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
             "This Idempotency-Key was used for another request; use a new key for a new request."
         )
     if record["status"] is None:
+        metrics.idempotency_conflicts.inc()
+        logger.info("idempotency key in use")
         raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being answered; retry shortly.")
+    metrics.idempotent_replays.inc()
+    logger.info("idempotent replay")
     headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
     return Response(record["response_body"], status_code=record["status"], headers=headers)
 
@@ -197,4 +205,6 @@ async def _claim(
         if records:
             return now, records[0]
         # Freed between our claim and our read (its request failed): claim it again.
+    metrics.idempotency_conflicts.inc()
+    logger.info("idempotency key in use")
     raise IdempotencyKeyInUse("A request with this Idempotency-Key is being retried at the same time; retry shortly.")

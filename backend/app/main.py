@@ -1,43 +1,62 @@
 """The application: lifespan, routers, error handlers and middleware, nothing else."""
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from app import db, keys, openapi, ratelimit
+from app import db, keys, logs, metrics, openapi, ratelimit
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
 from app.limits import BodySizeLimit
 from app.routes import artists, health, songs
 from app.routes import keys as key_routes
+from app.telemetry import RequestTelemetry
+
+VERSION = version("songbook")
+DOCS_ASSETS = "/docs/assets"
+POOL_SAMPLE_SECONDS = 1.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Builds the service for `settings` (read from the environment when not given)."""
     settings = settings or load_settings()
+    logs.configure(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # What the dependencies hand out (`DatabaseDep`, `SettingsDep`, ...): made here, once.
-        app.state.database = await db.open_database(settings)
+        app.state.database = database = await db.open_database(settings)
         app.state.buckets = ratelimit.buckets(settings.redis_url)
         app.state.keyring = keys.Keyring()
+        metrics.build_info.labels(VERSION, database.dialect).set(1)
+        sampling = asyncio.create_task(_sample_pools(database)) if metrics.multiprocess_dir() else None
         # What start-up made lives as long as the process: kept out of the garbage
         # collector's sight, a full collection no longer walks it on a request's time.
         gc.freeze()
         try:
             yield
         finally:
+            if sampling is not None:
+                sampling.cancel()
+                await asyncio.gather(sampling, return_exceptions=True)
+            metrics.forget_process()
             await app.state.buckets.close()
-            await app.state.database.close()
+            await database.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files of the fastapi-offline package, served by songbook itself.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        # Swagger UI would show a badge from an online validator: the docs load nothing from outside.
+        swagger_ui_parameters={"validatorUrl": None},
         title="Songbook",
         summary="A song catalog.",
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
         # FastAPI's own OpenTelemetry spans, metrics and logs, for the providers the
         # process configures. Off, it costs nothing; on but with none configured,
@@ -49,8 +68,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
+    # Outermost: every answer, CORS's and the body limit's included, has the request's id and is counted.
+    app.add_middleware(RequestTelemetry, access_log=settings.access_log, metrics=settings.metrics)
     app.include_router(songs.router)
     app.include_router(artists.router)
     app.include_router(key_routes.router)
     app.include_router(health.router)
+    if settings.metrics:
+        app.include_router(health.metrics_router)
     return app
+
+
+async def _sample_pools(database: db.Database) -> None:
+    """With several workers, a scrape reads every worker's pools as last sampled: each samples its own."""
+    while True:
+        metrics.record_pools(database.usage())
+        await asyncio.sleep(POOL_SAMPLE_SECONDS)

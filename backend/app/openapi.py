@@ -47,7 +47,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {
                 PROBLEM_MEDIA_TYPE: {
                     "schema": {"$ref": "#/components/schemas/Problem"},
-                    "example": _EXAMPLES[status],
+                    "example": _EXAMPLES[status] | {"request_id": EXAMPLE_REQUEST_ID},
                 }
             },
             "description": HTTPStatus(status).phrase,
@@ -56,6 +56,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+EXAMPLE_REQUEST_ID = "9f1c2e4b7a0d4c3e8b6a5f4e3d2c1b0a"
 _EXAMPLES = {
     400: problem_body(400, "malformed-json", "The request body is not valid JSON."),
     401: problem_body(401, "unauthorized", "This needs an API key with the write scope: Authorization: Bearer <key>."),

@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from fastapi import Request
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.errors import TooManyRequests
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ async def limit(bucket_store: Buckets, name: str, per_second: float, burst: int)
         return
     wait = await bucket_store.take(name, per_second, burst)
     if wait > 0:
+        metrics.rate_limited.labels(name.partition(":")[0]).inc()
+        logger.info("rate limited: %s", name.partition(":")[0])
         seconds = max(1, math.ceil(wait))
         raise TooManyRequests(
             f"Too many requests: at most {per_second:g} a second, {burst} at once. Retry in {seconds} s.",

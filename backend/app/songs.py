@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
 
-from app import exporting, search
+from app import exporting, metrics, search
 from app.db import INTEGRITY_ERRORS, Database, Transaction
 from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound, PreconditionFailed
 from app.folding import derived_columns, search_fold, song_key
@@ -68,6 +68,12 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
 _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
 
 
+# Counted once the change is made: a replayed answer counts nothing.
+_created = metrics.songs_changed.labels("create", "api")
+_updated = metrics.songs_changed.labels("update", "api")
+_deleted = metrics.songs_changed.labels("delete", "api")
+
+
 def _song_row(row: Mapping[str, Any]) -> SongRow:
     return {field: row[field] for field in _ROW_FIELDS}  # type: ignore[return-value]
 
@@ -83,6 +89,7 @@ async def create_song(*, db: Database, song_in: SongCreate) -> SongRow:
         # The one constraint valid input can break: a song with the same keys is there.
         await _raise_if_duplicate(db, name_key=row["name_key"], artist_key=row["artist_key"])
         raise
+    _created.inc()
     return _song_row(created[0])
 
 
@@ -117,6 +124,7 @@ async def delete_song(*, db: Database, song_id: int, versions: Collection[int] |
     deleted = await db.fetch(_delete_statement(_count(versions)), {"song_id": song_id} | accepted, write=True)
     if not deleted:
         raise await _why_not_written(db, song_id)
+    _deleted.inc()
 
 
 async def _write(db: Database, song_id: int, values: dict[str, Any], versions: Collection[int] | None) -> SongRow:
@@ -139,6 +147,7 @@ async def _write(db: Database, song_id: int, values: dict[str, Any], versions: C
         raise
     if not rows:
         raise await _why_not_written(db, song_id)
+    _updated.inc()
     return _song_row(rows[0])
 
 
@@ -215,12 +224,15 @@ async def create_songs(*, db: Database, songs_in: list[SongCreate], on_conflict:
         BatchItem(index=rank - 1, status=outcome.status, id=outcome.id) for rank, outcome in sorted(outcomes.items())
     ]
     statuses = [item.status for item in items]
-    return BatchResult(
+    result = BatchResult(
         created=statuses.count("created"),
         updated=statuses.count("updated"),
         duplicates=statuses.count("duplicate"),
         items=items,
     )
+    metrics.songs_changed.labels("create", "batch").inc(result.created)
+    metrics.songs_changed.labels("update", "batch").inc(result.updated)
+    return result
 
 
 async def import_songs(
@@ -345,13 +357,16 @@ async def _search_by_relevance(transaction: Transaction, *, query: SongQuery, fo
     params = _filter_values(query)
     filters = _filters(params)
     page: list[tuple[int, SongRow]] = []
+    reached = "none"
     for number, clause in enumerate(_tiers(found), start=1):
         if clause is None or number < tier or len(page) == query.limit:
             continue
+        reached = str(number)
         # Each tier is its own query in id order: the database stops after the rows it needs.
         statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
         rows = await transaction.fetch(statement.order_by(col(Song.id)).limit(query.limit - len(page)), params)
         page += [(number, _song_row(row)) for row in rows]
+    metrics.searches.labels(reached).inc()
     next_cursor = None
     if len(page) == query.limit:
         last_tier, last_song = page[-1]

@@ -1,11 +1,11 @@
-"""Liveness and readiness, for orchestrators and load balancers."""
+"""Liveness and readiness, for orchestrators and load balancers; metrics, for Prometheus."""
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
-from app import schema
+from app import metrics, schema
 from app.db import DatabaseDep
 from app.openapi import problem_responses
 
@@ -27,3 +27,14 @@ async def readyz(db: DatabaseDep) -> Health:
     """The database answers and its schema is at the latest migration."""
     await schema.check_ready(db)
     return Health()
+
+
+# Not in the API's description: for Prometheus, which scrapes each instance directly.
+metrics_router = APIRouter(include_in_schema=False)
+
+
+@metrics_router.get("/metrics")
+async def prometheus_metrics(db: DatabaseDep) -> Response:
+    """Every metric, in the Prometheus text format; the pools as they are now."""
+    metrics.record_pools(db.usage())
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

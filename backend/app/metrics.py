@@ -1,0 +1,180 @@
+"""Prometheus metrics (prometheus_client), named as OpenTelemetry's semantic conventions are exported to Prometheus.
+
+`GET /metrics` (`routes/health.py`) serves them when `SONGBOOK_METRICS` is on.
+
+With several workers (`songbook serve --workers N`), each is a process of its
+own: prometheus_client's multiprocess mode keeps every worker's values in
+files under `PROMETHEUS_MULTIPROC_DIR`, and a scrape, whichever worker answers
+it, adds them up. `songbook serve` makes that folder fresh at start-up. The
+mode is chosen when prometheus_client is imported: the variable must be set
+before the worker starts, as the command does.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+UNMATCHED_ROUTE: Final = "unmatched"
+
+# OpenTelemetry's advice for http.server.request.duration, in seconds.
+DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+registry = CollectorRegistry()
+
+
+def multiprocess_dir() -> str | None:
+    """The folder the workers share their values in; None when the process counts alone."""
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
+_shared = multiprocess_dir()
+if _shared is None:
+    # CPU, memory and open files of the process; multiprocess mode has no such figures.
+    ProcessCollector(registry=registry)
+else:
+    os.makedirs(_shared, exist_ok=True)  # each metric below opens its file in it
+
+# HTTP, as the semantic conventions' http.server.* metrics.
+request_duration = Histogram(
+    "http_server_request_duration_seconds",
+    "Duration of HTTP server requests.",
+    ["http_request_method", "http_route", "http_response_status_code"],
+    buckets=DURATION_BUCKETS,
+    registry=registry,
+)
+active_requests = Gauge(
+    "http_server_active_requests",
+    "Number of active HTTP server requests.",
+    ["http_request_method"],
+    multiprocess_mode="livesum",
+    registry=registry,
+)
+
+# The database's connection pools, as the db.client.connection.* metrics: "hot" is the
+# asyncpg pool of the single statements (PostgreSQL only), "session" SQLAlchemy's.
+connections = Gauge(
+    "db_client_connection_count",
+    "Connections of the pool, by state.",
+    ["pool_name", "state"],
+    multiprocess_mode="livesum",
+    registry=registry,
+)
+connections_max = Gauge(
+    "db_client_connection_max",
+    "The most connections the pool opens.",
+    ["pool_name"],
+    multiprocess_mode="livesum",
+    registry=registry,
+)
+pending_requests = Gauge(
+    "db_client_connection_pending_requests",
+    "Requests waiting for a connection of the pool.",
+    ["pool_name"],
+    multiprocess_mode="livesum",
+    registry=registry,
+)
+
+# Songbook's own.
+database_errors = Counter(
+    "songbook_db_errors",
+    "Errors of the database answered as 503 or 500, by the error's class.",
+    ["error_type"],
+    registry=registry,
+)
+unavailable = Counter(
+    "songbook_unavailable_responses",
+    "503 answers (the database is away, slow or busy), by problem code.",
+    ["code"],
+    registry=registry,
+)
+rate_limited = Counter(
+    "songbook_rate_limit_rejections",
+    "Requests refused with 429, by what was limited: a key or a client address.",
+    ["caller"],
+    registry=registry,
+)
+idempotent_replays = Counter(
+    "songbook_idempotency_replays",
+    "Retries answered with the first answer to their Idempotency-Key.",
+    registry=registry,
+)
+idempotency_conflicts = Counter(
+    "songbook_idempotency_conflicts",
+    "Retries refused with 409 while the first request with their Idempotency-Key was still running.",
+    registry=registry,
+)
+songs_changed = Counter(
+    "songbook_songs_changed",
+    "Songs created, updated or deleted, through single requests (api) or batches (batch).",
+    ["operation", "via"],
+    registry=registry,
+)
+searches = Counter(
+    "songbook_search_queries",
+    "Searches (GET /songs?q=), by the deepest tier of relevance they had to query; none when no word can match.",
+    ["tier"],
+    registry=registry,
+)
+build_info = Gauge(
+    "songbook_build_info",
+    "Always 1: the version of songbook and the kind of database it runs on, as labels.",
+    ["version", "database"],
+    multiprocess_mode="max",
+    registry=registry,
+)
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """One connection pool, as sampled."""
+
+    name: str
+    used: int
+    idle: int
+    max: int
+    pending: int | None  # None where the pool cannot tell
+
+
+def record_pools(pools: list[PoolUsage]) -> None:
+    for pool in pools:
+        connections.labels(pool.name, "used").set(pool.used)
+        connections.labels(pool.name, "idle").set(pool.idle)
+        connections_max.labels(pool.name).set(pool.max)
+        if pool.pending is not None:
+            pending_requests.labels(pool.name).set(pool.pending)
+
+
+def exposition() -> bytes:
+    """Every metric in the Prometheus text format: this process's, or every worker's."""
+    if multiprocess_dir() is None:
+        return generate_latest(registry)
+    workers = CollectorRegistry()
+    multiprocess.MultiProcessCollector(workers)  # type: ignore[no-untyped-call]
+    return generate_latest(workers)
+
+
+def forget_process() -> None:
+    """At a worker's exit: its live gauges (active requests, pools) no longer count."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Empties `path` for a fresh start: values a previous run left would be added to this one's."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))

@@ -1,0 +1,66 @@
+"""`songbook serve` in a process of its own, for tests of what only a real server shows: its logs, its workers."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SONGBOOK = str(Path(sys.executable).parent / "songbook")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base: str
+    log: Path  # what the server wrote to standard error
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+@contextmanager
+def serving(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[Server]:
+    """A server with `env` added to this process's environment, ready; stopped (SIGTERM) after the block."""
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [SONGBOOK, "serve", "--port", str(port), *args],
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    server = Server(f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_ready(server, process)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server stopped: {server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.base}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready in 30 s: {server.log.read_text()}")

@@ -1,0 +1,151 @@
+"""Logs, as a real server writes them: JSON lines or console lines, one record per request, tied to its id."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from typer.testing import CliRunner
+
+from app.cli import cli
+from tests.server import Server, serving
+
+JSON_LOGS = {"SONGBOOK_LOG_FORMAT": "json"}
+
+
+def records(server: Server) -> list[dict[str, Any]]:
+    """Every line the server wrote, each parsed as one JSON object."""
+    parsed = [json.loads(line) for line in server.lines()]
+    assert all(isinstance(record, dict) for record in parsed)
+    return parsed
+
+
+def access(server: Server, request_id: str) -> dict[str, Any]:
+    [record] = [r for r in records(server) if r.get("logger") == "songbook.access" and r["request_id"] == request_id]
+    return record
+
+
+def new_key(scope: str = "write") -> str:
+    result = CliRunner().invoke(cli, ["keys", "create", "--name", "logged", "--scope", scope])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def test_one_json_record_per_request_with_its_fields(catalog: URL, tmp_path: Path) -> None:
+    key = new_key()
+    with serving(tmp_path, JSON_LOGS) as server:
+        created = httpx.post(
+            f"{server.base}/songs",
+            json={"name": "Yesterday", "artist": "The Beatles"},
+            headers={"Authorization": f"Bearer {key}", "Cookie": "session=s3cret-cookie", "X-Request-ID": "mine-1"},
+        )
+        read = httpx.get(f"{server.base}/songs/{created.json()['id']}")
+
+    record = access(server, "mine-1")
+    assert created.status_code == 201
+    assert record["event"] == "request"
+    assert record["level"] == "info"
+    assert record["timestamp"].endswith("Z")
+    assert (record["method"], record["route"], record["status"]) == ("POST", "/songs", 201)
+    assert record["bytes"] == len(created.content)
+    assert 0 < record["duration_ms"] < 10_000
+    assert record["client"] == "127.0.0.1"
+    assert record["api_key_name"] == "logged"
+    assert isinstance(record["api_key_id"], int)
+    reading = access(server, read.headers["X-Request-ID"])
+    assert reading["route"] == "/songs/{song_id}"
+    assert "api_key_id" not in reading
+    everything = server.log.read_text()
+    assert key not in everything
+    assert key.split("_")[-1][:12] not in everything  # not even part of it
+    assert "s3cret-cookie" not in everything
+    assert "authorization" not in everything.lower()
+
+
+def test_uvicorns_records_are_json_too(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, JSON_LOGS):
+        pass
+
+    started = [r for r in records_of_stopped(tmp_path) if r.get("logger") == "uvicorn.error"]
+    assert any("Application startup complete" in r["event"] for r in started)
+    assert all({"timestamp", "level", "event"} <= set(r) for r in started)
+
+
+def records_of_stopped(tmp_path: Path) -> list[dict[str, Any]]:
+    [log] = tmp_path.glob("server-*.log")
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_sql_echo_comes_out_as_json(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, JSON_LOGS | {"SONGBOOK_SQL_ECHO": "true"}) as server:
+        listed = httpx.get(f"{server.base}/songs", params={"q": "yesterday"})
+
+    sql = [r for r in records(server) if r.get("logger") == "sqlalchemy.engine.Engine"]
+    assert listed.status_code == 200
+    assert any(r.get("request_id") == listed.headers["X-Request-ID"] for r in sql)
+
+
+async def _break_the_song_table(url: URL) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE song RENAME COLUMN artist TO artist_gone"))
+    finally:
+        await engine.dispose()
+
+
+async def _mend_the_song_table(url: URL) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE song RENAME COLUMN artist_gone TO artist"))
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failing_statement_is_logged_with_the_request_id(catalog: URL, tmp_path: Path) -> None:
+    """A schema the code does not expect: PostgreSQL's error is a 500 with its traceback, SQLite's a 503."""
+    with serving(tmp_path, JSON_LOGS) as server:
+        await _break_the_song_table(catalog)
+        try:
+            async with httpx.AsyncClient() as client:
+                failed = await client.get(f"{server.base}/songs/1", headers={"X-Request-ID": "the-broken-one"})
+        finally:
+            await _mend_the_song_table(catalog)
+
+    assert failed.status_code in (500, 503)
+    assert failed.headers["X-Request-ID"] == "the-broken-one"
+    assert failed.json()["request_id"] == "the-broken-one"
+    written = [r for r in records(server) if r.get("request_id") == "the-broken-one"]
+    [told] = [r for r in written if r.get("logger") == "app.errors"]
+    assert told["level"] == ("error" if failed.status_code == 500 else "warning")
+    if failed.status_code == 500:
+        # The whole traceback in one record, one line.
+        assert "Traceback (most recent call last)" in told["exception"]
+        assert "artist" in told["exception"]
+    assert access(server, "the-broken-one")["status"] == failed.status_code
+
+
+def test_the_access_log_can_be_turned_off(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, JSON_LOGS | {"SONGBOOK_ACCESS_LOG": "false"}) as server:
+        httpx.get(f"{server.base}/songs")
+
+    assert records(server)  # uvicorn's still are
+    assert not [r for r in records(server) if r.get("logger") == "songbook.access"]
+
+
+def test_console_lines_for_a_person(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, {}) as server:
+        read = httpx.get(f"{server.base}/songs/42", headers={"X-Request-ID": "console-1"})
+
+    [line] = [line for line in server.lines() if "request_id=console-1" in line]
+    assert read.status_code == 404
+    assert line.split()[1:3] == ["[info", "]"]
+    assert "route=/songs/{song_id}" in line
+    assert "status=404" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)

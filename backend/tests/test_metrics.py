@@ -1,0 +1,190 @@
+"""GET /metrics: Prometheus's text format, read back with prometheus_client's own parser.
+
+The metrics are the process's: each test compares what its requests added.
+"""
+
+import uuid
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import URL
+
+from app import metrics
+from app.config import Settings
+from app.db import Database
+from app.main import VERSION
+from tests.conftest import client_for
+from tests.factories import make_song
+from tests.server import serving
+from tests.test_ratelimit import service
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return parse(response.text)
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def requests(samples: Samples, route: str, status: int, method: str = "GET") -> float:
+    labels = {"http_request_method": method, "http_route": route, "http_response_status_code": str(status)}
+    return value(samples, "http_server_request_duration_seconds_count", **labels)
+
+
+async def test_requests_are_counted_by_method_route_template_and_status(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    song = await make_song(db)
+    before = await scrape(client)
+    for _ in range(3):
+        await client.get(f"/songs/{song['id']}")
+    await client.get("/songs/999999")
+    await client.delete(f"/songs/{song['id']}")
+    after = await scrape(client)
+
+    assert requests(after, "/songs/{song_id}", 200) - requests(before, "/songs/{song_id}", 200) == 3
+    assert requests(after, "/songs/{song_id}", 404) - requests(before, "/songs/{song_id}", 404) == 1
+    assert requests(after, "/songs/{song_id}", 204, "DELETE") - requests(before, "/songs/{song_id}", 204, "DELETE") == 1
+    buckets = [
+        key
+        for key in after
+        if key[0] == "http_server_request_duration_seconds_bucket"
+        and ("http_route", "/songs/{song_id}") in key[1]
+        and ("http_response_status_code", "200") in key[1]
+    ]
+    bounds = sorted({float(dict(labels)["le"]) for _, labels in buckets})
+    assert bounds[0] == 0.005
+    assert bounds[-2:] == [10.0, float("inf")]
+    # The scrape itself is running as it is read.
+    assert value(after, "http_server_active_requests", http_request_method="GET") >= 1
+
+
+async def test_a_thousand_random_paths_add_no_series(client: httpx.AsyncClient) -> None:
+    await client.get(f"/{uuid.uuid4().hex}")
+    before = await scrape(client)
+    for _ in range(1000):
+        await client.request("GET", f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}")
+    after = await scrape(client)
+
+    assert set(after) - set(before) == set()
+    assert requests(after, metrics.UNMATCHED_ROUTE, 404) - requests(before, metrics.UNMATCHED_ROUTE, 404) == 1000
+
+
+async def test_unknown_methods_share_one_value(client: httpx.AsyncClient) -> None:
+    await client.request("BREW", "/songs")
+    samples = await scrape(client)
+
+    assert requests(samples, "/songs", 405, "_OTHER") >= 1
+    assert not any(("http_request_method", "BREW") in labels for _, labels in samples)
+
+
+async def test_songbooks_own_counters(client: httpx.AsyncClient, anonymous: httpx.AsyncClient) -> None:
+    before = await scrape(client)
+    created = await client.post("/songs", json={"name": "Help!", "artist": "The Beatles"})
+    song_id = created.json()["id"]
+    await client.patch(f"/songs/{song_id}", json={"year": 1965})
+    await client.post("/songs/batch", json=[{"name": "Yesterday", "artist": "The Beatles"}, {"name": "Hey Jude"}])
+    await client.post("/songs/batch", json=[{"name": "A", "artist": "B"}, {"name": "C", "artist": "D"}])
+    await client.delete(f"/songs/{song_id}")
+    keyed = {"Idempotency-Key": uuid.uuid4().hex}
+    await client.post("/songs", json={"name": "Michelle", "artist": "The Beatles"}, headers=keyed)
+    replayed = await client.post("/songs", json={"name": "Michelle", "artist": "The Beatles"}, headers=keyed)
+    await client.get("/songs", params={"q": "michelle"})
+    await client.get("/songs", params={"q": "qqqqqqqq"})
+    after = await scrape(client)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert added("songbook_songs_changed_total", operation="create", via="api") == 2
+    assert added("songbook_songs_changed_total", operation="update", via="api") == 1
+    assert added("songbook_songs_changed_total", operation="delete", via="api") == 1
+    assert added("songbook_songs_changed_total", operation="create", via="batch") == 2  # one batch was refused
+    assert added("songbook_search_queries_total", tier="1") == 1
+    assert added("songbook_search_queries_total", tier="none") + added("songbook_search_queries_total", tier="3") == 1
+    assert added("songbook_idempotency_replays_total") == 1
+
+
+async def test_rate_limit_rejections_are_counted_by_what_was_limited(settings: Settings) -> None:
+    limits = {"anonymous_rate_limit_per_second": 0.1, "anonymous_rate_limit_burst": 2}
+    async with service(settings, **limits) as app, client_for(app, None) as anonymous:
+        before = parse((await anonymous.get("/metrics")).text)  # Prometheus is not limited
+        statuses = [(await anonymous.get("/songs")).status_code for _ in range(4)]
+        after = parse((await anonymous.get("/metrics")).text)
+
+    assert statuses == [200, 200, 429, 429]
+    rejections = "songbook_rate_limit_rejections_total"
+    assert value(after, rejections, caller="address") - value(before, rejections, caller="address") == 2
+
+
+async def test_the_pools_and_the_build(app: FastAPI, client: httpx.AsyncClient) -> None:
+    database: Database = app.state.database
+    samples = await scrape(client)
+
+    assert value(samples, "songbook_build_info", version=VERSION, database=database.dialect) == 1
+    pools = ["session"] if database.pool is None else ["hot", "session"]
+    for pool in pools:
+        used = value(samples, "db_client_connection_count", pool_name=pool, state="used")
+        idle = value(samples, "db_client_connection_count", pool_name=pool, state="idle")
+        assert 0 <= used + idle <= value(samples, "db_client_connection_max", pool_name=pool)
+    if database.pool is not None:
+        assert value(samples, "db_client_connection_max", pool_name="hot") == database.pool.get_max_size()
+        assert ("db_client_connection_pending_requests", frozenset({("pool_name", "hot")})) in samples
+
+
+async def test_metrics_off_serves_none_and_counts_none(settings: Settings) -> None:
+    async with service(settings, metrics=False) as app, client_for(app, None) as anonymous:
+        before = metrics.exposition()
+        answer = await anonymous.get("/metrics")
+        await anonymous.get("/songs")
+        after = metrics.exposition()
+
+    assert answer.status_code == 404
+    assert requests(parse(after.decode()), "/songs", 200) == requests(parse(before.decode()), "/songs", 200)
+
+
+def test_two_workers_add_up(catalog: URL, tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder), "SONGBOOK_LOG_LEVEL": "warning"}
+    with serving(tmp_path, env, "--workers", "2") as server:
+        sent = 0
+        # A connection per request, until both workers have answered some.
+        while len({path.name.rsplit("_", 1)[-1] for path in folder.glob("histogram_*.db")}) < 2 and sent < 2000:
+            httpx.get(f"{server.base}/healthz", headers={"Connection": "close"}).raise_for_status()
+            sent += 1
+        for _ in range(50):
+            httpx.get(f"{server.base}/healthz", headers={"Connection": "close"}).raise_for_status()
+        sent += 50
+        scrapes = [parse(httpx.get(f"{server.base}/metrics").text) for _ in range(6)]
+
+    assert len({path.name for path in folder.glob("histogram_*.db")}) == 2
+    # Whichever worker answers the scrape, it counts both workers' requests.
+    assert {requests(samples, "/healthz", 200) for samples in scrapes} == {sent}
+
+
+def test_serve_starts_the_shared_folder_fresh(catalog: URL, tmp_path: Path) -> None:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_12345.db").write_bytes(b"left by an earlier run")
+    with serving(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(folder)}, "--workers", "2") as server:
+        answer = httpx.get(f"{server.base}/metrics")
+
+    assert answer.status_code == 200
+    assert not (folder / "counter_12345.db").exists()

@@ -1,0 +1,100 @@
+"""Request ids: kept when the client's is sane, else made; on every answer, in every problem body."""
+
+import re
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app import songs
+from app.db import Database
+from tests.conftest import client_for
+from tests.factories import make_song
+
+MADE = re.compile(r"[0-9a-f]{32}")
+
+
+async def test_a_sane_id_is_kept_on_the_answer_and_in_the_problem(client: httpx.AsyncClient) -> None:
+    found = await client.get("/songs", headers={"X-Request-ID": "checkout-42 retry=1"})
+    missing = await client.get("/songs/999999", headers={"X-Request-ID": "trace:abc/def"})
+
+    assert found.headers["X-Request-ID"] == "checkout-42 retry=1"
+    assert missing.status_code == 404
+    assert missing.headers["X-Request-ID"] == "trace:abc/def"
+    assert missing.json()["request_id"] == "trace:abc/def"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["x" * 129, "caf\u00e9".encode().decode("latin-1"), "tab\there", ""],
+    ids=["too-long", "not-ascii", "control", "empty"],
+)
+async def test_an_id_that_is_not_sane_is_replaced(client: httpx.AsyncClient, sent: str) -> None:
+    response = await client.get("/songs", headers={b"X-Request-ID": sent.encode("latin-1")})
+
+    assert MADE.fullmatch(response.headers["X-Request-ID"])
+
+
+async def test_the_longest_sane_id_is_kept(client: httpx.AsyncClient) -> None:
+    sent = "a" * 128
+    assert (await client.get("/songs", headers={"X-Request-ID": sent})).headers["X-Request-ID"] == sent
+
+
+async def test_without_one_each_request_gets_its_own(client: httpx.AsyncClient) -> None:
+    ids = [(await client.get("/healthz")).headers["X-Request-ID"] for _ in range(20)]
+
+    assert all(MADE.fullmatch(request_id) for request_id in ids)
+    assert len(set(ids)) == 20
+
+
+async def test_every_kind_of_answer_carries_it(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db)
+    read = await client.get(f"/songs/{song['id']}")
+    answers = {
+        "not modified": await client.get(f"/songs/{song['id']}", headers={"If-None-Match": read.headers["ETag"]}),
+        "streamed export": await client.get("/songs", headers={"Accept": "text/csv"}),
+        "invalid": await client.post("/songs", json={"name": ""}),
+        "wrong method": await client.put("/songs", json={}),
+        "too large": await client.post(
+            "/songs", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"}
+        ),
+        "unknown path": await client.get("/nothing/here"),
+        "docs": await client.get("/docs"),
+        "created": await client.post("/songs", json={"name": "Help!", "artist": "The Beatles"}),
+    }
+
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "not modified": 304,
+        "streamed export": 200,
+        "invalid": 422,
+        "wrong method": 405,
+        "too large": 413,
+        "unknown path": 404,
+        "docs": 200,
+        "created": 201,
+    }
+    for name, answer in answers.items():
+        assert MADE.fullmatch(answer.headers.get("X-Request-ID", "")), name
+        if answer.status_code >= 400:
+            assert answer.json()["request_id"] == answer.headers["X-Request-ID"], name
+
+
+async def test_an_unhandled_error_answers_500_with_the_id(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(**_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(songs, "get_song", broken)
+    async with client_for(app, None) as client:
+        response = await client.get("/songs/1", headers={"X-Request-ID": "the-failing-one"})
+
+    assert response.status_code == 500
+    assert response.headers["X-Request-ID"] == "the-failing-one"
+    assert response.json()["request_id"] == "the-failing-one"
+    assert "a bug" not in response.text
+
+
+def test_the_problem_schema_has_the_request_id(app: FastAPI) -> None:
+    problem = app.openapi()["components"]["schemas"]["Problem"]
+
+    assert "request_id" in problem["required"]
+    assert problem["properties"]["request_id"]["type"] == "string"
