@@ -2,22 +2,25 @@
 
 Two ways in, one way out:
 
-- The access log (`telemetry.py`), one record per request, goes through
-  structlog's own pipeline straight to the stream: about 6 µs a record,
-  against 16 µs through the standard library's logging.
+- The access log (`AccessLog`), one record per request, is rendered by the
+  same renderer and written in batches: through the standard library's
+  logging a record cost 16 µs, through structlog's own loggers 6 µs, in a
+  tight loop; several times more in a loaded server (see `AccessLog`).
 - Every other record (songbook's modules, uvicorn, SQLAlchemy, asyncio) is
   the standard library's: `logging_config` renders it with structlog's
-  `ProcessorFormatter` and the same processors.
+  `ProcessorFormatter`.
 
 Both add the request's id, and its API key's id and name, to every record
 written while the request runs (`current_request`).
 """
 
+import asyncio
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import orjson
 import structlog
@@ -59,33 +62,88 @@ def _json(value: Any, **options: Any) -> str:
     return orjson.dumps(value, **options).decode()
 
 
-def _processors(log_format: LogFormat) -> tuple[list[Processor], Processor]:
-    """What every record goes through, and what renders it last."""
-    shared: list[Processor] = [
-        _add_request,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+_LEVELS = {name.lower(): number for name, number in logging.getLevelNamesMapping().items()}
+
+
+class _Timestamp:
+    """Adds the time in ISO 8601, UTC, to the microsecond: as structlog's `TimeStamper(fmt="iso", utc=True)`
+    writes it, for a seventh of its cost in a loaded server (7 µs a record there), by formatting each
+    second once."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._formatted = ""
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._formatted = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._formatted}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
+_TIMESTAMP = _Timestamp()
+
+
+def _renderer(log_format: LogFormat) -> Processor:
+    if log_format == "json":
+        return structlog.processors.JSONRenderer(_json)
+    return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+
+def _processors(log_format: LogFormat) -> list[Processor]:
+    """What every record of the standard library's goes through before it is rendered."""
+    shared: list[Processor] = [_add_request, structlog.processors.add_log_level, _TIMESTAMP]
     if log_format == "json":
         # A traceback is one string member of its record: one record, one line.
-        return [*shared, structlog.processors.format_exc_info], structlog.processors.JSONRenderer(_json)
-    return shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        shared.append(structlog.processors.format_exc_info)
+    return shared
 
 
-def configure(level: str, log_format: LogFormat) -> None:
-    """structlog's own pipeline (the access log), writing to standard error."""
-    processors, renderer = _processors(log_format)
-    structlog.configure(
-        processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+class AccessLog:
+    """The access log: one record per request, rendered as every other record is, written in batches.
+
+    Not through a structlog logger: in a loaded server its chain of calls took
+    26 µs a record (thread CPU time), half of what the record cost; nor with a
+    system call and a flush for each record, which cost as much again (CPU time
+    a request, from /proc). A record waits at most `FLUSH_SECONDS`, or until
+    `FLUSH_LINES` wait; outside an event loop, and at `flush`, it is written at once.
+    """
+
+    FLUSH_SECONDS = 0.05
+    FLUSH_LINES = 1000
+
+    def __init__(self, level: str, log_format: LogFormat, stream: TextIO | None = None) -> None:
+        self._least = _LEVELS[level]
+        self._stream = stream or sys.stderr
+        self._render = _renderer(log_format)
+        self._pending: list[str] = []
+
+    def write(self, level: str, record: EventDict) -> None:
+        """Writes `record` (its `event` and fields) at `level`, with the time and the request's context."""
+        if _LEVELS[level] < self._least:
+            return
+        record["level"] = level
+        stamped = _TIMESTAMP(None, level, _add_request(None, level, record))
+        self._pending.append(cast(str, self._render(None, level, stamped)))
+        if len(self._pending) >= self.FLUSH_LINES:
+            self.flush()
+        elif len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
 
 
 def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
     """The standard library's configuration (`logging.config.dictConfig`; uvicorn's `log_config`)."""
-    processors, renderer = _processors(log_format)
     handler = {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stderr"}
     quiet = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return {
@@ -94,8 +152,8 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
         "formatters": {
             "structlog": {
                 "()": structlog.stdlib.ProcessorFormatter,
-                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-                "foreign_pre_chain": [structlog.stdlib.add_logger_name, *processors],
+                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, _renderer(log_format)],
+                "foreign_pre_chain": [structlog.stdlib.add_logger_name, *_processors(log_format)],
             }
         },
         "handlers": {"default": handler},
@@ -109,7 +167,3 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             "sqlalchemy.engine.Engine": {"handlers": ["default"], "propagate": False},
         },
     }
-
-
-def access_logger() -> Any:
-    return structlog.get_logger("songbook.access")

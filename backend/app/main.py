@@ -26,7 +26,7 @@ POOL_SAMPLE_SECONDS = 1.0
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Builds the service for `settings` (read from the environment when not given)."""
     settings = settings or load_settings()
-    logs.configure(settings.log_level, settings.log_format)
+    access_log = logs.AccessLog(settings.log_level, settings.log_format) if settings.access_log else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.buckets = ratelimit.buckets(settings.redis_url)
         app.state.keyring = keys.Keyring()
         metrics.build_info.labels(VERSION, database.dialect).set(1)
-        sampling = asyncio.create_task(_sample_pools(database)) if metrics.multiprocess_dir() else None
+        sampling = asyncio.create_task(_sample(database)) if metrics.multiprocess_dir() else None
         # What start-up made lives as long as the process: kept out of the garbage
         # collector's sight, a full collection no longer walks it on a request's time.
         gc.freeze()
@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sampling.cancel()
                 await asyncio.gather(sampling, return_exceptions=True)
             metrics.forget_process()
+            if access_log is not None:
+                access_log.flush()
             await app.state.buckets.close()
             await database.close()
 
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     # Outermost: every answer, CORS's and the body limit's included, has the request's id and is counted.
-    app.add_middleware(RequestTelemetry, access_log=settings.access_log, metrics=settings.metrics)
+    app.add_middleware(RequestTelemetry, access_log=access_log, metrics=settings.metrics)
     app.include_router(songs.router)
     app.include_router(artists.router)
     app.include_router(key_routes.router)
@@ -79,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _sample_pools(database: db.Database) -> None:
-    """With several workers, a scrape reads every worker's pools as last sampled: each samples its own."""
+async def _sample(database: db.Database) -> None:
+    """With several workers, a scrape reads every worker's gauges as last sampled: each samples its own."""
     while True:
-        metrics.record_pools(database.usage())
+        metrics.sample(database.usage())
         await asyncio.sleep(POOL_SAMPLE_SECONDS)

@@ -1,6 +1,8 @@
 """Logs, as a real server writes them: JSON lines or console lines, one record per request, tied to its id."""
 
+import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.logs import AccessLog
 from tests.server import Server, serving
 
 JSON_LOGS = {"SONGBOOK_LOG_FORMAT": "json"}
@@ -149,3 +152,23 @@ def test_console_lines_for_a_person(catalog: URL, tmp_path: Path) -> None:
     assert "status=404" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+def test_a_running_servers_records_come_out_within_a_moment(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, JSON_LOGS) as server:
+        read = httpx.get(f"{server.base}/songs")
+        deadline = time.monotonic() + 2
+        while f'"request_id":"{read.headers["X-Request-ID"]}"' not in server.log.read_text():
+            assert time.monotonic() < deadline, "the access record was not written within 2 s"
+            time.sleep(0.02)
+
+
+def test_the_access_log_keeps_to_the_log_level() -> None:
+    stream = io.StringIO()
+    access_log = AccessLog("warning", "json", stream)
+
+    access_log.write("info", {"event": "request", "status": 200})
+    access_log.write("error", {"event": "request", "status": 500})
+
+    [line] = stream.getvalue().splitlines()  # outside an event loop, written at once
+    assert json.loads(line)["status"] == 500

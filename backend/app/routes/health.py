@@ -35,6 +35,6 @@ metrics_router = APIRouter(include_in_schema=False)
 
 @metrics_router.get("/metrics")
 async def prometheus_metrics(db: DatabaseDep) -> Response:
-    """Every metric, in the Prometheus text format; the pools as they are now."""
-    metrics.record_pools(db.usage())
+    """Every metric, in the Prometheus text format; the gauges as they are now."""
+    metrics.sample(db.usage())
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
