@@ -10,7 +10,10 @@ floor (`fastapi_app.py`: the same routes as plain FastAPI routes), each with
 one uvicorn worker and a pool of the same size, and drives each with wrk at
 --connections connections, route by route, alternating them --rounds times.
 It prints the median requests/s, p50 and p99 latency and errors of each, and
-the ratios to the reference, the service's against the targets. Then the
+the ratios to the reference, the service's against the targets. The service
+runs as its image ships it (JSON logs, access log and metrics on); for GET
+/songs/{id} a second instance with both off ("quiet") runs beside it, and
+the share the service keeps of quiet's requests/s is printed too. Then the
 service's RSS across --rss-requests requests, and its start-up time to ready.
 
 The machine is shared and noisy: quote the ratios of one run, not absolute figures.
@@ -26,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,9 +55,11 @@ class Route:
     target: float | None  # the least share of the reference's requests/s
 
 
-APPS = ("reference", "fastapi", "service")  # in the order each round runs them
+# "quiet" is the service without its access log and metrics (request ids stay: they are not optional).
+APPS = ("reference", "fastapi", "service", "quiet")  # in the order each round runs them
+QUIET_TARGET = 0.95  # the service as it ships, against quiet
 ROUTES = [
-    Route("GET /songs/{id}", {"reference": "get", "fastapi": "get", "service": "get"}, 0.75),
+    Route("GET /songs/{id}", {"reference": "get", "fastapi": "get", "service": "get", "quiet": "get"}, 0.75),
     Route("GET /songs?limit=50", {"reference": "list", "fastapi": "list", "service": "list"}, 0.75),
     Route("GET /songs?q=...", {"reference": "search", "service": "search"}, None),
     Route("POST /songs", {"reference": "post", "fastapi": "post", "service": "post"}, 0.7),
@@ -75,11 +81,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def service_env(url: str) -> dict[str, str]:
+def service_env(url: str, *, quiet: bool = False) -> dict[str, str]:
+    """The service as the container image ships it: JSON logs, the access log and the metrics on."""
     return {
         **os.environ,
         "DATABASE_URL": url,
-        "SONGBOOK_LOG_LEVEL": "warning",  # no access log: one line per request is a cost of its own
+        "SONGBOOK_LOG_LEVEL": "info",
+        "SONGBOOK_LOG_FORMAT": "json",
+        "SONGBOOK_ACCESS_LOG": str(not quiet).lower(),
+        "SONGBOOK_METRICS": str(not quiet).lower(),
         "SONGBOOK_POOL_SIZE": str(POOL_SIZE),
         # Every request comes from one address: the limits are taken, never reached.
         "SONGBOOK_RATE_LIMIT_PER_SECOND": "1000000",
@@ -106,13 +116,15 @@ def wait_ready(base: str, path: str, process: subprocess.Popen[bytes], timeout: 
 
 @contextmanager
 def running(command: list[str], env: dict[str, str], ready_path: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, cwd=BACKEND, env=env)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", ready_path, process)
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    # The logs go to a file, as a container's do: written, not shown.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=BACKEND, env=env, stdout=log, stderr=log)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", ready_path, process)
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 def service(port: int) -> list[str]:
@@ -162,7 +174,7 @@ def startup_seconds(url: str, times: int) -> float:
     seconds = []
     for _ in range(times):
         port = free_port()
-        process = subprocess.Popen(service(port), cwd=BACKEND, env=service_env(url))
+        process = subprocess.Popen(service(port), cwd=BACKEND, env=service_env(url), stderr=subprocess.DEVNULL)
         try:
             seconds.append(wait_ready(f"http://127.0.0.1:{port}", "/readyz", process))
         finally:
@@ -178,6 +190,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of reference and service")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rss-requests", type=int, default=200_000, help="requests to watch the RSS across")
+    parser.add_argument(
+        "--only", metavar="TEXT", help="only the routes named with TEXT ('GET /songs/{id}'); no RSS, no start-up"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: install it (Debian: apt-get install wrk)")
@@ -203,17 +218,20 @@ def main() -> None:
         measure(url, args, loads, reference_env)
     finally:
         asyncio.run(forget_writes(url, keep=args.count))
-    print(f"start-up to ready (median of 5): {startup_seconds(url, 5):.2f} s (target < 2 s)")
+    if args.only is None:
+        print(f"start-up to ready (median of 5): {startup_seconds(url, 5):.2f} s (target < 2 s)")
 
 
 def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference_env: dict[str, str]) -> None:
     ports = {which: free_port() for which in APPS}
     with (
         running(service(ports["service"]), service_env(url), "/readyz", ports["service"]) as server,
+        running(service(ports["quiet"]), service_env(url, quiet=True), "/readyz", ports["quiet"]),
         running(uvicorn("reference_app:app", ports["reference"]), reference_env, "/songs/1", ports["reference"]),
         running(uvicorn("fastapi_app:app", ports["fastapi"]), reference_env, "/songs/1", ports["fastapi"]),
     ):
-        for route in ROUTES:
+        print(f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
+        for route in [route for route in ROUTES if args.only is None or args.only in route.name]:
             apps = [which for which in APPS if which in route.modes]
             for which in apps:
                 wrk(ports[which], route.modes[which], 2, args.connections, loads)  # warm-up
@@ -223,7 +241,8 @@ def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference
                     runs[which].append(wrk(ports[which], route.modes[which], args.seconds, args.connections, loads))
             report_route(route, {which: median_run(app_runs) for which, app_runs in runs.items()})
         print(flush=True)
-        print_rss(server.pid, ports["service"], args.rss_requests, args.connections, loads)
+        if args.only is None:
+            print_rss(server.pid, ports["service"], args.rss_requests, args.connections, loads)
 
 
 async def forget_writes(url: str, keep: int) -> None:
@@ -243,8 +262,6 @@ async def forget_writes(url: str, keep: int) -> None:
 
 def report_route(route: Route, medians: dict[str, Run]) -> None:
     """One row an app: its medians and, but for the reference, its share of the reference's requests/s."""
-    if route is ROUTES[0]:
-        print(f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
     reference = medians["reference"]
     for which, run in medians.items():
         print(
@@ -252,7 +269,11 @@ def report_route(route: Route, medians: dict[str, Run]) -> None:
             f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
             end="",
         )
-        if which != "reference":
+        if which == "quiet":
+            share = medians["service"].requests_per_second / run.requests_per_second
+            met = share >= QUIET_TARGET and run.errors == 0
+            print(f"   service/quiet {share:.2f} (target {QUIET_TARGET}: {'met' if met else 'NOT MET'})", end="")
+        elif which != "reference":
             ratio = run.requests_per_second / reference.requests_per_second
             p99_ratio = run.p99_ms / reference.p99_ms
             verdict = ""
