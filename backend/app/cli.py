@@ -70,7 +70,7 @@ def serve(
             "songbook: each of the workers keeps rate limits of its own; set SONGBOOK_REDIS_URL for limits they share",
             err=True,
         )
-    with _metrics_shared(settings.metrics and workers > 1 and not reload):
+    with _metrics_shared(settings.metrics, workers=1 if reload else workers):
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -89,16 +89,17 @@ def serve(
 
 
 @contextmanager
-def _metrics_shared(shared: bool) -> Iterator[None]:
+def _metrics_shared(on: bool, *, workers: int) -> Iterator[None]:
     """With several workers, their metrics are kept in files that every scrape adds up.
 
-    In PROMETHEUS_MULTIPROC_DIR if it is set (emptied first: values of an earlier run would
-    be added to this one's), else in a folder of its own, removed at exit.
+    In PROMETHEUS_MULTIPROC_DIR if it is set (emptied first, whatever the workers: values of
+    an earlier run would be added to this one's), else, for several workers, in a folder of
+    its own, removed at exit.
     """
-    if not shared:
+    given = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
+    if not on or (workers == 1 and not given):
         yield
         return
-    given = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
     with contextlib.ExitStack() as stack:
         folder = given or stack.enter_context(tempfile.TemporaryDirectory(prefix="songbook-metrics-"))
         metrics.prepare_multiprocess_dir(folder)

@@ -330,13 +330,18 @@ def _failed(request: Request) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    response = _failed(request)
-    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the security headers,
-    # and the request's id, are added here.
+    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the request's context
+    # (its id, for the traceback's record and the body), and the headers, are taken up here.
+    context = request.scope.get(logs.SCOPE_KEY)
+    token = logs.current_request.set(context) if context is not None else None
+    try:
+        response = _failed(request)
+    finally:
+        if token is not None:
+            logs.current_request.reset(token)
     response.headers.update({name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, API_POLICY)})
-    request_id = logs.request_id()
-    if request_id is not None:
-        response.headers["X-Request-ID"] = request_id
+    if context is not None:
+        response.headers["X-Request-ID"] = context.request_id
     return response
 
 

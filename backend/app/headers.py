@@ -35,8 +35,17 @@ EXPOSED_HEADERS = [
     "X-Total-Count",
     "Preference-Applied",
     "Content-Disposition",
+    "X-Request-ID",
 ]
-ALLOWED_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key", "Prefer"]
+ALLOWED_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "Prefer",
+    "X-Request-ID",
+]
 
 
 class SecurityHeaders:

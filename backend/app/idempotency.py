@@ -26,10 +26,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
-from app import metrics
+from app import logs, metrics
 from app.config import get_settings
 from app.db import Database
-from app.errors import AppError, IdempotencyKeyInUse, IdempotencyKeyReused, InvalidParameter, error_response
+from app.errors import (
+    PROBLEM_MEDIA_TYPE,
+    AppError,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidParameter,
+    error_response,
+)
 from app.keys import Caller
 from app.models import IdempotencyRecord, utcnow
 
@@ -108,7 +115,12 @@ def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
     metrics.idempotent_replays.inc()
     logger.info("idempotent replay")
     headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
-    return Response(record["response_body"], status_code=record["status"], headers=headers)
+    body = record["response_body"]
+    if headers.get("content-type") == PROBLEM_MEDIA_TYPE:
+        # A problem names the request that answers it, as its X-Request-ID does: this retry.
+        problem = json.loads(body) | {"request_id": logs.request_id()}
+        body = json.dumps(problem, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, status_code=record["status"], headers=headers)
 
 
 def _kept(response: Response) -> dict[str, Any]:

@@ -38,8 +38,9 @@ class RequestContext:
     api_key_name: str | None = None
 
 
-# Set by the middleware for the task that serves a request (each request is a task of its own).
+# Set by the middleware while it serves a request; also in the request's scope under SCOPE_KEY.
 current_request: ContextVar[RequestContext | None] = ContextVar("songbook_request", default=None)
+SCOPE_KEY = "songbook.request"
 
 
 def request_id() -> str | None:
@@ -71,15 +72,16 @@ class _Timestamp:
     second once."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._formatted = ""
+        self._second: tuple[int, str] = (-1, "")  # one object, replaced whole: safe for every thread
 
     def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._formatted = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._formatted}.{int((now - second) * 1_000_000):06d}Z"
+        second, formatted = self._second
+        if int(now) != second:
+            second = int(now)
+            formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, formatted)
+        event["timestamp"] = f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
         return event
 
 

@@ -169,8 +169,10 @@ def sample(pools: list[PoolUsage]) -> None:
 
 def exposition() -> bytes:
     """Every metric in the Prometheus text format: this process's, or every worker's."""
-    if multiprocess_dir() is None:
+    shared = multiprocess_dir()
+    if shared is None:
         return generate_latest(registry)
+    _forget_dead_workers(shared)
     workers = CollectorRegistry()
     multiprocess.MultiProcessCollector(workers)  # type: ignore[no-untyped-call]
     return generate_latest(workers)
@@ -182,9 +184,23 @@ def forget_process() -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def _forget_dead_workers(path: str) -> None:
+    # A worker killed (by uvicorn, for hanging; by the kernel, out of memory) leaves its live
+    # gauges behind: they would be added in for ever.
+    for pid in {int(name.rsplit("_", 1)[1][:-3]) for name in os.listdir(path) if name.startswith("gauge_live")}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def prepare_multiprocess_dir(path: str) -> None:
-    """Empties `path` for a fresh start: values a previous run left would be added to this one's."""
+    """Empties `path` for a fresh start (but this process's own files, opened at import): values
+    a previous run left would be added to this one's."""
     os.makedirs(path, exist_ok=True)
+    own = f"_{os.getpid()}.db"
     for name in os.listdir(path):
-        if name.endswith(".db"):
+        if name.endswith(".db") and not name.endswith(own):
             os.remove(os.path.join(path, name))

@@ -1,11 +1,13 @@
 """Every request's id, access log record and HTTP metrics: one ASGI middleware, the outermost.
 
 A request keeps the `X-Request-ID` its client sent when it is sane (printable
-ASCII, 1 to 128 characters), or gets one; every response carries it back, and
+ASCII without spaces, 1 to 128 characters), or gets one; every response carries it back, and
 every record logged while the request runs carries it (`logs.current_request`).
 """
 
+import asyncio
 import random
+import re
 import time
 from typing import Any
 
@@ -14,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logs, metrics
 
 HEADER = b"x-request-id"
-MAX_REQUEST_ID = 128
+# Printable ASCII without the space (as an Idempotency-Key): a space would make a field of its own in a log line.
+SANE_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 # The methods of HTTP; any other is counted as OpenTelemetry says, as "_OTHER".
 METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 
@@ -37,11 +41,11 @@ class RequestTelemetry:
         root_path = scope.get("root_path", "")
         request_id = _request_id(scope["headers"])
         context = logs.RequestContext(request_id)
-        # Not reset when the request ends: the task is the request's own, and the handler of
-        # an unhandled error (Starlette's, outside this middleware) must still see it.
-        logs.current_request.set(context)
+        # For the handler of an unhandled error, which Starlette runs outside every middleware.
+        scope[logs.SCOPE_KEY] = context
+        token = logs.current_request.set(context)
         header = (HEADER, request_id.encode())
-        status = 500  # what the client gets if the app raises before answering
+        status = 0
         size = 0
 
         async def send_with_id(message: Message) -> None:
@@ -56,8 +60,16 @@ class RequestTelemetry:
         method = scope["method"] if scope["method"] in METHODS else "_OTHER"
         if self.metrics:
             metrics.active[method] += 1
+        failed = False
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            status = status or CLIENT_CLOSED  # gone before an answer: not the service's error
+            raise
+        except Exception:
+            failed = True
+            status = status or 500  # Starlette's handler answers it, outside this middleware
+            raise
         finally:
             duration = time.perf_counter() - started
             route = _route(scope, root_path)
@@ -65,7 +77,8 @@ class RequestTelemetry:
                 metrics.active[method] -= 1
                 self._observe(method, route, status, duration)
             if self.access_log is not None:
-                self._log(self.access_log, scope, method, route, status, duration, size)
+                self._log(self.access_log, scope, method, route, status, duration, size, failed)
+            logs.current_request.reset(token)
 
     def _observe(self, method: str, route: str, status: int, duration: float) -> None:
         child = self._durations.get((method, route, status))
@@ -75,7 +88,15 @@ class RequestTelemetry:
         child.observe(duration)
 
     def _log(
-        self, access_log: logs.AccessLog, scope: Scope, method: str, route: str, status: int, duration: float, size: int
+        self,
+        access_log: logs.AccessLog,
+        scope: Scope,
+        method: str,
+        route: str,
+        status: int,
+        duration: float,
+        size: int,
+        failed: bool,
     ) -> None:
         client = scope.get("client")
         record: dict[str, Any] = {
@@ -88,7 +109,9 @@ class RequestTelemetry:
             "bytes": size,
             "client": client[0] if client else None,
         }
-        access_log.write("error" if status >= 500 else "info", record)
+        if failed and status < 500:
+            record["aborted"] = True  # failed after its status was sent: the body is cut short
+        access_log.write("error" if failed or status >= 500 else "info", record)
 
 
 def _route(scope: Scope, root_path: str) -> str:
@@ -105,10 +128,8 @@ def _route(scope: Scope, root_path: str) -> str:
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == HEADER:
-            if 0 < len(value) <= MAX_REQUEST_ID and value.isascii():
-                sent = value.decode()
-                if sent.isprintable():
-                    return sent
+            if SANE_REQUEST_ID.fullmatch(value):
+                return value.decode()
             break
     # Unique, not secret: 128 random bits from the process's generator, without the system call
     # (getrandom, about 5 µs under load) that os.urandom makes for each.

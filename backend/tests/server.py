@@ -25,9 +25,15 @@ def free_port() -> int:
 class Server:
     base: str
     log: Path  # what the server wrote to standard error
+    pid: int
 
     def lines(self) -> list[str]:
         return self.log.read_text().splitlines()
+
+    def workers(self) -> list[int]:
+        """The worker processes of `--workers N` (uvicorn's children), started or not."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [int(child) for child in children if _is_worker(int(child))]
 
 
 @contextmanager
@@ -43,13 +49,21 @@ def serving(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[Server]
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    server = Server(f"http://127.0.0.1:{port}", log)
+    server = Server(f"http://127.0.0.1:{port}", log, process.pid)
     try:
         _wait_ready(server, process)
         yield server
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _is_worker(pid: int) -> bool:
+    # multiprocessing's spawn starts a resource tracker beside the workers
+    try:
+        return "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()
+    except FileNotFoundError:
+        return False
 
 
 def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:

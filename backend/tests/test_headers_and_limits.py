@@ -49,7 +49,7 @@ async def test_cors_answers_the_origins_configured(settings: Settings) -> None:
             headers={
                 "Origin": "https://songs.example",
                 "Access-Control-Request-Method": "PATCH",
-                "Access-Control-Request-Headers": "if-match, content-type",
+                "Access-Control-Request-Headers": "if-match, content-type, x-request-id",
             },
         )
         allowed = await client.get("/songs", headers={"Origin": "https://example.org"})
@@ -60,6 +60,7 @@ async def test_cors_answers_the_origins_configured(settings: Settings) -> None:
     assert "PATCH" in preflight.headers["access-control-allow-methods"]
     assert allowed.headers["access-control-allow-origin"] == "https://example.org"
     assert "ETag" in allowed.headers["access-control-expose-headers"]
+    assert "X-Request-ID" in allowed.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in other.headers
 
 

@@ -3,10 +3,15 @@
 The metrics are the process's: each test compares what its requests added.
 """
 
+import os
+import signal
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
@@ -141,6 +146,8 @@ async def test_the_pools_and_the_build(app: FastAPI, client: httpx.AsyncClient) 
     assert value(samples, "songbook_build_info", version=VERSION, database=database.dialect) == 1
     pools = ["session"] if database.pool is None else ["hot", "session"]
     for pool in pools:
+        for state in ("used", "idle"):
+            assert ("db_client_connection_count", frozenset({("pool_name", pool), ("state", state)})) in samples
         used = value(samples, "db_client_connection_count", pool_name=pool, state="used")
         idle = value(samples, "db_client_connection_count", pool_name=pool, state="idle")
         assert 0 <= used + idle <= value(samples, "db_client_connection_max", pool_name=pool)
@@ -160,6 +167,17 @@ async def test_metrics_off_serves_none_and_counts_none(settings: Settings) -> No
     assert requests(parse(after.decode()), "/songs", 200) == requests(parse(before.decode()), "/songs", 200)
 
 
+def healthz_counted(base: str) -> float:
+    return requests(parse(httpx.get(f"{base}/metrics").text), "/healthz", 200)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_two_workers_add_up(catalog: URL, tmp_path: Path) -> None:
     folder = tmp_path / "metrics"
     env = {"PROMETHEUS_MULTIPROC_DIR": str(folder), "SONGBOOK_LOG_LEVEL": "warning"}
@@ -172,19 +190,44 @@ def test_two_workers_add_up(catalog: URL, tmp_path: Path) -> None:
         for _ in range(50):
             httpx.get(f"{server.base}/healthz", headers={"Connection": "close"}).raise_for_status()
         sent += 50
-        scrapes = [parse(httpx.get(f"{server.base}/metrics").text) for _ in range(6)]
+        # A request is counted just after its answer: the last ones may be a moment late.
+        eventually(lambda: healthz_counted(server.base) == sent)
+        scrapes = [healthz_counted(server.base) for _ in range(6)]
 
     assert len({path.name for path in folder.glob("histogram_*.db")}) == 2
     # Whichever worker answers the scrape, it counts both workers' requests.
-    assert {requests(samples, "/healthz", 200) for samples in scrapes} == {sent}
+    assert set(scrapes) == {sent}
 
 
-def test_serve_starts_the_shared_folder_fresh(catalog: URL, tmp_path: Path) -> None:
+def test_a_killed_workers_gauges_no_longer_count(catalog: URL, tmp_path: Path) -> None:
+    with serving(tmp_path, {"SONGBOOK_LOG_LEVEL": "warning"}, "--workers", "2") as server:
+
+        def pool_max() -> float:
+            return value(
+                parse(httpx.get(f"{server.base}/metrics").text), "db_client_connection_max", pool_name="session"
+            )
+
+        eventually(lambda: len(server.workers()) == 2)
+        eventually(lambda: pool_max() > 0)  # each worker samples its pools every second
+        time.sleep(1.5)
+        both = pool_max()
+        os.kill(server.workers()[0], signal.SIGKILL)  # uvicorn starts another in its place
+        eventually(lambda: len(server.workers()) == 2)
+        time.sleep(1.5)
+        after = pool_max()
+
+    assert after == both
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_starts_the_shared_folder_fresh(catalog: URL, tmp_path: Path, workers: str) -> None:
     folder = tmp_path / "metrics"
     folder.mkdir()
     (folder / "counter_12345.db").write_bytes(b"left by an earlier run")
-    with serving(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(folder)}, "--workers", "2") as server:
+    with serving(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(folder)}, "--workers", workers) as server:
         answer = httpx.get(f"{server.base}/metrics")
+        counted = healthz_counted(server.base)
 
     assert answer.status_code == 200
     assert not (folder / "counter_12345.db").exists()
+    assert counted == 0  # nothing of another run's

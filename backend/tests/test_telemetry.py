@@ -1,13 +1,19 @@
 """Request ids: kept when the client's is sane, else made; on every answer, in every problem body."""
 
+import asyncio
+import contextlib
+import io
+import json
 import re
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
-from app import songs
+from app import logs, songs
 from app.db import Database
+from app.telemetry import RequestTelemetry
 from tests.conftest import client_for
 from tests.factories import make_song
 
@@ -15,10 +21,10 @@ MADE = re.compile(r"[0-9a-f]{32}")
 
 
 async def test_a_sane_id_is_kept_on_the_answer_and_in_the_problem(client: httpx.AsyncClient) -> None:
-    found = await client.get("/songs", headers={"X-Request-ID": "checkout-42 retry=1"})
+    found = await client.get("/songs", headers={"X-Request-ID": "checkout-42/retry=1"})
     missing = await client.get("/songs/999999", headers={"X-Request-ID": "trace:abc/def"})
 
-    assert found.headers["X-Request-ID"] == "checkout-42 retry=1"
+    assert found.headers["X-Request-ID"] == "checkout-42/retry=1"
     assert missing.status_code == 404
     assert missing.headers["X-Request-ID"] == "trace:abc/def"
     assert missing.json()["request_id"] == "trace:abc/def"
@@ -26,8 +32,8 @@ async def test_a_sane_id_is_kept_on_the_answer_and_in_the_problem(client: httpx.
 
 @pytest.mark.parametrize(
     "sent",
-    ["x" * 129, "caf\u00e9".encode().decode("latin-1"), "tab\there", ""],
-    ids=["too-long", "not-ascii", "control", "empty"],
+    ["x" * 129, "caf\u00e9".encode().decode("latin-1"), "tab\there", "two words", ""],
+    ids=["too-long", "not-ascii", "control", "space", "empty"],
 )
 async def test_an_id_that_is_not_sane_is_replaced(client: httpx.AsyncClient, sent: str) -> None:
     response = await client.get("/songs", headers={b"X-Request-ID": sent.encode("latin-1")})
@@ -98,3 +104,57 @@ def test_the_problem_schema_has_the_request_id(app: FastAPI) -> None:
 
     assert "request_id" in problem["required"]
     assert problem["properties"]["request_id"]["type"] == "string"
+
+
+async def test_a_request_keeps_no_id_after_it_ends(client: httpx.AsyncClient) -> None:
+    # The test's task is the one that served it (httpx calls the app in it): nothing is left behind.
+    await client.get("/songs/999999")
+
+    assert logs.request_id() is None
+
+
+class Recorder:
+    """An ASGI app that answers as told, around which the middleware is tried directly."""
+
+    def __init__(self, fail: type[BaseException] | None, after_start: bool) -> None:
+        self.fail = fail
+        self.after_start = after_start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.after_start:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        if self.fail is not None:
+            raise self.fail()
+
+
+async def serve_once(app: Recorder) -> dict[str, object]:
+    stream = io.StringIO()
+    access_log = logs.AccessLog("info", "json", stream)
+    middleware = RequestTelemetry(app, access_log=access_log, metrics=True)
+    scope = {"type": "http", "method": "GET", "path": "/x", "root_path": "", "headers": [], "client": ("10.0.0.1", 1)}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    with contextlib.suppress(BaseException):
+        await middleware(scope, receive, send)
+    access_log.flush()
+    record: dict[str, object] = json.loads(stream.getvalue())
+    return record
+
+
+async def test_a_client_gone_before_the_answer_is_499_not_a_server_error() -> None:
+    record = await serve_once(Recorder(asyncio.CancelledError, after_start=False))
+
+    assert (record["status"], record["level"]) == (499, "info")
+
+
+async def test_a_failure_after_the_status_was_sent_is_logged_as_one() -> None:
+    record = await serve_once(Recorder(RuntimeError, after_start=True))
+
+    assert (record["status"], record["level"], record["aborted"]) == (200, "error", True)
+    assert record["bytes"] == len(b"partial")
