@@ -200,22 +200,28 @@ def test_two_workers_add_up(catalog: URL, tmp_path: Path) -> None:
 
 
 def test_a_killed_workers_gauges_no_longer_count(catalog: URL, tmp_path: Path) -> None:
-    with serving(tmp_path, {"SONGBOOK_LOG_LEVEL": "warning"}, "--workers", "2") as server:
+    folder = tmp_path / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder), "SONGBOOK_LOG_LEVEL": "warning"}
+    with serving(tmp_path, env, "--workers", "2") as server:
 
         def pool_max() -> float:
-            return value(
-                parse(httpx.get(f"{server.base}/metrics").text), "db_client_connection_max", pool_name="session"
-            )
+            samples = parse(httpx.get(f"{server.base}/metrics").text)
+            return value(samples, "db_client_connection_max", pool_name="session")
 
-        eventually(lambda: len(server.workers()) == 2)
-        eventually(lambda: pool_max() > 0)  # each worker samples its pools every second
-        time.sleep(1.5)
+        def all_sampled() -> bool:  # each worker sets its pools' gauges within a second of starting
+            workers = server.workers()
+            sampled = {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob("gauge_livesum_*.db")}
+            return len(workers) == 2 and set(workers) <= sampled
+
+        eventually(all_sampled, 30)
         both = pool_max()
-        os.kill(server.workers()[0], signal.SIGKILL)  # uvicorn starts another in its place
-        eventually(lambda: len(server.workers()) == 2)
-        time.sleep(1.5)
+        killed = server.workers()[0]
+        os.kill(killed, signal.SIGKILL)  # uvicorn starts another in its place
+        eventually(lambda: killed not in server.workers(), 30)
+        eventually(all_sampled, 30)
         after = pool_max()
 
+    assert both > 0
     assert after == both
 
 
