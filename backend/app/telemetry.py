@@ -118,7 +118,7 @@ def _route(scope: Scope, root_path: str) -> str:
     """The template of the route that answered; a mount's path (the docs' assets); else one value for all."""
     route = scope.get("route")
     if route is not None:
-        return str(route.path)
+        return str(route.path_format)
     mounted = scope.get("root_path", "")
     if mounted != root_path:  # a mount that matched appends its path to the root path
         return f"{mounted.removeprefix(root_path)}/{{path}}"

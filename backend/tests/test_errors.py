@@ -32,6 +32,15 @@ async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClien
     assert response.headers["allow"] == "GET, POST"
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+async def test_the_batch_route_takes_only_post(client: httpx.AsyncClient, method: str) -> None:
+    """Not a song whose id is `batch`: the route is there, for another method."""
+    response = await client.request(method, "/songs/batch", json={"name": "A", "artist": "B"})
+
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "POST"
+
+
 async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient) -> None:
     response = await client.post("/songs", content=b'{"name": "A",', headers={"content-type": "application/json"})
 

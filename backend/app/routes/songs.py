@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from app import exporting, idempotency, preconditions, songs
 from app.auth import WriterDep, require
@@ -28,6 +29,26 @@ router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(
 READ, WRITE = require("read"), require("write")
 
 SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
+
+
+class _SongIdSegment(Convertor[str]):
+    """The path segment of a song's id: any but `batch`, which names the batch route.
+
+    So `PUT /songs/batch` is a 405 that allows POST, not a song id that is not a
+    number (422); FastAPI still checks the segment as a `SongId`.
+    """
+
+    regex = "(?!batch$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("song_id", _SongIdSegment())
+ONE_SONG = "/{song_id:song_id}"
 
 ETAG = {
     "ETag": {"description": "The song's version, for `If-Match` and `If-None-Match`.", "schema": {"type": "string"}}
@@ -145,7 +166,7 @@ async def create_songs(
 
 
 @router.get(
-    "/{song_id}",
+    ONE_SONG,
     dependencies=[READ],
     response_model=SongPublic,
     responses={
@@ -168,7 +189,7 @@ IF_MATCH = reads_headers("If-Match")
 
 
 @router.patch(
-    "/{song_id}",
+    ONE_SONG,
     dependencies=[WRITE],
     response_model=SongPublic,
     responses={200: {"headers": ETAG}, **WRITE_ERRORS},
@@ -183,7 +204,7 @@ async def update_song(
 
 
 @router.put(
-    "/{song_id}",
+    ONE_SONG,
     dependencies=[WRITE],
     response_model=SongPublic,
     responses={200: {"headers": ETAG}, **WRITE_ERRORS},
@@ -198,7 +219,7 @@ async def replace_song(
 
 
 @router.delete(
-    "/{song_id}",
+    ONE_SONG,
     dependencies=[WRITE],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
