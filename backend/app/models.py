@@ -207,6 +207,14 @@ SearchText = Annotated[
 ]
 
 
+# A cursor is opaque: base64url, made by the service for one listing. Another is refused (422).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+CURSOR_FORM = (
+    "Opaque (base64url, up to 2,000 characters): only a cursor this service issued for the same "
+    "filters, sort and search is accepted, else 422."
+)
+
+
 class SongQuery(SQLModel):
     """Which songs `GET /songs` answers, in what order, a page at a time."""
 
@@ -237,7 +245,8 @@ class SongQuery(SQLModel):
     cursor: str | None = pydantic.Field(
         default=None,
         max_length=2000,
-        description='Where the page starts: from the previous page\'s `Link: <...>; rel="next"` URL.',
+        pattern=CURSOR_PATTERN,
+        description='Where the page starts: from the previous page\'s `Link: <...>; rel="next"` URL. ' + CURSOR_FORM,
     )
 
 
@@ -255,7 +264,10 @@ class ArtistQuery(SQLModel):
         description="Artists per page: at most 500, unless configured otherwise.",
     )
     cursor: str | None = pydantic.Field(
-        default=None, max_length=2000, description="From the `Link` of the previous page."
+        default=None,
+        max_length=2000,
+        pattern=CURSOR_PATTERN,
+        description="From the `Link` of the previous page. " + CURSOR_FORM,
     )
 
 

@@ -19,8 +19,13 @@ REQUEST_HEADERS = {
     "Prefer": "`count=exact` or `count=estimated` to be told the total in `X-Total-Count`.",
     "If-None-Match": "An ETag read before: 304 if it is still so.",
     "If-Match": 'The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.',
-    "Idempotency-Key": "Any unique string (a UUID): a retry with the same key and request gets the first answer "
-    "again, with `Idempotent-Replayed: true`, and writes nothing more. Kept 24 hours, per API key.",
+    "Idempotency-Key": "Any unique string (a UUID) of 1 to 255 printable ASCII characters, no spaces: a retry "
+    "with the same key and request gets the first answer again, with `Idempotent-Replayed: true`, and writes "
+    "nothing more. Kept 24 hours, per API key.",
+}
+# What a header's value must be, beyond a string; a value outside it is refused (422).
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
 }
 
 
@@ -33,7 +38,7 @@ def reads_headers(*names: str) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "description": REQUEST_HEADERS[name],
-                "schema": {"type": "string"},
+                "schema": HEADER_SCHEMAS.get(name, {"type": "string"}),
             }
             for name in names
         ]

@@ -1,5 +1,6 @@
 """The OpenAPI description documents every route's answers, errors included."""
 
+import re
 from typing import Any
 
 import httpx
@@ -108,3 +109,37 @@ def test_the_request_headers_each_route_reads_are_documented(
 
     assert [p["name"] for p in headers] == [header]
     assert headers[0]["description"]
+
+
+@pytest.mark.parametrize("path", ["/songs", "/songs/batch"])
+async def test_what_an_idempotency_key_must_be_is_described_and_held_to(
+    openapi: dict[str, Any], client: httpx.AsyncClient, path: str
+) -> None:
+    [header] = [p for p in openapi["paths"][path]["post"]["parameters"] if p["name"] == "Idempotency-Key"]
+    schema = header["schema"]
+    song = {"name": "Help!", "artist": "The Beatles"}
+    body = song if path == "/songs" else [song]
+
+    longest = await client.post(path, json=body, headers={"Idempotency-Key": "k" * schema["maxLength"]})
+    too_long = await client.post(path, json=body, headers={"Idempotency-Key": "k" * (schema["maxLength"] + 1)})
+    spaced = await client.post(path, json=body, headers={"Idempotency-Key": "two words"})
+
+    assert (schema["minLength"], schema["maxLength"]) == (1, 255)
+    assert re.fullmatch(schema["pattern"].strip("^$"), "two words") is None
+    assert longest.status_code in (200, 201)
+    assert (too_long.status_code, spaced.status_code) == (422, 422)
+
+
+@pytest.mark.parametrize("path", ["/songs", "/artists"])
+async def test_a_cursors_form_is_described_and_held_to(
+    openapi: dict[str, Any], client: httpx.AsyncClient, path: str
+) -> None:
+    [cursor] = [p for p in openapi["paths"][path]["get"]["parameters"] if p["name"] == "cursor"]
+    [form] = [option for option in cursor["schema"]["anyOf"] if option["type"] == "string"]
+
+    refused = await client.get(path, params={"cursor": "not+base64url"})
+
+    assert form["pattern"] == "^[A-Za-z0-9_-]+$"
+    assert "only a cursor this service issued" in cursor["description"]
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "cursor"
