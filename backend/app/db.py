@@ -38,6 +38,17 @@ from app.metrics import PoolUsage
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# A connection that died or could not be made (a restart, a failover, a terminated
+# backend): a read is tried once more on a fresh one. TimeoutError (an OSError) is the
+# wait for the pool, and is not tried again.
+LOST_CONNECTION = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 # What a statement that breaks a constraint raises, on either way to the database.
 INTEGRITY_ERRORS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
@@ -90,11 +101,25 @@ class Database:
         values = [params[name] for name in names]
         binding = _binding.get()
         if binding is not None and binding.owns(self):
-            return await (await binding.connection()).fetch(sql, *values)  # type: ignore[no-any-return]
-        # As `_connection` does, written out: its generator costs about a tenth of a small read (py-spy).
-        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
-            wait.reschedule(None)
-            rows: list[Mapping[str, Any]] = await connection.fetch(sql, *values)
+            return await binding.fetch(sql, values)
+        sent = False
+        try:
+            # As `_connection` does, written out: its generator costs about a tenth of a small read (py-spy).
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
+                wait.reschedule(None)
+                sent = True
+                rows: list[Mapping[str, Any]] = await _fetch(connection, sql, values)
+        except (*LOST_CONNECTION, asyncpg.InternalClientError) as exc:
+            # A connection that the server closed while it was idle (a shutdown's message came first)
+            # refuses the statement before sending it ("cannot switch to state"): nothing was sent.
+            sent = sent and not isinstance(exc, asyncpg.InternalClientError)
+            if isinstance(exc, TimeoutError) or (write and sent):
+                raise  # a write the server may have done is not done twice: Idempotency-Key is for that
+            # A read, or a write that never reached the server: once more, at once, on a new connection.
+            # What ended one connection (a restart, a failover) likely ended the pool's others.
+            await self.pool.expire_connections()
+            async with self._connection() as connection:
+                return await _fetch(connection, sql, values)
         return rows
 
     @contextlib.asynccontextmanager
@@ -262,6 +287,18 @@ class Transaction:
         await self.session.rollback()
 
 
+async def _fetch(connection: asyncpg.Connection, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """`connection.fetch`, after which a connection that failed for any reason but the server's answer is
+    closed: its protocol may be mid-operation, and the pool would hand it out as it is."""
+    try:
+        return await connection.fetch(sql, *values)  # type: ignore[no-any-return]
+    except asyncpg.PostgresError:
+        raise  # the server answered: the connection is as good as before
+    except BaseException:
+        connection.terminate()
+        raise
+
+
 @dataclass
 class _Binding:
     """The connection a `Database.bound` block holds, taken at its first statement."""
@@ -281,6 +318,14 @@ class _Binding:
             self._connection = await held.__aenter__()
             self._held = held  # only once taken: a wait cut short leaves nothing to give back
         return self._connection
+
+    async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
+        try:
+            return await _fetch(await self.connection(), sql, values)
+        except BaseException:
+            if self._connection is not None and self._connection.is_closed():
+                await self.release()  # the block's next statement takes a fresh one
+            raise
 
     async def release(self) -> None:
         held, self._held, self._connection = self._held, None, None

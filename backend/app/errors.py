@@ -361,4 +361,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(asyncpg.InterfaceError, _database_error)
+    # asyncpg's, for a connection that died under it while idle: the database went away.
+    app.add_exception_handler(asyncpg.InternalClientError, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)

@@ -24,6 +24,7 @@ from app.models import ApiKeyCreate, Scope
 from tests.catalog import empty, empty_catalog
 
 BACKENDS = ["sqlite", "postgresql"]
+pytest_plugins = ["tests.pgcluster"]  # `cluster`: a PostgreSQL of a test's own
 
 
 def postgres_base_url() -> URL:
