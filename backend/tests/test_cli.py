@@ -1,6 +1,5 @@
 """The `songbook` command."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from app import schema
 from app.cli import cli
+from tests.server import free_port
 
 runner = CliRunner()
 
@@ -97,9 +97,7 @@ def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Pa
         text=True,
         timeout=60,
     ).stdout.strip()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([songbook, "serve", "--port", str(port)], env=env, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"

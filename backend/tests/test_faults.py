@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from app.main import create_app
 from tests.catalog import rows
 from tests.conftest import client_for
 from tests.proxy import Proxy
+from tests.server import free_port
 
 
 @asynccontextmanager
@@ -80,12 +80,6 @@ async def test_a_silent_database_is_a_503_within_the_timeouts(settings: Settings
     assert silent.status_code == 503
     assert took < 10  # the statement timeout (1 s here) and the client's margin, or the connect timeout
     assert after[-1] == 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_sigterm_under_load_finishes_every_accepted_request(catalog: URL, tmp_path: Path) -> None:

@@ -92,20 +92,11 @@ def test_sql_echo_comes_out_as_json(catalog: URL, tmp_path: Path) -> None:
     assert any(r.get("request_id") == listed.headers["X-Request-ID"] for r in sql)
 
 
-async def _break_the_song_table(url: URL) -> None:
+async def _rename_artist_column(url: URL, old: str, new: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE song RENAME COLUMN artist TO artist_gone"))
-    finally:
-        await engine.dispose()
-
-
-async def _mend_the_song_table(url: URL) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("ALTER TABLE song RENAME COLUMN artist_gone TO artist"))
+            await connection.execute(text(f"ALTER TABLE song RENAME COLUMN {old} TO {new}"))
     finally:
         await engine.dispose()
 
@@ -113,12 +104,12 @@ async def _mend_the_song_table(url: URL) -> None:
 async def test_a_failing_statement_is_logged_with_the_request_id(catalog: URL, tmp_path: Path) -> None:
     """A schema the code does not expect: PostgreSQL's error is a 500 with its traceback, SQLite's a 503."""
     with serving(tmp_path, JSON_LOGS) as server:
-        await _break_the_song_table(catalog)
+        await _rename_artist_column(catalog, "artist", "artist_gone")
         try:
             async with httpx.AsyncClient() as client:
                 failed = await client.get(f"{server.base}/songs/1", headers={"X-Request-ID": "the-broken-one"})
         finally:
-            await _mend_the_song_table(catalog)
+            await _rename_artist_column(catalog, "artist_gone", "artist")
 
     assert failed.status_code in (500, 503)
     assert failed.headers["X-Request-ID"] == "the-broken-one"

@@ -27,14 +27,9 @@ from app.config import Settings
 from app.main import create_app
 from tests.catalog import empty_catalog
 from tests.conftest import client_for, make_key, postgres_base_url
+from tests.server import free_port
 
 SERVER_CONNECTIONS = 2  # per database and user: far fewer than the service's clients
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

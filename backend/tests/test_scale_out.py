@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from tests.catalog import rows
-from tests.test_faults import free_port
+from tests.server import free_port
 from tests.test_ratelimit import redis_url
 
 BURST = 5
