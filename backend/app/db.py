@@ -8,17 +8,18 @@ give it the `Database`; how a call reaches the database is decided here:
   pool; on SQLite, on the engine.
 - `Database.transaction` is a unit of work on a SQLModel session: committed
   when the block ends, rolled back if it raises. One that writes takes
-  SQLite's write lock at BEGIN.
+  SQLite's write lock at BEGIN. `Database.read` and `Database.read_stream`
+  run a reading one, again on a fresh connection if its connection died.
 """
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 from uuid import uuid4
 
 import asyncpg
@@ -59,6 +60,20 @@ POOL_TIMEOUT_SECONDS = 30
 PING_TIMEOUT_SECONDS = 2
 
 Statement = Select[*tuple[Any, ...]] | UpdateBase
+T = TypeVar("T")
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether `exc` says the connection died or could not be made (not a wait for the pool that ran out).
+
+    Through SQLAlchemy, the driver's error is the cause of the DBAPI error it
+    wraps: `DBAPIError.orig.__cause__`.
+    """
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else exc
+    return isinstance(exc, LOST_CONNECTION) and not isinstance(exc, TimeoutError)
 
 
 class Database:
@@ -161,6 +176,47 @@ class Database:
             if write:
                 await session.commit()
 
+    async def read(self, work: Callable[["Transaction"], Awaitable[T]]) -> T:
+        """What `work` gives in a reading `transaction`; done once more, at once, if its connection died
+        before or while it ran (a restart, a failover, an ended backend).
+
+        A read has nothing to undo: the second time is on a fresh connection,
+        since the pool checks each one it hands out (`pool_pre_ping`).
+        """
+        try:
+            async with self.transaction() as transaction:
+                return await work(transaction)
+        except DATABASE_ERRORS as exc:
+            if not lost_connection(exc):
+                raise
+        async with self.transaction() as transaction:
+            return await work(transaction)
+
+    async def read_stream(self, work: Callable[["Transaction"], AsyncGenerator[T]]) -> AsyncGenerator[T]:
+        """What `work` yields in a reading `transaction`; begun once more, at once, if its connection died
+        before the reader was given anything (after that, it has part of the answer: it fails).
+
+        Each item is given once the next one, or the end, has come: an answer
+        of one item (a small export) is whole before any of it is sent.
+        """
+        for attempt in (1, 2):
+            held: list[T] = []
+            started = False
+            try:
+                async with self.transaction() as transaction, contextlib.aclosing(work(transaction)) as items:
+                    async for item in items:
+                        if held:
+                            started = True
+                            yield held.pop()
+                        held.append(item)
+            except DATABASE_ERRORS as exc:
+                if started or attempt == 2 or not lost_connection(exc):
+                    raise
+                continue
+            for item in held:
+                yield item
+            return
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         assert self.pool is not None
@@ -207,9 +263,16 @@ class Database:
     async def estimated_rows(self, statement: Select[Any], params: Mapping[str, Any]) -> int:
         """How many rows `statement` would give, as PostgreSQL's planner estimates it: no scan.
 
-        SQLite has no estimate: it counts.
+        SQLite has no estimate: it counts. Tried once more if the connection died, as `read` is.
         """
-        statement = statement.params(dict(params))
+        try:
+            return await self._estimated_rows(statement.params(dict(params)))
+        except DATABASE_ERRORS as exc:
+            if not lost_connection(exc):
+                raise
+        return await self._estimated_rows(statement.params(dict(params)))
+
+    async def _estimated_rows(self, statement: Select[Any]) -> int:
         async with self.engine.connect() as connection:
             if self.dialect != "postgresql":
                 counted = sa.select(sa.func.count()).select_from(statement.subquery())
@@ -367,7 +430,15 @@ def _create_engine(settings: Settings) -> AsyncEngine:
         # connection: no statement prepared under a name may outlive it.
         connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
     return create_async_engine(
-        url, echo=settings.sql_echo, pool_size=settings.pool_size, max_overflow=0, connect_args=connect_args
+        url,
+        echo=settings.sql_echo,
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        connect_args=connect_args,
+        # Each connection is checked as it leaves the pool (a round trip; the session's work takes
+        # milliseconds): one that a restart or failover ended is replaced, and all those older with it,
+        # before a statement is sent. https://docs.sqlalchemy.org/en/21/core/pooling.html#pool-disconnects-pessimistic
+        pool_pre_ping=True,
     )
 
 

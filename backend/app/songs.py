@@ -292,7 +292,8 @@ async def list_songs(
         # The hot path: one statement, made once for its shape.
         statement, params, signature = _in_order(query, found=None)
         return _ordered_page(await db.fetch(statement, params), signature, query.limit)
-    async with db.transaction() as transaction:
+
+    async def search_and_count(transaction: Transaction) -> tuple[Page[SongRow], search.Search | None]:
         # Planned once for the page and the count, so that both look for the same words.
         found = await search.plan(transaction.session, query.q) if query.q else None
         if found and (query.sort is None or query.sort.strip() == "relevance"):
@@ -303,6 +304,9 @@ async def list_songs(
         if count == "exact":
             counting = sa.select(func.count().label("count")).select_from(Song).where(*_matching(query, found))
             page.total = (await transaction.fetch(counting, _filter_values(query)))[0]["count"]
+        return page, found
+
+    page, found = await db.read(search_and_count)
     if count == "estimated":
         listing = sa.select(col(Song.id)).where(*_matching(query, found))
         page.total = await db.estimated_rows(listing, _filter_values(query))
@@ -399,7 +403,8 @@ async def export_songs(*, db: Database, query: SongQuery, file_format: Format) -
     One statement: memory stays flat, and the songs are those of one snapshot
     of the catalog. `query`'s sort and paging are ignored.
     """
-    async with db.transaction() as transaction:
+
+    async def export(transaction: Transaction) -> AsyncGenerator[bytes]:
         found = await search.plan(transaction.session, query.q) if query.q else None
         statement = (
             sa.select(*exporting.columns(file_format, db.dialect))
@@ -411,6 +416,10 @@ async def export_songs(*, db: Database, query: SongQuery, file_format: Format) -
         async with aclosing(exporting.stream(await transaction.connection(), statement, file_format)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async with aclosing(db.read_stream(export)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
 def _filter_values(query: SongQuery) -> dict[str, Any]:
@@ -497,8 +506,7 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
         # Paging by name filters rows before grouping; by count, groups after it.
         statement = statement.where(after(keys, values)) if len(keys) == 1 else statement.having(after(keys, values))
     statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
-    async with db.transaction() as transaction:
-        rows = await transaction.fetch(statement)
+    rows = await db.read(lambda transaction: transaction.fetch(statement))
     next_cursor = None
     if len(rows) == query.limit:
         last = rows[-1]

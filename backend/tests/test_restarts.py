@@ -59,6 +59,12 @@ class Load:
                 answer = await self.client.get("/songs", params={"limit": 20})
             elif kind == "search":
                 answer = await self.client.get("/songs", params={"q": "song"})
+            elif kind == "total":
+                answer = await self.client.get("/songs", params={"artist": "Seed"}, headers={"Prefer": "count=exact"})
+            elif kind == "artists":
+                answer = await self.client.get("/artists", params={"prefix": "se"})
+            elif kind == "export":
+                answer = await self.client.get("/songs", params={"artist": "Seed"}, headers={"Accept": "text/csv"})
             else:
                 name = f"Load {worker}-{number}"
                 answer = await self.client.post("/songs", json={"name": name, "artist": "Load"})
@@ -108,11 +114,12 @@ async def test_restarts_fast_and_immediate_are_503s_at_worst_and_lose_nothing(cl
     assert await stored(cluster) == collections.Counter(load.created)
 
 
-async def test_reads_of_songs_and_pages_do_not_notice_their_connections_ended(cluster: Cluster) -> None:
-    """Each is tried once more on a new connection. (Searches, on SQLAlchemy's sessions, are not yet.)"""
+async def test_reads_do_not_notice_their_connections_ended(cluster: Cluster) -> None:
+    """Each is tried once more on a new connection: on the hot paths' pool (songs, pages) and on
+    SQLAlchemy's (searches, totals, artists, exports)."""
     async with service(cluster) as client:
         await seed(client)
-        load = Load(client, kinds=("read", "page"))
+        load = Load(client, kinds=("read", "page", "search", "total", "artists", "export"))
         async with load.running():
             for _ in range(5):
                 await asyncio.sleep(0.5)
@@ -120,3 +127,4 @@ async def test_reads_of_songs_and_pages_do_not_notice_their_connections_ended(cl
             await asyncio.sleep(0.5)
 
     assert {status for _, status in load.answers} <= {200, 404}, load.answers
+    assert {kind for kind, status in load.answers if status == 200} == set(load.kinds)
