@@ -92,17 +92,52 @@ class Settings(BaseSettings):
 
 
 def async_url(raw: str) -> URL:
-    """Parse a database URL; `postgres://` and `postgresql://` mean asyncpg, `sqlite://` aiosqlite."""
+    """Parse a database URL; `postgres://` and `postgresql://` mean asyncpg, `sqlite://` aiosqlite.
+
+    A PostgreSQL URL may name several servers, as libpq and asyncpg read it
+    (`postgresql://u@h1:5432,h2:5432/db?target_session_attrs=read-write`):
+    each connection goes to the first that answers as asked.
+    """
     try:
-        url = make_url(raw)
+        url = make_url(_hosts_in_query(raw))
     except ArgumentError:
         raise ValueError("not a database URL (expected postgresql://... or sqlite:///...)") from None
     backend = url.get_backend_name()
     if backend in ("postgres", "postgresql"):
+        attrs = url.query.get("target_session_attrs", "any")
+        if attrs not in TARGET_SESSION_ATTRS:
+            raise ValueError(f"target_session_attrs must be one of {', '.join(TARGET_SESSION_ATTRS)}, not {attrs!r}")
         return url.set(drivername="postgresql+asyncpg")
     if backend == "sqlite":
         return url.set(drivername="sqlite+aiosqlite")
     raise ValueError(f"unsupported database {backend!r} (expected postgresql or sqlite)")
+
+
+# What asyncpg's target_session_attrs accepts: which of a URL's servers a connection may take.
+TARGET_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def _hosts_in_query(raw: str) -> str:
+    """`postgresql://u@h1:p1,h2:p2/db?...` as SQLAlchemy reads several hosts: `postgresql://u@/db?...&host=h1:p1&host=h2:p2`.
+
+    SQLAlchemy's URL has one host and port; its asyncpg dialect takes several
+    from the query, each with its port.
+    """
+    scheme, separator, rest = raw.partition("://")
+    authority, _, path = rest.partition("/")
+    user, at, hosts = authority.rpartition("@")
+    if not separator or "," not in hosts:
+        return raw
+    if "host=" in path:
+        raise ValueError("name the hosts either before the database or as ?host=, not both")
+    pairs = []
+    for host in hosts.split(","):
+        name, colon, port = host.rpartition(":")
+        name, port = (name, port) if colon else (host, "5432")
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{host!r} in the list of hosts is not host:port")
+        pairs.append(f"host={name}:{port}")
+    return f"{scheme}://{user}{at}/{path}{'&' if '?' in path else '?'}{'&'.join(pairs)}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,6 +15,8 @@ give it the `Database`; how a call reaches the database is decided here:
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,13 +31,16 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 from sqlalchemy.sql import Executable, Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
+from app.errors import NoWritableDatabase
 from app.metrics import PoolUsage
+
+logger = logging.getLogger(__name__)
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -85,10 +90,11 @@ class Database:
     SQLModel tables: the models stay the one description of the schema.
     """
 
-    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None, anywhere: "Anywhere | None" = None) -> None:
         self.engine = engine
         self.pool = pool
         self._sessionmaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._anywhere = anywhere
         # Turns at the pool, first come first served. asyncpg's pool lets a request that
         # just arrived take a connection given back before one already waiting wakes up:
         # under load some requests waited again and again (p99 of GET /songs/{id} 37-51 ms
@@ -124,6 +130,10 @@ class Database:
                 wait.reschedule(None)
                 sent = True
                 rows: list[Mapping[str, Any]] = await _fetch(connection, sql, values)
+        except NoWritableDatabase:
+            if write or self._anywhere is None:
+                raise
+            return await self._anywhere.fetch(sql, values)
         except (*LOST_CONNECTION, asyncpg.InternalClientError) as exc:
             # A connection that the server closed while it was idle (a shutdown's message came first)
             # refuses the statement before sending it ("cannot switch to state"): nothing was sent.
@@ -133,8 +143,13 @@ class Database:
             # A read, or a write that never reached the server: once more, at once, on a new connection.
             # What ended one connection (a restart, a failover) likely ended the pool's others.
             await self.pool.expire_connections()
-            async with self._connection() as connection:
-                return await _fetch(connection, sql, values)
+            try:
+                async with self._connection() as connection:
+                    return await _fetch(connection, sql, values)
+            except NoWritableDatabase:
+                if write or self._anywhere is None:
+                    raise
+                return await self._anywhere.fetch(sql, values)
         return rows
 
     @contextlib.asynccontextmanager
@@ -181,36 +196,50 @@ class Database:
         before or while it ran (a restart, a failover, an ended backend).
 
         A read has nothing to undo: the second time is on a fresh connection,
-        since the pool checks each one it hands out (`pool_pre_ping`).
+        since the pool checks each one it hands out (`pool_pre_ping`). While
+        no server takes writes, it runs on any that answers.
         """
-        try:
-            async with self.transaction() as transaction:
-                return await work(transaction)
-        except DATABASE_ERRORS as exc:
-            if not lost_connection(exc):
-                raise
-        async with self.transaction() as transaction:
-            return await work(transaction)
+        for attempt in (1, 2):
+            try:
+                async with self.transaction() as transaction:
+                    return await work(transaction)
+            except NoWritableDatabase:
+                if self._anywhere is None:
+                    raise
+                async with self._anywhere.transaction() as transaction:
+                    return await work(transaction)
+            except DATABASE_ERRORS as exc:
+                if attempt == 2 or not lost_connection(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def read_stream(self, work: Callable[["Transaction"], AsyncGenerator[T]]) -> AsyncGenerator[T]:
         """What `work` yields in a reading `transaction`; begun once more, at once, if its connection died
         before the reader was given anything (after that, it has part of the answer: it fails).
 
         Each item is given once the next one, or the end, has come: an answer
-        of one item (a small export) is whole before any of it is sent.
+        of one item (a small export) is whole before any of it is sent. While
+        no server takes writes, it runs on any that answers.
         """
-        for attempt in (1, 2):
+        transactions: list[Callable[[], contextlib.AbstractAsyncContextManager[Transaction]]]
+        transactions = [self.transaction, self.transaction]
+        while transactions:
             held: list[T] = []
             started = False
             try:
-                async with self.transaction() as transaction, contextlib.aclosing(work(transaction)) as items:
+                async with transactions.pop()() as transaction, contextlib.aclosing(work(transaction)) as items:
                     async for item in items:
                         if held:
                             started = True
                             yield held.pop()
                         held.append(item)
+            except NoWritableDatabase:
+                if started or self._anywhere is None:
+                    raise
+                transactions = [self._anywhere.transaction]
+                continue
             except DATABASE_ERRORS as exc:
-                if started or attempt == 2 or not lost_connection(exc):
+                if started or not transactions or not lost_connection(exc):
                     raise
                 continue
             for item in held:
@@ -310,7 +339,35 @@ class Database:
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+        if self._anywhere is not None:
+            await self._anywhere.engine.dispose()
         await self.engine.dispose()
+
+
+@dataclass
+class Anywhere:
+    """Reads while none of a multi-host URL's servers takes writes (a switchover, a failover): on any that answers.
+
+    A connection for each read, made when needed: there is none to keep
+    between failovers. A standby may be a little behind: such a read may miss
+    a write made in the last moments (synchronous replication waits for the
+    standby to have the write, not to show it).
+    """
+
+    engine: AsyncEngine
+    options: dict[str, Any]
+
+    async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
+        connection = await _connect_each(**self.options)
+        try:
+            return await connection.fetch(sql, *values)  # type: ignore[no-any-return]
+        finally:
+            connection.terminate()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator["Transaction"]:
+        async with AsyncSession(self.engine, expire_on_commit=False) as session:
+            yield Transaction(session)
 
 
 class _Turns(asyncio.Semaphore):
@@ -404,8 +461,9 @@ async def open_database(settings: Settings, *, long_running: bool = False) -> Da
     (an import, an export): without a statement timeout."""
     if long_running:
         settings = settings.model_copy(update={"statement_timeout_ms": 0})
-    engine = _create_engine(settings)
-    return Database(engine, await _create_pool(settings, engine))
+    connector = _Connector()
+    engine = _create_engine(settings, connector)
+    return Database(engine, await _create_pool(settings, engine, connector), _anywhere(settings, engine))
 
 
 @contextlib.asynccontextmanager
@@ -418,13 +476,13 @@ async def connect(settings: Settings, *, long_running: bool = False) -> AsyncIte
         await database.close()
 
 
-def _create_engine(settings: Settings) -> AsyncEngine:
+def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
     """The engine for the configured database: asyncpg for PostgreSQL, aiosqlite for SQLite."""
     url = settings.sqlalchemy_url
     if url.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
         return configure_sqlite(create_async_engine(url, echo=settings.sql_echo))
-    connect_args = _asyncpg_options(settings)
+    connect_args = _asyncpg_options(settings) | {"async_creator_fn": connector}
     if settings.pgbouncer:
         # PgBouncer's transaction pooling hands each transaction any server
         # connection: no statement prepared under a name may outlive it.
@@ -471,7 +529,7 @@ SQLALCHEMY_DRIVER_OPTIONS = frozenset(
 )
 
 
-async def _create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool | None:
+async def _create_pool(settings: Settings, engine: AsyncEngine, connector: "_Connector") -> asyncpg.Pool | None:
     """On PostgreSQL, a bare asyncpg pool for the hot paths; None on SQLite.
 
     It connects as the engine does, with the URL's options (`?ssl=require`)
@@ -483,7 +541,88 @@ async def _create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool 
     # asyncpg.connect refuses SQLAlchemy's own options.
     options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
     options |= _asyncpg_options(settings)
-    return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, reset=_keep_session, **options)
+    return await asyncpg.create_pool(
+        min_size=0, max_size=settings.pool_size, reset=_keep_session, connect=connector, **options
+    )
+
+
+async def _connect_each(*dsn: str | None, **options: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, which tries the next of several hosts when one is starting or shutting down too.
+
+    asyncpg goes on to the next host only when one cannot be reached; one that
+    answers "the database system is shutting down" (the old primary of a
+    switchover) ends its search there.
+    """
+    try:
+        return await asyncpg.connect(*dsn, **options)
+    except asyncpg.CannotConnectNowError:
+        hosts, ports = options.get("host"), options.get("port")
+        if not isinstance(hosts, list) or not isinstance(ports, list):
+            raise
+    for host, port in zip(hosts, ports, strict=True):
+        with contextlib.suppress(OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError):
+            return await asyncpg.connect(*dsn, **options | {"host": host, "port": port})
+    raise asyncpg.TargetServerAttributeNotMatched(f"none of {hosts} takes a connection now")
+
+
+def _anywhere(settings: Settings, engine: AsyncEngine) -> Anywhere | None:
+    """For a URL of several servers whose connections must take writes: reads on any of them, when none does."""
+    if engine.dialect.name != "postgresql":
+        return None
+    _, options = engine.dialect.create_connect_args(engine.url)
+    if not isinstance(options.get("host"), list) or options.get("target_session_attrs") not in (
+        "read-write",
+        "primary",
+    ):
+        return None
+    url = engine.url.update_query_dict({"target_session_attrs": "any"})
+    connect_args = _asyncpg_options(settings) | {"async_creator_fn": _connect_each}
+    if settings.pgbouncer:
+        connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
+    options = {name: value for name, value in options.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
+    options |= _asyncpg_options(settings) | {"target_session_attrs": "any"}
+    return Anywhere(create_async_engine(url, poolclass=NullPool, connect_args=connect_args), options)
+
+
+@dataclass
+class _Connector:
+    """`asyncpg.connect` for a process's pools, which says plainly when none of several servers takes writes.
+
+    Then (a failover under way: the old primary down, the new one not yet
+    promoted) asyncpg raises the error of the last server it tried (a refused
+    connection, or that it is not the kind `target_session_attrs` asks for),
+    which names neither the others nor why. One log line when that starts,
+    one when it ends.
+    """
+
+    down_since: float | None = None
+
+    async def __call__(self, *dsn: str | None, **options: Any) -> asyncpg.Connection:
+        began = time.monotonic()
+        try:
+            connection = await _connect_each(*dsn, **options)
+        except (OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError) as exc:
+            hosts, wanted = options.get("host"), options.get("target_session_attrs")
+            if not isinstance(hosts, list) or wanted not in ("read-write", "primary") or isinstance(exc, TimeoutError):
+                raise
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                logger.warning(
+                    "database unavailable: none of %d servers takes writes (last: %s: %s)",
+                    len(hosts),
+                    type(exc).__name__,
+                    exc,
+                )
+            raise NoWritableDatabase(
+                f"None of the {len(hosts)} database servers takes writes now (a failover may be under way);"
+                " try again shortly."
+            ) from exc
+        if self.down_since is not None and began > self.down_since:  # not one begun before it all
+            logger.warning(
+                "database available: a server takes writes again, after %.1f s", time.monotonic() - self.down_since
+            )
+            self.down_since = None
+        return connection
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

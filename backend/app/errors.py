@@ -148,6 +148,10 @@ class DatabaseUnavailable(AppError):
         super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+class NoWritableDatabase(DatabaseUnavailable):
+    """None of the database's servers takes writes (a failover under way); reads may go to any of them."""
+
+
 class Unauthorized(AppError):
     status_code = 401
     code = "unauthorized"
@@ -299,9 +303,11 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 # PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
-# could not get, a serialization failure or deadlock), is shutting down or
-# starting, or has no connection to spare. Transient: the client may retry.
-TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"})
+# could not get, a serialization failure or deadlock), or has no connection to
+# spare. Transient: the client may retry.
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
+# The server ended the connection (shut down, crashed, or was told to), or would not take it yet.
+LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -317,7 +323,12 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         orig = exc
     sqlstate = str(getattr(orig, "sqlstate", "") or "")
     metrics.database_errors.labels(type(orig).__name__).inc()
-    if transient or sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08"):
+    if transient or sqlstate in LOST_SQLSTATES or sqlstate.startswith("08"):
+        logger.warning("database unavailable: %s", type(orig).__name__)
+        return error_response(
+            DatabaseUnavailable("The connection to the database was lost (a restart, a failover); try again shortly.")
+        )
+    if sqlstate in TRANSIENT_SQLSTATES:
         logger.warning("database unavailable: %s", type(orig).__name__)
         return error_response(DatabaseUnavailable("The database took too long to answer; try again shortly."))
     return _failed(request)

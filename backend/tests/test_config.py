@@ -30,6 +30,11 @@ def test_default_database_is_a_sqlite_file_in_the_data_dir() -> None:
         ("postgres://u:p@db/songs", "postgresql+asyncpg://u:***@db/songs"),
         ("postgresql+asyncpg://u@db/songs", "postgresql+asyncpg://u@db/songs"),
         ("sqlite:////var/lib/songbook.db", "sqlite+aiosqlite:////var/lib/songbook.db"),
+        # Several servers, as libpq and asyncpg write them: as SQLAlchemy's asyncpg dialect takes them.
+        (
+            "postgresql://u:p@h1:5433,h2/songs?target_session_attrs=read-write",
+            "postgresql+asyncpg://u:***@/songs?host=h1%3A5433&host=h2%3A5432&target_session_attrs=read-write",
+        ),
     ],
 )
 def test_database_urls_mean_the_async_drivers(monkeypatch: pytest.MonkeyPatch, raw: str, expected: str) -> None:
@@ -54,6 +59,16 @@ def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
         ("SONGBOOK_SQL_ECHO", "perhaps", "invalid setting SONGBOOK_SQL_ECHO='perhaps': Input should be a valid bool"),
         ("DATABASE_URL", "mysql://root:s3cret@db/x", "invalid setting DATABASE_URL: unsupported database 'mysql'"),
         ("DATABASE_URL", "not a url", "invalid setting DATABASE_URL: not a database URL"),
+        (
+            "DATABASE_URL",
+            "postgresql://u:s3cret@h1:x,h2/db",
+            "invalid setting DATABASE_URL: 'h1:x' in the list of hosts",
+        ),
+        (
+            "DATABASE_URL",
+            "postgresql://h1,h2/db?target_session_attrs=primary-only",
+            "invalid setting DATABASE_URL: target_session_attrs must be one of any, primary, standby",
+        ),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
