@@ -24,7 +24,8 @@ from app.models import ApiKeyCreate, Scope
 from tests.catalog import empty, empty_catalog
 
 BACKENDS = ["sqlite", "postgresql"]
-pytest_plugins = ["tests.pgcluster"]  # `cluster`: a PostgreSQL of a test's own
+# `cluster`: a PostgreSQL of a test's own; `formation`: a highly available one (pg_auto_failover)
+pytest_plugins = ["tests.pgcluster", "tests.formation"]
 
 
 def postgres_base_url() -> URL:

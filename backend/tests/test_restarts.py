@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,10 +23,12 @@ ALL_KINDS = ("read", "page", "search", "create")
 
 
 @asynccontextmanager
-async def service(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
-    await asyncio.to_thread(schema.upgrade, async_url(cluster.url))
+async def service(url: str, **options: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The service on the database at `url`, migrated, without keys or rate limits."""
+    await asyncio.to_thread(schema.upgrade, async_url(url))
     settings = Settings(
-        database_url=cluster.url,
+        database_url=url,
+        **options,  # type: ignore[arg-type]
         rate_limit_per_second=0,
         anonymous_rate_limit_per_second=0,
         require_write_key=False,
@@ -46,6 +49,8 @@ class Load:
         self.kinds = kinds
         self.answers: collections.Counter[tuple[str, int]] = collections.Counter()
         self.created: list[str] = []
+        # Each answer that was not a success: when (monotonic), to what kind of request, and why.
+        self.failures: list[tuple[float, str, int, str]] = []
         self._stop = asyncio.Event()
 
     async def run(self, worker: int) -> None:
@@ -71,6 +76,8 @@ class Load:
                 if answer.status_code == 201:
                     self.created.append(name)
             self.answers[kind, answer.status_code] += 1
+            if answer.status_code >= 500:
+                self.failures.append((time.monotonic(), kind, answer.status_code, answer.text))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -87,8 +94,9 @@ async def seed(client: httpx.AsyncClient) -> None:
         (await client.post("/songs", json={"name": f"Song {number}", "artist": "Seed"})).raise_for_status()
 
 
-async def stored(cluster: Cluster) -> collections.Counter[str]:
-    engine = create_async_engine(async_url(cluster.url))
+async def stored(url: str) -> collections.Counter[str]:
+    """The names of the songs the load made, as many times as each is stored."""
+    engine = create_async_engine(async_url(url))
     try:
         async with engine.connect() as connection:
             names = (await connection.execute(text("SELECT name FROM song WHERE artist = 'Load'"))).scalars()
@@ -98,7 +106,7 @@ async def stored(cluster: Cluster) -> collections.Counter[str]:
 
 
 async def test_restarts_fast_and_immediate_are_503s_at_worst_and_lose_nothing(cluster: Cluster) -> None:
-    async with service(cluster) as client:
+    async with service(cluster.url) as client:
         await seed(client)
         load = Load(client)
         async with load.running():
@@ -111,13 +119,13 @@ async def test_restarts_fast_and_immediate_are_503s_at_worst_and_lose_nothing(cl
     assert statuses <= {200, 201, 404, 503}, load.answers
     assert sum(count for (_, status), count in load.answers.items() if status in (200, 201)) > 100
     # Every song answered 201 is there, once; none that was not answered 201 (a 503 wrote nothing).
-    assert await stored(cluster) == collections.Counter(load.created)
+    assert await stored(cluster.url) == collections.Counter(load.created)
 
 
 async def test_reads_do_not_notice_their_connections_ended(cluster: Cluster) -> None:
     """Each is tried once more on a new connection: on the hot paths' pool (songs, pages) and on
     SQLAlchemy's (searches, totals, artists, exports)."""
-    async with service(cluster) as client:
+    async with service(cluster.url) as client:
         await seed(client)
         load = Load(client, kinds=("read", "page", "search", "total", "artists", "export"))
         async with load.running():

@@ -1,0 +1,93 @@
+"""Failover of a highly available PostgreSQL (pg_auto_failover) under load: no 500, no acknowledged write lost.
+
+The service is given both nodes in one URL, `target_session_attrs=read-write`:
+each new connection goes to whichever accepts writes.
+"""
+
+import asyncio
+import collections
+import json
+import time
+
+import pytest
+
+from tests.formation import Formation
+from tests.test_restarts import Load, seed, service, stored
+
+KINDS = ("read", "page", "search", "create")
+
+
+def window(load: Load, since: float) -> str:
+    """The failures after `since`: how long from the first to the last, how many, and why."""
+    failures = [failure for failure in load.failures if failure[0] >= since]
+    if not failures:
+        return "no failure"
+    reasons = collections.Counter(f"{kind} {status} {json.loads(text)['detail']}" for _, kind, status, text in failures)
+    return f"{failures[-1][0] - failures[0][0]:.1f} s from the first to the last of {len(failures)}: {dict(reasons)}"
+
+
+async def recovered(load: Load, since: float, seconds: float = 60) -> None:
+    """Waits until songs are created again after `since`, the service left to itself."""
+    deadline = time.monotonic() + seconds
+    created = len(load.created)
+    while time.monotonic() < deadline:
+        if len(load.created) > created + 20 and not any(failure[0] > time.monotonic() - 1 for failure in load.failures):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the service did not recover in {seconds} s: {load.answers}")
+
+
+def assert_only_writes_failed(load: Load) -> None:
+    """No 500; reads never failed (on any node while none took writes); writes at worst a 503."""
+    assert {status for _, status in load.answers} <= {200, 201, 404, 503}, load.answers
+    assert {kind for kind, status in load.answers if status == 503} <= {"create"}, load.answers
+
+
+def assert_created_once(load: Load, names: collections.Counter[str]) -> None:
+    # Every song answered 201 is there once; a 503 may have written its song or not, but never twice.
+    assert {name: names[name] for name in load.created if names[name] != 1} == {}
+    assert max(names.values()) == 1
+
+
+async def test_the_primary_killed_is_a_window_of_503s_and_loses_no_acknowledged_write(
+    formation: Formation, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(formation.url) as client:
+        await seed(client)
+        load = Load(client, kinds=KINDS)
+        async with load.running():
+            await asyncio.sleep(1)
+            old = formation.primary()
+            killed = time.monotonic()
+            await asyncio.to_thread(formation.kill, old)
+            new = await asyncio.to_thread(
+                formation.wait_for, lambda states: formation._writable(states) not in (None, old), 60
+            )
+            promoted = time.monotonic() - killed
+            await recovered(load, killed)
+
+    print(f"\nhard failover: {new} promoted {promoted:.1f} s after kill -9 of {old}; {window(load, killed)}")
+    assert_only_writes_failed(load)
+    # The writes that no node took: one line when that began, one when it ended.
+    outage = [record.getMessage() for record in caplog.records if record.name == "app.db"]
+    assert [line.split(":")[0] for line in outage] == ["database unavailable", "database available"], outage
+    assert_created_once(load, await stored(formation.node_url(new)))
+
+
+async def test_a_planned_switchover_fails_no_read_and_loses_no_acknowledged_write(formation: Formation) -> None:
+    async with service(formation.url) as client:
+        await seed(client)
+        load = Load(client, kinds=KINDS)
+        async with load.running():
+            await asyncio.sleep(1)
+            old = formation.primary()
+            started = time.monotonic()
+            await asyncio.to_thread(formation.switchover)
+            new = await asyncio.to_thread(formation.healthy)
+            took = time.monotonic() - started
+            await recovered(load, started)
+
+    print(f"\nswitchover {old} -> {new} in {took:.1f} s; {window(load, started)}")
+    assert new != old
+    assert_only_writes_failed(load)
+    assert_created_once(load, await stored(formation.node_url(new)))
