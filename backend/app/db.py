@@ -14,6 +14,7 @@ give it the `Database`; how a call reaches the database is decided here:
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ import asyncpg
 import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
@@ -55,6 +56,8 @@ LOST_CONNECTION = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
+# "cannot execute ... in a read-only transaction": songbook asks for none, so the server is a standby.
+READ_ONLY_SQLSTATE = "25006"
 # What a statement that breaks a constraint raises, on either way to the database.
 INTEGRITY_ERRORS = (IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
@@ -134,6 +137,12 @@ class Database:
             if write or self._anywhere is None:
                 raise
             return await self._anywhere.fetch(sql, values)
+        except asyncpg.ReadOnlySQLTransactionError:
+            # The server no longer takes writes: the old primary of a switchover, still reached through
+            # PgBouncer, whose connections outlive the server's. Refused, so not done: once more, on a new one.
+            await self.pool.expire_connections()
+            async with self._connection() as connection:
+                return await _fetch(connection, sql, values)
         except (*LOST_CONNECTION, asyncpg.InternalClientError) as exc:
             # A connection that the server closed while it was idle (a shutdown's message came first)
             # refuses the statement before sending it ("cannot switch to state"): nothing was sent.
@@ -442,6 +451,9 @@ class _Binding:
     async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
         try:
             return await _fetch(await self.connection(), sql, values)
+        except asyncpg.ReadOnlySQLTransactionError:
+            await self.database.pool.expire_connections()  # type: ignore[union-attr]  # as `Database.fetch` does
+            raise
         except BaseException:
             if self._connection is not None and self._connection.is_closed():
                 await self.release()  # the block's next statement takes a fresh one
@@ -461,7 +473,7 @@ async def open_database(settings: Settings, *, long_running: bool = False) -> Da
     (an import, an export): without a statement timeout."""
     if long_running:
         settings = settings.model_copy(update={"statement_timeout_ms": 0})
-    connector = _Connector()
+    connector = _Connector(pgbouncer=settings.pgbouncer)
     engine = _create_engine(settings, connector)
     return Database(engine, await _create_pool(settings, engine, connector), _anywhere(settings, engine))
 
@@ -487,7 +499,7 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
         # PgBouncer's transaction pooling hands each transaction any server
         # connection: no statement prepared under a name may outlive it.
         connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=settings.sql_echo,
         pool_size=settings.pool_size,
@@ -498,6 +510,15 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
         # before a statement is sent. https://docs.sqlalchemy.org/en/21/core/pooling.html#pool-disconnects-pessimistic
         pool_pre_ping=True,
     )
+    event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
+    return engine
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """A server that no longer takes writes (a switchover's old primary behind PgBouncer, which a ping
+    does not tell): its connection is dropped, and the pool's others with it, as for a lost connection."""
+    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        context.is_disconnect = True
 
 
 def _asyncpg_options(settings: Settings) -> dict[str, Any]:
@@ -546,23 +567,38 @@ async def _create_pool(settings: Settings, engine: AsyncEngine, connector: "_Con
     )
 
 
-async def _connect_each(*dsn: str | None, **options: Any) -> asyncpg.Connection:
-    """`asyncpg.connect`, which tries the next of several hosts when one is starting or shutting down too.
+async def _connect_each(*dsn: str | None, pgbouncer: bool = False, **options: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, which goes on to the next of several hosts where asyncpg would stop.
 
-    asyncpg goes on to the next host only when one cannot be reached; one that
-    answers "the database system is shutting down" (the old primary of a
-    switchover) ends its search there.
+    asyncpg goes on only when a host cannot be reached: one that answers "the
+    database system is shutting down" (the old primary of a switchover) ends
+    its search. And through PgBouncer, a host takes the connection whether its
+    server is up or not, and tells what its server was when PgBouncer first
+    reached it (`in_hot_standby`, which asyncpg believes): each is then asked.
     """
-    try:
+    hosts, ports = options.get("host"), options.get("port")
+    if not isinstance(hosts, list) or not isinstance(ports, list):
         return await asyncpg.connect(*dsn, **options)
-    except asyncpg.CannotConnectNowError:
-        hosts, ports = options.get("host"), options.get("port")
-        if not isinstance(hosts, list) or not isinstance(ports, list):
-            raise
+    if not pgbouncer:
+        with contextlib.suppress(asyncpg.CannotConnectNowError):
+            return await asyncpg.connect(*dsn, **options)
+    wanted = options.get("target_session_attrs") or "any"
     for host, port in zip(hosts, ports, strict=True):
-        with contextlib.suppress(OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError):
-            return await asyncpg.connect(*dsn, **options | {"host": host, "port": port})
-    raise asyncpg.TargetServerAttributeNotMatched(f"none of {hosts} takes a connection now")
+        one = options | {"host": host, "port": port, "target_session_attrs": "any"}
+        try:
+            connection = await asyncpg.connect(*dsn, **one)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            continue
+        try:
+            standby = await connection.fetchval("SELECT pg_catalog.pg_is_in_recovery()")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            connection.terminate()
+            continue
+        if (standby and wanted in ("read-write", "primary")) or (not standby and wanted in ("standby", "read-only")):
+            connection.terminate()
+            continue
+        return connection
+    raise asyncpg.TargetServerAttributeNotMatched(f"none of the servers takes a {wanted} connection now")
 
 
 def _anywhere(settings: Settings, engine: AsyncEngine) -> Anywhere | None:
@@ -576,12 +612,16 @@ def _anywhere(settings: Settings, engine: AsyncEngine) -> Anywhere | None:
     ):
         return None
     url = engine.url.update_query_dict({"target_session_attrs": "any"})
-    connect_args = _asyncpg_options(settings) | {"async_creator_fn": _connect_each}
+    connect = functools.partial(_connect_each, pgbouncer=settings.pgbouncer)
+    connect_args = _asyncpg_options(settings) | {"async_creator_fn": connect}
     if settings.pgbouncer:
         connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
     options = {name: value for name, value in options.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
     options |= _asyncpg_options(settings) | {"target_session_attrs": "any"}
-    return Anywhere(create_async_engine(url, poolclass=NullPool, connect_args=connect_args), options)
+    return Anywhere(
+        create_async_engine(url, poolclass=NullPool, connect_args=connect_args),
+        options | {"pgbouncer": settings.pgbouncer},
+    )
 
 
 @dataclass
@@ -595,12 +635,13 @@ class _Connector:
     one when it ends.
     """
 
+    pgbouncer: bool = False
     down_since: float | None = None
 
     async def __call__(self, *dsn: str | None, **options: Any) -> asyncpg.Connection:
         began = time.monotonic()
         try:
-            connection = await _connect_each(*dsn, **options)
+            connection = await _connect_each(*dsn, pgbouncer=self.pgbouncer, **options)
         except (OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError) as exc:
             hosts, wanted = options.get("host"), options.get("target_session_attrs")
             if not isinstance(hosts, list) or wanted not in ("read-write", "primary") or isinstance(exc, TimeoutError):

@@ -306,8 +306,9 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 # could not get, a serialization failure or deadlock), or has no connection to
 # spare. Transient: the client may retry.
 TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
-# The server ended the connection (shut down, crashed, or was told to), or would not take it yet.
-LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# The server ended the connection (shut down, crashed, or was told to), would not take it yet, or
+# no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
+LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -326,7 +327,10 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if transient or sqlstate in LOST_SQLSTATES or sqlstate.startswith("08"):
         logger.warning("database unavailable: %s", type(orig).__name__)
         return error_response(
-            DatabaseUnavailable("The connection to the database was lost (a restart, a failover); try again shortly.")
+            DatabaseUnavailable(
+                "The connection to the database was lost, or its server no longer takes writes"
+                " (a restart, a failover); try again shortly."
+            )
         )
     if sqlstate in TRANSIENT_SQLSTATES:
         logger.warning("database unavailable: %s", type(orig).__name__)

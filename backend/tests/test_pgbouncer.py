@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,10 +33,8 @@ from tests.server import free_port
 SERVER_CONNECTIONS = 2  # per database and user: far fewer than the service's clients
 
 
-@pytest.fixture(scope="module")
-def pgbouncer() -> Iterator[URL]:
-    """A PgBouncer in transaction pooling mode before the tests' PostgreSQL; the URL to reach it."""
-    database = postgres_base_url()
+def pgbouncer_binary() -> str:
+    """PgBouncer's program; the test is skipped without it, unless TEST_REQUIRE_PGBOUNCER is set."""
     binary = shutil.which("pgbouncer") or next(
         (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if Path(path).exists()), None
     )
@@ -43,20 +42,27 @@ def pgbouncer() -> Iterator[URL]:
         if os.environ.get("TEST_REQUIRE_PGBOUNCER"):
             pytest.fail("PgBouncer is not installed, and TEST_REQUIRE_PGBOUNCER is set")
         pytest.skip("PgBouncer is not installed (Debian: apt-get install pgbouncer)")
-    port = free_port()
+    return binary
+
+
+@contextmanager
+def running_pgbouncer(host: str, port: int, user: str, settings: str = "") -> Iterator[int]:
+    """A PgBouncer in transaction pooling mode before the PostgreSQL at `host`:`port`, with more `settings`
+    (ini lines); the port to reach it."""
+    binary = pgbouncer_binary()
+    own_port = free_port()
     # PgBouncer will not run as root: as root it is started as the postgres user,
     # which must be able to read its files.
     folder = Path(tempfile.mkdtemp(prefix="songbook-pgbouncer-"))
     folder.chmod(0o755)
-    user = database.username or "postgres"
     (folder / "users.txt").write_text(f'"{user}" ""\n')
     (folder / "pgbouncer.ini").write_text(
         "[databases]\n"
-        f"* = host={database.host or '127.0.0.1'} port={database.port or 5432}\n"
+        f"* = host={host} port={port}\n"
         "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {own_port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {SERVER_CONNECTIONS}\nmax_client_conn = 200\n"
+        f"pool_mode = transaction\ndefault_pool_size = {SERVER_CONNECTIONS}\nmax_client_conn = 200\n{settings}"
     )
     for path in folder.iterdir():
         path.chmod(0o666)
@@ -68,16 +74,25 @@ def pgbouncer() -> Iterator[URL]:
         deadline = time.monotonic() + 10
         while True:
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                if probe.connect_ex(("127.0.0.1", own_port)) == 0:
                     break
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"PgBouncer did not start: {log.read_text()[-2000:]}")
             time.sleep(0.05)
-        yield database.set(host="127.0.0.1", port=port)
+        yield own_port
     finally:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pgbouncer() -> Iterator[URL]:
+    """A PgBouncer before the tests' PostgreSQL; the URL to reach it."""
+    database = postgres_base_url()
+    host, port = database.host or "127.0.0.1", database.port or 5432
+    with running_pgbouncer(host, port, database.username or "postgres") as own_port:
+        yield database.set(host="127.0.0.1", port=own_port)
 
 
 @pytest.fixture

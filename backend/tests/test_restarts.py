@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app import schema
 from app.config import Settings, async_url
 from app.main import create_app
+from tests.catalog import empty_catalog
 from tests.conftest import client_for
 from tests.pgcluster import Cluster
 
@@ -24,7 +25,7 @@ ALL_KINDS = ("read", "page", "search", "create")
 
 @asynccontextmanager
 async def service(url: str, **options: object) -> AsyncIterator[httpx.AsyncClient]:
-    """The service on the database at `url`, migrated, without keys or rate limits."""
+    """The service on the database at `url`, migrated and emptied, without keys or rate limits."""
     await asyncio.to_thread(schema.upgrade, async_url(url))
     settings = Settings(
         database_url=url,
@@ -36,6 +37,7 @@ async def service(url: str, **options: object) -> AsyncIterator[httpx.AsyncClien
     )
     application = create_app(settings)
     async with LifespanManager(application), client_for(application, None) as client:
+        await empty_catalog(application.state.database.engine)
         yield client
 
 
