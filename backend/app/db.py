@@ -56,6 +56,8 @@ LOST_CONNECTION = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
+# The values of target_session_attrs that ask for a server that takes writes.
+WRITERS = ("read-write", "primary")
 # "cannot execute ... in a read-only transaction": songbook asks for none, so the server is a standby.
 READ_ONLY_SQLSTATE = "25006"
 # What a statement that breaks a constraint raises, on either way to the database.
@@ -208,19 +210,22 @@ class Database:
         since the pool checks each one it hands out (`pool_pre_ping`). While
         no server takes writes, it runs on any that answers.
         """
-        for attempt in (1, 2):
-            try:
-                async with self.transaction() as transaction:
-                    return await work(transaction)
-            except NoWritableDatabase:
-                if self._anywhere is None:
-                    raise
-                async with self._anywhere.transaction() as transaction:
-                    return await work(transaction)
-            except DATABASE_ERRORS as exc:
-                if attempt == 2 or not lost_connection(exc):
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._read_once(work)
+        except DATABASE_ERRORS as exc:
+            if not lost_connection(exc):
+                raise
+        return await self._read_once(work)
+
+    async def _read_once(self, work: Callable[["Transaction"], Awaitable[T]]) -> T:
+        try:
+            async with self.transaction() as transaction:
+                return await work(transaction)
+        except NoWritableDatabase:
+            if self._anywhere is None:
+                raise
+        async with self._anywhere.transaction() as transaction:
+            return await work(transaction)
 
     async def read_stream(self, work: Callable[["Transaction"], AsyncGenerator[T]]) -> AsyncGenerator[T]:
         """What `work` yields in a reading `transaction`; begun once more, at once, if its connection died
@@ -363,11 +368,11 @@ class Anywhere:
     standby to have the write, not to show it).
     """
 
-    engine: AsyncEngine
-    options: dict[str, Any]
+    engine: AsyncEngine  # without a pool
+    connect: Callable[[], Awaitable[asyncpg.Connection]]
 
     async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
-        connection = await _connect_each(**self.options)
+        connection = await self.connect()
         try:
             return await connection.fetch(sql, *values)  # type: ignore[no-any-return]
         finally:
@@ -452,7 +457,8 @@ class _Binding:
         try:
             return await _fetch(await self.connection(), sql, values)
         except asyncpg.ReadOnlySQLTransactionError:
-            await self.database.pool.expire_connections()  # type: ignore[union-attr]  # as `Database.fetch` does
+            assert self.database.pool is not None  # a binding is made only on the hot paths' pool
+            await self.database.pool.expire_connections()  # as `Database.fetch` does
             raise
         except BaseException:
             if self._connection is not None and self._connection.is_closed():
@@ -594,7 +600,7 @@ async def _connect_each(*dsn: str | None, pgbouncer: bool = False, **options: An
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             connection.terminate()
             continue
-        if (standby and wanted in ("read-write", "primary")) or (not standby and wanted in ("standby", "read-only")):
+        if (standby and wanted in WRITERS) or (not standby and wanted in ("standby", "read-only")):
             connection.terminate()
             continue
         return connection
@@ -606,22 +612,19 @@ def _anywhere(settings: Settings, engine: AsyncEngine) -> Anywhere | None:
     if engine.dialect.name != "postgresql":
         return None
     _, options = engine.dialect.create_connect_args(engine.url)
-    if not isinstance(options.get("host"), list) or options.get("target_session_attrs") not in (
-        "read-write",
-        "primary",
-    ):
+    several, attrs = isinstance(options.get("host"), list), options.get("target_session_attrs")
+    if not several or attrs not in WRITERS:
         return None
-    url = engine.url.update_query_dict({"target_session_attrs": "any"})
     connect = functools.partial(_connect_each, pgbouncer=settings.pgbouncer)
     connect_args = _asyncpg_options(settings) | {"async_creator_fn": connect}
     if settings.pgbouncer:
         connect_args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unique_statement_name}
+    engine = create_async_engine(
+        engine.url.update_query_dict({"target_session_attrs": "any"}), poolclass=NullPool, connect_args=connect_args
+    )
     options = {name: value for name, value in options.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
     options |= _asyncpg_options(settings) | {"target_session_attrs": "any"}
-    return Anywhere(
-        create_async_engine(url, poolclass=NullPool, connect_args=connect_args),
-        options | {"pgbouncer": settings.pgbouncer},
-    )
+    return Anywhere(engine, functools.partial(connect, **options))
 
 
 @dataclass
@@ -644,7 +647,7 @@ class _Connector:
             connection = await _connect_each(*dsn, pgbouncer=self.pgbouncer, **options)
         except (OSError, asyncpg.TargetServerAttributeNotMatched, asyncpg.CannotConnectNowError) as exc:
             hosts, wanted = options.get("host"), options.get("target_session_attrs")
-            if not isinstance(hosts, list) or wanted not in ("read-write", "primary") or isinstance(exc, TimeoutError):
+            if not isinstance(hosts, list) or wanted not in WRITERS or isinstance(exc, TimeoutError):
                 raise
             if self.down_since is None:
                 self.down_since = time.monotonic()

@@ -1,4 +1,4 @@
-"""The hot paths' pool on PostgreSQL: one connection for statements in a row."""
+"""The `Database` on PostgreSQL: the hot paths' pool, a URL of several servers, cancelled reads."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -10,6 +10,8 @@ import sqlalchemy as sa
 
 from app import db
 from app.config import Settings
+from app.errors import NoWritableDatabase
+from tests.server import free_port
 
 BACKEND_PID = sa.select(sa.func.pg_backend_pid().label("pid"))
 
@@ -73,3 +75,42 @@ async def test_the_urls_options_for_sqlalchemys_driver_leave_the_hot_pool_workin
     url = settings.sqlalchemy_url.update_query_dict({"prepared_statement_cache_size": "0"})
     async with hot_database(settings, database_url=url.render_as_string(hide_password=False)) as database:
         assert await pid(database) > 0
+
+
+def several_hosts(settings: Settings, *ports: int, own: bool = True) -> str:
+    """A URL of servers at `ports` of the database's host, then (if `own`) its own, as libpq writes it."""
+    url = settings.sqlalchemy_url
+    hosts = ",".join(f"{url.host}:{port}" for port in (*ports, *([url.port or 5432] if own else [])))
+    return f"postgresql://{url.username}@{hosts}/{url.database}?target_session_attrs=read-write"
+
+
+async def test_a_url_of_several_hosts_reaches_the_one_that_answers_on_both_pools(settings: Settings) -> None:
+    async with hot_database(settings, database_url=several_hosts(settings, free_port())) as database:
+        on_the_hot_pool = await pid(database)
+        on_the_engine = await database.read(lambda transaction: transaction.fetch(BACKEND_PID))
+
+    assert on_the_hot_pool > 0
+    assert on_the_engine[0]["pid"] > 0
+
+
+async def test_no_host_that_takes_writes_is_said_plainly(settings: Settings) -> None:
+    url = several_hosts(settings, free_port(), free_port(), own=False)
+    async with hot_database(settings, database_url=url) as database:
+        with pytest.raises(NoWritableDatabase, match="None of the 2 database servers takes writes now"):
+            await database.fetch(BACKEND_PID, {}, write=True)
+
+
+async def test_a_read_cancelled_on_the_session_path_leaves_no_connection_mid_operation(
+    database: db.Database,
+) -> None:
+    sleep = sa.select(sa.func.pg_sleep(5))
+    for _ in range(3):  # more than the pool holds
+        task = asyncio.create_task(database.read(lambda transaction: transaction.fetch(sleep)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async with asyncio.timeout(5):
+        rows = await database.read(lambda transaction: transaction.fetch(BACKEND_PID))
+    assert rows[0]["pid"] > 0
