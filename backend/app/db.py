@@ -362,25 +362,29 @@ class Database:
 class Anywhere:
     """Reads while none of a multi-host URL's servers takes writes (a switchover, a failover): on any that answers.
 
-    A connection for each read, made when needed: there is none to keep
-    between failovers. A standby may be a little behind: such a read may miss
-    a write made in the last moments (synchronous replication waits for the
-    standby to have the write, not to show it).
+    A connection for each read, made when needed (there is none to keep
+    between failovers), and no more at once than the pool's size. A standby
+    may be a little behind: such a read may miss a write made in the last
+    moments (synchronous replication waits for the standby to have the
+    write, not to show it).
     """
 
     engine: AsyncEngine  # without a pool
     connect: Callable[[], Awaitable[asyncpg.Connection]]
+    turns: asyncio.Semaphore
 
     async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
-        connection = await self.connect()
-        try:
-            return await connection.fetch(sql, *values)  # type: ignore[no-any-return]
-        finally:
-            connection.terminate()
+        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self.turns:
+            wait.reschedule(None)  # the connection and the statement have timeouts of their own
+            connection = await self.connect()
+            try:
+                return await connection.fetch(sql, *values)  # type: ignore[no-any-return]
+            finally:
+                connection.terminate()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["Transaction"]:
-        async with AsyncSession(self.engine, expire_on_commit=False) as session:
+        async with self.turns, AsyncSession(self.engine, expire_on_commit=False) as session:
             yield Transaction(session)
 
 
@@ -625,7 +629,7 @@ def _anywhere(settings: Settings, engine: AsyncEngine) -> Anywhere | None:
     )
     options = {name: value for name, value in options.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
     options |= _asyncpg_options(settings) | {"target_session_attrs": "any"}
-    return Anywhere(engine, functools.partial(connect, **options))
+    return Anywhere(engine, functools.partial(connect, **options), asyncio.Semaphore(settings.pool_size))
 
 
 @dataclass
