@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app import db, keys, logs, metrics, openapi, ratelimit, web
@@ -82,9 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     if settings.metrics:
         app.include_router(health.metrics_router)
-    # The page for people, at / and /ui/...: its files first, before its catch-all 404.
-    app.mount(pages.STATIC_PATH, StaticFiles(directory=pages.STATIC_DIR), name="static")
-    app.include_router(pages.router)
+    pages.install(app)  # last: its catch-all 404 under /ui/
     return app
 
 

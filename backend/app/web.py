@@ -77,6 +77,12 @@ class Sessions:
         )
 
 
+async def get_sessions(request: Request) -> Sessions:
+    """The process's `Sessions`, made by the lifespan."""
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
 def session_secret(settings: Settings) -> str:
     """`SONGBOOK_SESSION_SECRET`, or one made at the first start and kept, readable by its owner only, in data_dir."""
     if settings.session_secret:

@@ -21,9 +21,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import jinja2
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
@@ -48,7 +49,7 @@ from app.keys import Caller
 from app.models import ArtistQuery, Scope, SongCreate, SongQuery, SongRow
 from app.routes.links import check_page_size
 from app.routes.songs import export_response
-from app.web import Sessions, WebSession
+from app.web import Sessions, WebSession, get_sessions
 
 HERE = Path(__file__).resolve().parent.parent
 STATIC_DIR = HERE / "static"
@@ -120,6 +121,7 @@ class Visit:
     request: Request
     settings: Settings
     db: Database
+    sessions: Sessions
     session: WebSession
     caller: Caller | None
     changed: bool  # the cookie is written with the response
@@ -171,23 +173,22 @@ class Visit:
     def _finish(self, response: R) -> R:
         response.headers["Cache-Control"] = "no-store"
         if self.changed:
-            sessions: Sessions = self.request.app.state.sessions
-            sessions.write(self.request, response, self.session)
+            self.sessions.write(self.request, response, self.session)
         return response
 
 
 async def visit(request: Request) -> Visit:
     """The page's state for this request: the session from its cookie (or a new one), and who it is signed in as."""
-    settings, db = await get_settings(request), await get_database(request)
-    sessions: Sessions = request.app.state.sessions
+    settings, db, sessions = await get_settings(request), await get_database(request), await get_sessions(request)
     found = sessions.read(request)
     session = found or WebSession.new()
     try:
         caller = await check_key(request, settings, session.key)  # counted against the rate limits, as the API's
     except KeyRefused:
-        page = Visit(request, settings, db, session.without_key(), None, True, "Your key is no longer valid: sign in.")
+        notice = "Your key is no longer valid: sign in."
+        page = Visit(request, settings, db, sessions, session.without_key(), None, True, notice)
     else:
-        page = Visit(request, settings, db, session, caller, found is None)
+        page = Visit(request, settings, db, sessions, session, caller, found is None)
     request.state.visit = page
     return page
 
@@ -215,11 +216,20 @@ class PageRoute(APIRoute):
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 
+def install(app: FastAPI) -> None:
+    """The page at / and /ui/...: its files first, then its routes (the last of which is its 404)."""
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(router)
+
+
 @router.get("/")
 async def search_page(request: Request, visit: VisitDep) -> Response:
     """The catalog: a search box, filters, sorts, and a page of songs; or, asked by the script, a part of it."""
     visit.require("read")
     values = _search_values(request.query_params.multi_items())
+    if any(not value.strip() for _, value in request.query_params.multi_items()):
+        # A form sent without the script sends its empty fields too: the search's URL leaves them out.
+        return visit.redirect(_url("/", values))
     errors: dict[str, str] = {}
     page, total = None, None
     try:
