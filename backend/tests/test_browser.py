@@ -360,3 +360,24 @@ def test_the_artists_view_links_to_their_songs(page: Page, site: Site) -> None:
     shoot(page, site, "artists", narrow=True)
     page.get_by_role("link", name="Björk").click()
     expect(page.locator("#rows tr")).to_have_count(2)
+
+
+def test_the_keyboard_reaches_everything_and_shows_where_it_is(page: Page, site: Site) -> None:
+    site.add({"name": "Yesterday", "artist": "The Beatles", "year": 1965})
+    page.goto(site.base)
+
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to the content")).to_be_focused()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # the focus is visible
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Search songs and artists")).to_be_focused()
+    page.keyboard.type("yesterdy")
+    expect(page.locator("#rows tr")).to_have_count(1)
+    for _ in range(40):  # on through the filters and the button to the first result
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Yesterday":
+            break
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Yesterday")).to_be_visible()

@@ -20,6 +20,7 @@ from app import web
 from app.config import Settings
 from app.db import Database
 from app.main import create_app
+from app.routes import pages
 from tests.conftest import make_key
 from tests.factories import make_song
 
@@ -433,6 +434,21 @@ async def test_an_upload_follows_the_conflict_rule(app: FastAPI, person: httpx.A
     assert (await person.get(f"/songs/{song['id']}")).json()["year"] == 1966
     assert "1 rejected" in refused.text
     assert f'<a href="/ui/songs/{song["id"]}">song {song["id"]}</a>' in refused.text
+
+
+async def test_the_page_shows_an_import_as_it_runs(
+    app: FastAPI, person: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await signed_in(app, person)
+    monkeypatch.setattr(pages, "PROGRESS_EVERY_SECONDS", 0.001)
+    csv = "name,artist\n" + "".join(f"Song {n},Band {n % 97}\n" for n in range(30_000))
+
+    answer = await upload(person, "songs.csv", csv.encode())
+
+    progress = re.findall(r"<p>(Read [^<]*)</p>", answer.text)
+    assert progress  # at least one line while it ran, before the outcome
+    assert answer.text.index(progress[0]) < answer.text.index('id="import-done"')
+    assert "30,000 songs added" in answer.text
 
 
 async def test_a_broken_file_imports_nothing(app: FastAPI, person: httpx.AsyncClient) -> None:
