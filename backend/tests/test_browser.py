@@ -49,6 +49,7 @@ def chromium(served: Server) -> Iterator[Browser]:
     """Started after the site, whose database is migrated with asyncio (see `site`)."""
     if CHROMIUM is None:
         pytest.skip("the browser tests need Debian's Chromium (apt-get install chromium); skipped")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield browser
@@ -107,7 +108,6 @@ def plain_page(chromium: Browser, site: Site) -> Iterator[Page]:
 
 def shoot(page: Page, site: Site, name: str, *, narrow: bool = False) -> None:
     """Saves the page as it looks, at 1280 px wide (and 390 if `narrow`), and checks it never scrolls sideways."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     widths = [WIDE, NARROW] if narrow else [WIDE]
     for width in widths:
         page.set_viewport_size({"width": width, "height": 900})
@@ -370,6 +370,7 @@ def test_the_keyboard_reaches_everything_and_shows_where_it_is(page: Page, site:
     expect(page.get_by_role("link", name="Skip to the content")).to_be_focused()
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"  # the focus is visible
+    page.screenshot(path=SCREENSHOTS / "focus-1280.png")
     page.keyboard.press("Enter")
     page.keyboard.press("Tab")
     expect(page.get_by_label("Search songs and artists")).to_be_focused()
