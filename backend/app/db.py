@@ -35,6 +35,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.metrics import PoolUsage
+from app.search import NearWords
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -62,7 +63,8 @@ Statement = Select[*tuple[Any, ...]] | UpdateBase
 
 
 class Database:
-    """The database of one process: its engine, its session maker, and on PostgreSQL the hot paths' pool.
+    """The database of one process: its engine, its session maker, on PostgreSQL the hot paths' pool, and
+    what the search keeps of its vocabulary.
 
     SQLAlchemy's session, and even its Core connection, cost several times the
     query on a small one (backend/README.md, "Speed"): the statements of the
@@ -80,6 +82,8 @@ class Database:
         # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
         self._turns = _Turns(pool.get_max_size() if pool is not None else 1)
         self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
+        # What the search found close to each query word, kept a few seconds: see `search`.
+        self.near_words = NearWords()
 
     @property
     def dialect(self) -> str:

@@ -17,6 +17,10 @@ A query is read word by word, in two tiers of relevance:
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
 
+Finding the close words costs more than the search itself (a trigram scan of
+the vocabulary): `NearWords` keeps them for a while. The words a query word
+starts are looked up on every search.
+
 Within a tier songs come in id order, so that a page is an index scan that
 stops after `limit` rows, whatever the number of matches. A search's cursors
 carry a fingerprint of the words it looks for: when added songs change them,
@@ -24,9 +28,12 @@ the walk is told to start again rather than skip or repeat songs.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
+from cachetools import TTLCache
 from rapidfuzz.distance import DamerauLevenshtein
 from rapidfuzz.process import extract
 from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, literal_column, text
@@ -46,6 +53,33 @@ MAX_PREFIXED = 50
 MIN_PREFIX = 3
 CANDIDATES = 100
 TRIGRAM_SIMILARITY = 0.2
+# A word new to the catalog is offered as the correction of a misspelling this long
+# after it came, at most (typed right, it is found at once).
+NEAR_WORDS_SECONDS = 10.0
+NEAR_WORDS_KEPT = 10_000  # query words; the least recently used go first
+
+
+class NearWords:
+    """The catalog's words close to each query word (and how close), as last looked up: one per `Database`.
+
+    Looking them up takes a trigram scan of the vocabulary on PostgreSQL, and on
+    SQLite every word of the same initial, then an edit distance to each: most of
+    a search's time, for an answer that changes only when the vocabulary gains a
+    word. They are kept `NEAR_WORDS_SECONDS`, so that a new word becomes a
+    correction within that time; the words that a query word starts, which make
+    the first tier, are never kept.
+    """
+
+    def __init__(
+        self, seconds: float = NEAR_WORDS_SECONDS, size: int = NEAR_WORDS_KEPT, clock: Callable[[], float] = monotonic
+    ) -> None:
+        self._known: TTLCache[str, list[tuple[str, float]]] = TTLCache(maxsize=size, ttl=seconds, timer=clock)
+
+    def get(self, word: str) -> list[tuple[str, float]] | None:
+        return self._known.get(word)
+
+    def keep(self, word: str, near: list[tuple[str, float]]) -> None:
+        self._known[word] = near
 
 
 @dataclass(frozen=True)
@@ -77,12 +111,17 @@ class _Word:
     close: list[str]  # all the catalog's words close to it
 
 
-async def plan(session: AsyncSession, query: str) -> Search:
-    """Reads the query, and looks up each of its words in the catalog's vocabulary."""
+async def plan(session: AsyncSession, query: str, near: NearWords) -> Search:
+    """Reads the query, and looks up each of its words in the catalog's vocabulary (the close ones in `near` first)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
-    candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words)
-    found = [_word(word, *candidates[word]) for word in words]
+    known = {word: near.get(word) for word in words}
+    unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
+    starting, candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words, unknown)
+    for word in unknown:
+        known[word] = _near(word, candidates[word])
+        near.keep(word, known[word] or [])
+    found = [_word(word, starting[word], known[word] or []) for word in words]
     return Search(
         queries=(
             _full_text_query([_starting(word, postgres) for word in found], postgres),
@@ -114,8 +153,10 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
     return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
 
 
-async def _postgres_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """For each word, in one round trip: the vocabulary's words it starts, and its nearest words."""
+async def _postgres_candidates(
+    session: AsyncSession, words: list[str], unknown: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """In one round trip: for each word, the vocabulary's words it starts; for each `unknown` one, its nearest."""
     # The words it starts: a range of the vocabulary's primary key (byte-wise
     # collation). The words similar to it by trigrams, from the GIN index: at
     # 0.2 rather than pg_trgm's 0.3, as "lonley" is only 0.27 similar to
@@ -129,43 +170,48 @@ async def _postgres_candidates(session: AsyncSession, words: list[str]) -> dict[
             ORDER BY term LIMIT :prefixed
         ) AS found
         UNION ALL
-        SELECT query.word, false, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+        SELECT query.word, false, found.term FROM unnest(CAST(:unknown AS text[])) AS query (word)
         CROSS JOIN LATERAL (
             SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :nearest
         ) AS found
         """
-    ).bindparams(words=words, last="\U0010ffff", prefixed=MAX_PREFIXED + 1, nearest=CANDIDATES)
+    ).bindparams(words=words, unknown=unknown, last="\U0010ffff", prefixed=MAX_PREFIXED + 1, nearest=CANDIDATES)
     connection = await session.connection()
-    await connection.execute(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
-    candidates: dict[str, tuple[list[str], list[str]]] = {word: ([], []) for word in words}
+    if unknown:
+        await connection.execute(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
+    starting: dict[str, list[str]] = {word: [] for word in words}
+    nearest: dict[str, list[str]] = {word: [] for word in unknown}
     for word, is_prefix, term in await connection.execute(statement):
-        candidates[word][0 if is_prefix else 1].append(term)
-    return candidates
+        (starting if is_prefix else nearest)[word].append(term)
+    return starting, nearest
 
 
-async def _sqlite_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """For each word: the vocabulary's words it starts, and those that share its first letter.
+async def _sqlite_candidates(
+    session: AsyncSession, words: list[str], unknown: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """For each word, the vocabulary's words it starts; for each `unknown` one, those that share its first letter.
 
     fts5vocab reads the index for the range of terms asked, not the whole
     vocabulary: a misspelt first letter goes uncorrected on SQLite.
     """
-    candidates = {}
+    starting, nearest = {}, {}
     for word in words:
-        initial = word[0]
+        low = word if word not in unknown else word[0]
         terms: ScalarResult[Any] = await session.exec(
             select(literal_column("term"))
             .select_from(text("song_search_terms"))
-            .where(text("term >= :low AND term < :high").bindparams(low=initial, high=initial + "\U0010ffff"))
+            .where(text("term >= :low AND term < :high").bindparams(low=low, high=low + "\U0010ffff"))
+            .limit(None if word in unknown else MAX_PREFIXED + 1)
         )
         vocabulary = [str(term) for term in terms]
-        candidates[word] = ([term for term in vocabulary if term.startswith(word)], vocabulary)
-    return candidates
+        starting[word] = [term for term in vocabulary if term.startswith(word)]
+        if word in unknown:
+            nearest[word] = vocabulary
+    return starting, nearest
 
 
-def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
-    if len(word) < MIN_PREFIX:
-        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
-        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
+def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:
+    """The candidates close enough to `word` to mean it (and how close), best first; none that start with it."""
     close = extract(
         word,
         candidates,
@@ -173,12 +219,18 @@ def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
         score_cutoff=MIN_SIMILARITY,
         limit=MAX_ALTERNATIVES,
     )
-    others = [match for match in close if not match[0].startswith(word)]  # best first
+    return [(term, score) for term, score, _ in close if not term.startswith(word)]
+
+
+def _word(word: str, starting: list[str], near: list[tuple[str, float]]) -> _Word:
+    if len(word) < MIN_PREFIX:
+        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
+        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
     return _Word(
         word=word,
         prefixed=sorted(starting) if len(starting) <= MAX_PREFIXED else None,
-        closest=sorted(term for term, score, _ in others if score >= others[0][1] - 0.05),
-        close=sorted(term for term, _, _ in others),
+        closest=sorted(term for term, score in near if score >= near[0][1] - 0.05),
+        close=sorted(term for term, _ in near),
     )
 
 

@@ -294,7 +294,7 @@ async def list_songs(
         return _ordered_page(await db.fetch(statement, params), signature, query.limit)
     async with db.transaction() as transaction:
         # Planned once for the page and the count, so that both look for the same words.
-        found = await search.plan(transaction.session, query.q) if query.q else None
+        found = await search.plan(transaction.session, query.q, db.near_words) if query.q else None
         if found and (query.sort is None or query.sort.strip() == "relevance"):
             page = await _search_by_relevance(transaction, query=query, found=found)
         else:
@@ -400,7 +400,7 @@ async def export_songs(*, db: Database, query: SongQuery, file_format: Format) -
     of the catalog. `query`'s sort and paging are ignored.
     """
     async with db.transaction() as transaction:
-        found = await search.plan(transaction.session, query.q) if query.q else None
+        found = await search.plan(transaction.session, query.q, db.near_words) if query.q else None
         statement = (
             sa.select(*exporting.columns(file_format, db.dialect))
             .select_from(Song)
