@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable, Select, TextClause
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -59,7 +59,7 @@ MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as
 POOL_TIMEOUT_SECONDS = 30
 PING_TIMEOUT_SECONDS = 2
 
-Statement = Select[*tuple[Any, ...]] | UpdateBase
+Statement = Select[*tuple[Any, ...]] | UpdateBase | TextClause
 
 
 class Database:

@@ -31,17 +31,30 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 from rapidfuzz.distance import DamerauLevenshtein
 from rapidfuzz.process import extract
-from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, literal_column, text
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    func,
+    literal_column,
+    text,
+)
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.folding import search_fold
 from app.models import Song
+
+if TYPE_CHECKING:  # the database hands its searches this module's cache of near words
+    from app.db import Database
 
 MAX_WORDS = 8
 # Close enough to mean the query word: one edit in five letters, two in ten.
@@ -111,16 +124,19 @@ class _Word:
     close: list[str]  # all the catalog's words close to it
 
 
-async def plan(session: AsyncSession, query: str, near: NearWords) -> Search:
-    """Reads the query, and looks up each of its words in the catalog's vocabulary (the close ones in `near` first)."""
-    postgres = session.get_bind().dialect.name == "postgresql"
+async def plan(db: "Database", query: str) -> Search:
+    """Reads the query, and looks up each of its words in the catalog's vocabulary (the close ones in `db.near_words`
+    first): one statement on the hot path, and another in a transaction of its own for words not looked up lately."""
+    postgres = db.dialect == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
-    known = {word: near.get(word) for word in words}
+    known = {word: db.near_words.get(word) for word in words}
     unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
-    starting, candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words, unknown)
-    for word in unknown:
-        known[word] = _near(word, candidates[word])
-        near.keep(word, known[word] or [])
+    starting = await (_postgres_starting if postgres else _sqlite_starting)(db, words, unknown)
+    if unknown:
+        candidates = await (_postgres_nearest(db, unknown) if postgres else _sqlite_vocabulary(db, unknown))
+        for word in unknown:
+            known[word] = _near(word, candidates[word])
+            db.near_words.keep(word, known[word] or [])
     found = [_word(word, starting[word], known[word] or []) for word in words]
     return Search(
         queries=(
@@ -153,61 +169,65 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
     return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
 
 
-async def _postgres_candidates(
-    session: AsyncSession, words: list[str], unknown: list[str]
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """In one round trip: for each word, the vocabulary's words it starts; for each `unknown` one, its nearest."""
-    # The words it starts: a range of the vocabulary's primary key (byte-wise
-    # collation). The words similar to it by trigrams, from the GIN index: at
-    # 0.2 rather than pg_trgm's 0.3, as "lonley" is only 0.27 similar to
-    # "lonely" by trigrams, though one edit away. SET LOCAL ends with the
-    # transaction (and works through PgBouncer's transaction pooling).
-    statement = text(
-        """
-        SELECT query.word, true, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
-        CROSS JOIN LATERAL (
-            SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last
-            ORDER BY term LIMIT :prefixed
-        ) AS found
-        UNION ALL
-        SELECT query.word, false, found.term FROM unnest(CAST(:unknown AS text[])) AS query (word)
-        CROSS JOIN LATERAL (
-            SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :nearest
-        ) AS found
-        """
-    ).bindparams(words=words, unknown=unknown, last="\U0010ffff", prefixed=MAX_PREFIXED + 1, nearest=CANDIDATES)
-    connection = await session.connection()
-    if unknown:
-        await connection.execute(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
-    starting: dict[str, list[str]] = {word: [] for word in words}
-    nearest: dict[str, list[str]] = {word: [] for word in unknown}
-    for word, is_prefix, term in await connection.execute(statement):
-        (starting if is_prefix else nearest)[word].append(term)
-    return starting, nearest
-
-
-async def _sqlite_candidates(
-    session: AsyncSession, words: list[str], unknown: list[str]
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """For each word, the vocabulary's words it starts; for each `unknown` one, those that share its first letter.
-
-    fts5vocab reads the index for the range of terms asked, not the whole
-    vocabulary: a misspelt first letter goes uncorrected on SQLite.
+# The vocabulary's words each query word starts: a range of its primary key (byte-wise collation).
+_POSTGRES_STARTING = text(
     """
-    starting, nearest = {}, {}
+    SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+    CROSS JOIN LATERAL (
+        SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last ORDER BY term LIMIT :most
+    ) AS found
+    """
+).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("last", type_=String), bindparam("most", type_=Integer))
+# The words similar to each by trigrams, from the GIN index: at 0.2 rather than pg_trgm's 0.3, as "lonley"
+# is only 0.27 similar to "lonely" by trigrams, though one edit away.
+_POSTGRES_NEAREST = text(
+    """
+    SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+    CROSS JOIN LATERAL (
+        SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :most
+    ) AS found
+    """
+).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))
+# fts5vocab reads the index for the range of terms asked, not the whole vocabulary.
+_SQLITE_TERMS = text("SELECT term FROM song_search_terms WHERE term >= :low AND term < :high LIMIT :most").bindparams(
+    bindparam("low", type_=String), bindparam("high", type_=String), bindparam("most", type_=Integer)
+)
+_LAST = "\U0010ffff"
+
+
+async def _postgres_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
+    params = {"words": words, "last": _LAST, "most": MAX_PREFIXED + 1}
+    starting: dict[str, list[str]] = {word: [] for word in words}
+    for row in await db.fetch(_POSTGRES_STARTING, params):
+        starting[row["word"]].append(row["term"])
+    return starting
+
+
+async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[str]]:
+    nearest: dict[str, list[str]] = {word: [] for word in words}
+    # SET LOCAL ends with the transaction (and works through PgBouncer's transaction pooling).
+    async with db.transaction() as transaction:
+        await transaction.fetch(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
+        for row in await transaction.fetch(_POSTGRES_NEAREST, {"words": words, "most": CANDIDATES}):
+            nearest[row["word"]].append(row["term"])
+    return nearest
+
+
+async def _sqlite_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
+    starting = {}
     for word in words:
-        low = word if word not in unknown else word[0]
-        terms: ScalarResult[Any] = await session.exec(
-            select(literal_column("term"))
-            .select_from(text("song_search_terms"))
-            .where(text("term >= :low AND term < :high").bindparams(low=low, high=low + "\U0010ffff"))
-            .limit(None if word in unknown else MAX_PREFIXED + 1)
-        )
-        vocabulary = [str(term) for term in terms]
-        starting[word] = [term for term in vocabulary if term.startswith(word)]
-        if word in unknown:
-            nearest[word] = vocabulary
-    return starting, nearest
+        rows = await db.fetch(_SQLITE_TERMS, {"low": word, "high": word + _LAST, "most": MAX_PREFIXED + 1})
+        starting[word] = [str(row["term"]) for row in rows]
+    return starting
+
+
+async def _sqlite_vocabulary(db: "Database", words: list[str]) -> dict[str, list[str]]:
+    """For each word, the vocabulary's words that share its first letter: a misspelt first letter goes uncorrected."""
+    vocabulary = {}
+    for word in words:
+        rows = await db.fetch(_SQLITE_TERMS, {"low": word[0], "high": word[0] + _LAST, "most": -1})
+        vocabulary[word] = [str(row["term"]) for row in rows]
+    return vocabulary
 
 
 def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:
@@ -235,15 +255,24 @@ def _word(word: str, starting: list[str], near: list[tuple[str, float]]) -> _Wor
 
 
 def matches(searched: Search, full_text_query: str) -> ColumnElement[bool]:
-    """The songs a full-text query (one of `searched`'s) finds."""
-    if searched.postgres:
+    """The songs a full-text query (one of `searched`'s) finds, the query inline."""
+    return _matches(searched.postgres, bindparam("query", full_text_query, unique=True))
+
+
+def matches_parameter(postgres: bool, name: str) -> ColumnElement[bool]:
+    """The songs that the full-text query given as the parameter `name` finds: for a statement compiled once."""
+    return _matches(postgres, bindparam(name, type_=String))
+
+
+def _matches(postgres: bool, query: BindParameter[Any]) -> ColumnElement[bool]:
+    if postgres:
         vector: ColumnElement[Any] = literal_column("song.search_vector")
         # The configuration as literal SQL: SQLAlchemy cannot render a REGCONFIG
         # parameter inline, which the planner's estimate (EXPLAIN) needs.
-        return vector.op("@@")(func.to_tsquery(literal_column("'simple'"), full_text_query))
+        return vector.op("@@")(func.to_tsquery(literal_column("'simple'"), query))
     found: Select[Any] = (
         select(literal_column("rowid"))
         .select_from(text("song_search"))
-        .where(text("song_search MATCH :query").bindparams(bindparam("query", full_text_query, unique=True)))
+        .where(literal_column("song_search").op("MATCH")(query))
     )
     return col(Song.id).in_(found)
