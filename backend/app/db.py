@@ -29,12 +29,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable, Select, TextClause
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.metrics import PoolUsage
+from app.search import NearWords
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
 DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -58,11 +59,12 @@ MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as
 POOL_TIMEOUT_SECONDS = 30
 PING_TIMEOUT_SECONDS = 2
 
-Statement = Select[*tuple[Any, ...]] | UpdateBase
+Statement = Select[*tuple[Any, ...]] | UpdateBase | TextClause
 
 
 class Database:
-    """The database of one process: its engine, its session maker, and on PostgreSQL the hot paths' pool.
+    """The database of one process: its engine, its session maker, on PostgreSQL the hot paths' pool, and
+    what the search keeps of its vocabulary.
 
     SQLAlchemy's session, and even its Core connection, cost several times the
     query on a small one (backend/README.md, "Speed"): the statements of the
@@ -80,6 +82,8 @@ class Database:
         # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
         self._turns = _Turns(pool.get_max_size() if pool is not None else 1)
         self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
+        # What the search found close to each query word, kept a few seconds: see `search`.
+        self.near_words = NearWords()
 
     @property
     def dialect(self) -> str:
