@@ -32,9 +32,7 @@ class KeyRequired(HTTPBearer):
     async def __call__(self, request: Request) -> Caller | None:  # type: ignore[override]
         settings = await get_settings(request)
         found = await caller(request, settings)
-        if (self.scope == "read" and not settings.require_read_key) or (
-            self.scope == "write" and not settings.require_write_key
-        ):
+        if not needs_key(settings, self.scope):
             return found  # open to all
         if found is None:
             raise Unauthorized(
@@ -49,27 +47,36 @@ class KeyRequired(HTTPBearer):
         return found
 
 
+def needs_key(settings: Settings, scope: Scope) -> bool:
+    """Whether `scope` needs a key: reading with `require_read_key`, writing unless told not to, admin always."""
+    if scope == "read":
+        return settings.require_read_key
+    return scope == "admin" or settings.require_write_key
+
+
 async def caller(request: Request, settings: Settings) -> Caller | None:
     """The key a request carries, checked; None if it carries none. A bad key is refused, even where none is needed."""
-    buckets = ratelimit.buckets_of(request)
-    address = request.client.host if request.client else "unknown"
-    by_address = (
-        buckets,
-        f"address:{address}",
-        settings.anonymous_rate_limit_per_second,
-        settings.anonymous_rate_limit_burst,
-    )
     authorization = request.headers.get("authorization")
     if authorization is None:
-        await ratelimit.limit(*by_address)
-        return None
+        return await check_key(request, settings, None)
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        await ratelimit.limit(*by_address)
+        await _limit_address(request, settings)
         raise Unauthorized("Send the key as Authorization: Bearer <key>.", headers={"WWW-Authenticate": REALM})
-    found = await (await keys.get_keyring(request)).check(db=await get_database(request), key=key.strip())
+    return await check_key(request, settings, key.strip())
+
+
+async def check_key(request: Request, settings: Settings, key: str | None) -> Caller | None:
+    """The caller `key` stands for (None for no key), counted against its rate limit; `Unauthorized` if not valid.
+
+    Requests without a key, and with a bad one, count against their sender's address.
+    """
+    if key is None:
+        await _limit_address(request, settings)
+        return None
+    found = await (await keys.get_keyring(request)).check(db=await get_database(request), key=key)
     if found is None:
-        await ratelimit.limit(*by_address)  # bad keys count against their sender's address
+        await _limit_address(request, settings)
         raise Unauthorized(
             "This key is not valid: unknown, mistyped or revoked.",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
@@ -77,8 +84,19 @@ async def caller(request: Request, settings: Settings) -> Caller | None:
     context = logs.current_request.get()
     if context is not None:  # the request's log records name its key: its id and name, never the key
         context.api_key_id, context.api_key_name = found.key_id, found.name
+    buckets = ratelimit.buckets_of(request)
     await ratelimit.limit(buckets, f"key:{found.prefix}", settings.rate_limit_per_second, settings.rate_limit_burst)
     return found
+
+
+async def _limit_address(request: Request, settings: Settings) -> None:
+    address = request.client.host if request.client else "unknown"
+    await ratelimit.limit(
+        ratelimit.buckets_of(request),
+        f"address:{address}",
+        settings.anonymous_rate_limit_per_second,
+        settings.anonymous_rate_limit_burst,
+    )
 
 
 def require(scope: Scope) -> Any:

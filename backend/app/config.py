@@ -16,6 +16,8 @@ from app.models import BATCH_SIZE_CEILING, PAGE_SIZE_CEILING
 
 ENV_PREFIX = "SONGBOOK_"
 
+SESSION_SECRET_MIN = 32
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
     # The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks, or *.
     forwarded_allow_ips: str = "127.0.0.1"
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    # A file uploaded through the web page's import form.
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
     max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_CEILING)] = 500
     max_batch_size: Annotated[int, Field(ge=1, le=BATCH_SIZE_CEILING)] = 1000
     require_if_match: bool = False
@@ -70,12 +74,22 @@ class Settings(BaseSettings):
     pgbouncer: bool = False
     cors_origins: str = ""
     telemetry: bool = False
+    # Signs the web page's cookie. Empty: a random one kept in data_dir/session-secret. Give every
+    # instance the same one when several serve the same site.
+    session_secret: Annotated[str, Field(repr=False)] = ""
 
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         if value:
             async_url(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("session_secret")
+    @classmethod
+    def _check_secret(cls, value: str) -> str:
+        if value and len(value) < SESSION_SECRET_MIN:
+            raise ValueError(f"must be at least {SESSION_SECRET_MIN} characters (or empty, to make one)")
         return value
 
     @property
@@ -155,6 +169,8 @@ def _describe(error: ErrorDetails) -> str:
         # The URL may hold a password: name the variable, never echo its value.
         return f"invalid setting DATABASE_URL: {message}"
     name = field if field.startswith(ENV_PREFIX) else ENV_PREFIX + field
+    if name == f"{ENV_PREFIX}SESSION_SECRET":
+        return f"invalid setting {name}: {message}"
     return f"invalid setting {name}={error['input']!r}: {message}"
 
 

@@ -33,13 +33,14 @@ from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable, Select, TextClause
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.errors import NoWritableDatabase
 from app.metrics import PoolUsage
+from app.search import NearWords
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ MAX_COMPILED = 1000  # statements; then all are forgotten, and compiled again as
 POOL_TIMEOUT_SECONDS = 30
 PING_TIMEOUT_SECONDS = 2
 
-Statement = Select[*tuple[Any, ...]] | UpdateBase
+Statement = Select[*tuple[Any, ...]] | UpdateBase | TextClause
 T = TypeVar("T")
 
 
@@ -87,7 +88,8 @@ def lost_connection(exc: BaseException) -> bool:
 
 
 class Database:
-    """The database of one process: its engine, its session maker, and on PostgreSQL the hot paths' pool.
+    """The database of one process: its engine, its session maker, on PostgreSQL the hot paths' pool, and
+    what the search keeps of its vocabulary.
 
     SQLAlchemy's session, and even its Core connection, cost several times the
     query on a small one (backend/README.md, "Speed"): the statements of the
@@ -106,6 +108,8 @@ class Database:
         # against 16-28 ms with this, backend/README.md, "Speed"). asyncio's semaphore is fair.
         self._turns = _Turns(pool.get_max_size() if pool is not None else 1)
         self._compiled: dict[Statement, tuple[str, tuple[str, ...]]] = {}
+        # What the search found close to each query word, kept a few seconds: see `search`.
+        self.near_words = NearWords()
 
     @property
     def dialect(self) -> str:

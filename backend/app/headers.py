@@ -8,8 +8,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# The interactive docs are the one HTML the service serves: they run Swagger UI's
-# and ReDoc's scripts, which the API's own policy forbids. Theirs allows those
+# The interactive docs run Swagger UI's and ReDoc's scripts, which the API's own policy forbids. Theirs allows those
 # the service serves itself, and the page's own inline script, by its hash.
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 DOCS_POLICY = (
@@ -19,6 +18,14 @@ DOCS_POLICY = (
     "worker-src blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+# The page for people (/ and /ui/...) runs its own script file and style sheet, and nothing inline:
+# what a person typed can never run as script there, whatever reaches the page.
+PAGE_POLICY = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+)
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -49,7 +56,7 @@ ALLOWED_HEADERS = [
 
 
 class SecurityHeaders:
-    """Adds `SECURITY_HEADERS`, and a content security policy that allows nothing, to every response but the docs."""
+    """Adds `SECURITY_HEADERS` and a content security policy to every response: the API's allows nothing."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,7 +68,8 @@ class SecurityHeaders:
         if scope["path"] in DOCS_PATHS:
             await self.app(scope, receive, _DocsPolicy(send))
             return
-        extra = API_HEADERS
+        path = scope["path"]
+        extra = PAGE_HEADERS if path == "/" or path.startswith("/ui/") else API_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -72,6 +80,7 @@ class SecurityHeaders:
 
 
 API_HEADERS = [*SECURITY_HEADERS, API_POLICY]
+PAGE_HEADERS = [*SECURITY_HEADERS, PAGE_POLICY]
 
 
 class _DocsPolicy:

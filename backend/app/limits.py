@@ -13,17 +13,20 @@ class BodySizeLimit:
     large, outside the service's error format; hence this middleware.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads or {}  # paths that take files, and their own limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.uploads.get(scope["path"], self.max_bytes)
+        detail = f"The request body is larger than {max_bytes} bytes."
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = problem_response(413, PayloadTooLarge.code, self.detail)
+        if declared.isdigit() and int(declared) > max_bytes:
+            response = problem_response(413, PayloadTooLarge.code, detail)
             await response(scope, receive, send)
             return
 
@@ -33,13 +36,9 @@ class BodySizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > max_bytes:
                 # Raised while the route reads its body: rendered by the HTTPException handler.
-                raise HTTPException(413, self.detail)
+                raise HTTPException(413, detail)
             return message
 
         await self.app(scope, limited_receive, send)
-
-    @property
-    def detail(self) -> str:
-        return f"The request body is larger than {self.max_bytes} bytes."

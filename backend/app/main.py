@@ -9,12 +9,12 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app import db, keys, logs, metrics, openapi, ratelimit
+from app import db, keys, logs, metrics, openapi, ratelimit, web
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
 from app.limits import BodySizeLimit
-from app.routes import artists, health, songs
+from app.routes import artists, health, pages, songs
 from app.routes import keys as key_routes
 from app.telemetry import RequestTelemetry
 
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database = await db.open_database(settings)
         app.state.buckets = ratelimit.buckets(settings.redis_url)
         app.state.keyring = keys.Keyring()
+        app.state.sessions = web.Sessions(web.session_secret(settings))
         metrics.build_info.labels(VERSION, database.dialect).set(1)
         sampling = asyncio.create_task(_sample(database)) if metrics.multiprocess_dir() else None
         # What start-up made lives as long as the process: kept out of the garbage
@@ -68,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}
+    )
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     # Outermost: every answer, CORS's and the body limit's included, has the request's id and is counted.
     app.add_middleware(RequestTelemetry, access_log=access_log, metrics=settings.metrics)
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     if settings.metrics:
         app.include_router(health.metrics_router)
+    pages.install(app)  # last: its catch-all 404 under /ui/
     return app
 
 

@@ -17,6 +17,10 @@ A query is read word by word, in two tiers of relevance:
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
 
+Finding the close words costs more than the search itself (a trigram scan of
+the vocabulary): `NearWords` keeps them for a while. The words a query word
+starts are looked up on every search.
+
 Within a tier songs come in id order, so that a page is an index scan that
 stops after `limit` rows, whatever the number of matches. A search's cursors
 carry a fingerprint of the words it looks for: when added songs change them,
@@ -24,17 +28,33 @@ the walk is told to start again rather than skip or repeat songs.
 """
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from time import monotonic
+from typing import TYPE_CHECKING, Any
 
+from cachetools import TTLCache
 from rapidfuzz.distance import DamerauLevenshtein
 from rapidfuzz.process import extract
-from sqlalchemy import ColumnElement, ScalarResult, Select, bindparam, func, literal_column, text
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    func,
+    literal_column,
+    text,
+)
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.folding import search_fold
 from app.models import Song
+
+if TYPE_CHECKING:  # the database hands its searches this module's cache of near words
+    from app.db import Database, Transaction
 
 MAX_WORDS = 8
 # Close enough to mean the query word: one edit in five letters, two in ten.
@@ -46,6 +66,33 @@ MAX_PREFIXED = 50
 MIN_PREFIX = 3
 CANDIDATES = 100
 TRIGRAM_SIMILARITY = 0.2
+# A word new to the catalog is offered as the correction of a misspelling this long
+# after it came, at most (typed right, it is found at once).
+NEAR_WORDS_SECONDS = 10.0
+NEAR_WORDS_KEPT = 10_000  # query words; the least recently used go first
+
+
+class NearWords:
+    """The catalog's words close to each query word (and how close), as last looked up: one per `Database`.
+
+    Looking them up takes a trigram scan of the vocabulary on PostgreSQL, and on
+    SQLite every word of the same initial, then an edit distance to each: most of
+    a search's time, for an answer that changes only when the vocabulary gains a
+    word. They are kept `NEAR_WORDS_SECONDS`, so that a new word becomes a
+    correction within that time; the words that a query word starts, which make
+    the first tier, are never kept.
+    """
+
+    def __init__(
+        self, seconds: float = NEAR_WORDS_SECONDS, size: int = NEAR_WORDS_KEPT, clock: Callable[[], float] = monotonic
+    ) -> None:
+        self._known: TTLCache[str, list[tuple[str, float]]] = TTLCache(maxsize=size, ttl=seconds, timer=clock)
+
+    def get(self, word: str) -> list[tuple[str, float]] | None:
+        return self._known.get(word)
+
+    def keep(self, word: str, near: list[tuple[str, float]]) -> None:
+        self._known[word] = near
 
 
 @dataclass(frozen=True)
@@ -77,12 +124,20 @@ class _Word:
     close: list[str]  # all the catalog's words close to it
 
 
-async def plan(session: AsyncSession, query: str) -> Search:
-    """Reads the query, and looks up each of its words in the catalog's vocabulary."""
-    postgres = session.get_bind().dialect.name == "postgresql"
+async def plan(db: "Database", query: str) -> Search:
+    """Reads the query, and looks up each of its words in the catalog's vocabulary (the close ones in `db.near_words`
+    first): one statement on the hot path, and another in a transaction of its own for words not looked up lately."""
+    postgres = db.dialect == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
-    candidates = await (_postgres_candidates if postgres else _sqlite_candidates)(session, words)
-    found = [_word(word, *candidates[word]) for word in words]
+    known = {word: db.near_words.get(word) for word in words}
+    unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
+    starting = await (_postgres_starting if postgres else _sqlite_starting)(db, words, unknown)
+    if unknown:
+        candidates = await (_postgres_nearest(db, unknown) if postgres else _sqlite_vocabulary(db, unknown))
+        for word in unknown:
+            known[word] = _near(word, candidates[word])
+            db.near_words.keep(word, known[word] or [])
+    found = [_word(word, starting[word], known[word] or []) for word in words]
     return Search(
         queries=(
             _full_text_query([_starting(word, postgres) for word in found], postgres),
@@ -114,58 +169,71 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
     return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
 
 
-async def _postgres_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """For each word, in one round trip: the vocabulary's words it starts, and its nearest words."""
-    # The words it starts: a range of the vocabulary's primary key (byte-wise
-    # collation). The words similar to it by trigrams, from the GIN index: at
-    # 0.2 rather than pg_trgm's 0.3, as "lonley" is only 0.27 similar to
-    # "lonely" by trigrams, though one edit away. SET LOCAL ends with the
-    # transaction (and works through PgBouncer's transaction pooling).
-    statement = text(
-        """
-        SELECT query.word, true, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
-        CROSS JOIN LATERAL (
-            SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last
-            ORDER BY term LIMIT :prefixed
-        ) AS found
-        UNION ALL
-        SELECT query.word, false, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
-        CROSS JOIN LATERAL (
-            SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :nearest
-        ) AS found
-        """
-    ).bindparams(words=words, last="\U0010ffff", prefixed=MAX_PREFIXED + 1, nearest=CANDIDATES)
-    connection = await session.connection()
-    await connection.execute(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
-    candidates: dict[str, tuple[list[str], list[str]]] = {word: ([], []) for word in words}
-    for word, is_prefix, term in await connection.execute(statement):
-        candidates[word][0 if is_prefix else 1].append(term)
-    return candidates
-
-
-async def _sqlite_candidates(session: AsyncSession, words: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """For each word: the vocabulary's words it starts, and those that share its first letter.
-
-    fts5vocab reads the index for the range of terms asked, not the whole
-    vocabulary: a misspelt first letter goes uncorrected on SQLite.
+# The vocabulary's words each query word starts: a range of its primary key (byte-wise collation).
+_POSTGRES_STARTING = text(
     """
-    candidates = {}
+    SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+    CROSS JOIN LATERAL (
+        SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last ORDER BY term LIMIT :most
+    ) AS found
+    """
+).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("last", type_=String), bindparam("most", type_=Integer))
+# The words similar to each by trigrams, from the GIN index: at 0.2 rather than pg_trgm's 0.3, as "lonley"
+# is only 0.27 similar to "lonely" by trigrams, though one edit away.
+_POSTGRES_NEAREST = text(
+    """
+    SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
+    CROSS JOIN LATERAL (
+        SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :most
+    ) AS found
+    """
+).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))
+# fts5vocab reads the index for the range of terms asked, not the whole vocabulary.
+_SQLITE_TERMS = text("SELECT term FROM song_search_terms WHERE term >= :low AND term < :high LIMIT :most").bindparams(
+    bindparam("low", type_=String), bindparam("high", type_=String), bindparam("most", type_=Integer)
+)
+_LAST = "\U0010ffff"
+
+
+async def _postgres_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
+    params = {"words": words, "last": _LAST, "most": MAX_PREFIXED + 1}
+    starting: dict[str, list[str]] = {word: [] for word in words}
+    for row in await db.fetch(_POSTGRES_STARTING, params):
+        starting[row["word"]].append(row["term"])
+    return starting
+
+
+async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[str]]:
+    async def candidates(transaction: "Transaction") -> Sequence[Mapping[str, Any]]:
+        # SET LOCAL ends with the transaction (and works through PgBouncer's transaction pooling).
+        await transaction.fetch(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
+        return await transaction.fetch(_POSTGRES_NEAREST, {"words": words, "most": CANDIDATES})
+
+    nearest: dict[str, list[str]] = {word: [] for word in words}
+    for row in await db.read(candidates):
+        nearest[row["word"]].append(row["term"])
+    return nearest
+
+
+async def _sqlite_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
+    starting = {}
     for word in words:
-        initial = word[0]
-        terms: ScalarResult[Any] = await session.exec(
-            select(literal_column("term"))
-            .select_from(text("song_search_terms"))
-            .where(text("term >= :low AND term < :high").bindparams(low=initial, high=initial + "\U0010ffff"))
-        )
-        vocabulary = [str(term) for term in terms]
-        candidates[word] = ([term for term in vocabulary if term.startswith(word)], vocabulary)
-    return candidates
+        rows = await db.fetch(_SQLITE_TERMS, {"low": word, "high": word + _LAST, "most": MAX_PREFIXED + 1})
+        starting[word] = [str(row["term"]) for row in rows]
+    return starting
 
 
-def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
-    if len(word) < MIN_PREFIX:
-        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
-        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
+async def _sqlite_vocabulary(db: "Database", words: list[str]) -> dict[str, list[str]]:
+    """For each word, the vocabulary's words that share its first letter: a misspelt first letter goes uncorrected."""
+    vocabulary = {}
+    for word in words:
+        rows = await db.fetch(_SQLITE_TERMS, {"low": word[0], "high": word[0] + _LAST, "most": -1})
+        vocabulary[word] = [str(row["term"]) for row in rows]
+    return vocabulary
+
+
+def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:
+    """The candidates close enough to `word` to mean it (and how close), best first; none that start with it."""
     close = extract(
         word,
         candidates,
@@ -173,25 +241,40 @@ def _word(word: str, starting: list[str], candidates: list[str]) -> _Word:
         score_cutoff=MIN_SIMILARITY,
         limit=MAX_ALTERNATIVES,
     )
-    others = [match for match in close if not match[0].startswith(word)]  # best first
+    return [(term, score) for term, score, _ in close if not term.startswith(word)]
+
+
+def _word(word: str, starting: list[str], near: list[tuple[str, float]]) -> _Word:
+    if len(word) < MIN_PREFIX:
+        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
+        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
     return _Word(
         word=word,
         prefixed=sorted(starting) if len(starting) <= MAX_PREFIXED else None,
-        closest=sorted(term for term, score, _ in others if score >= others[0][1] - 0.05),
-        close=sorted(term for term, _, _ in others),
+        closest=sorted(term for term, score in near if score >= near[0][1] - 0.05),
+        close=sorted(term for term, _ in near),
     )
 
 
 def matches(searched: Search, full_text_query: str) -> ColumnElement[bool]:
-    """The songs a full-text query (one of `searched`'s) finds."""
-    if searched.postgres:
+    """The songs a full-text query (one of `searched`'s) finds, the query inline."""
+    return _matches(searched.postgres, bindparam("query", full_text_query, unique=True))
+
+
+def matches_parameter(postgres: bool, name: str) -> ColumnElement[bool]:
+    """The songs that the full-text query given as the parameter `name` finds: for a statement compiled once."""
+    return _matches(postgres, bindparam(name, type_=String))
+
+
+def _matches(postgres: bool, query: BindParameter[Any]) -> ColumnElement[bool]:
+    if postgres:
         vector: ColumnElement[Any] = literal_column("song.search_vector")
         # The configuration as literal SQL: SQLAlchemy cannot render a REGCONFIG
         # parameter inline, which the planner's estimate (EXPLAIN) needs.
-        return vector.op("@@")(func.to_tsquery(literal_column("'simple'"), full_text_query))
+        return vector.op("@@")(func.to_tsquery(literal_column("'simple'"), query))
     found: Select[Any] = (
         select(literal_column("rowid"))
         .select_from(text("song_search"))
-        .where(text("song_search MATCH :query").bindparams(bindparam("query", full_text_query, unique=True)))
+        .where(literal_column("song_search").op("MATCH")(query))
     )
     return col(Song.id).in_(found)

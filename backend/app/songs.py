@@ -292,10 +292,12 @@ async def list_songs(
         # The hot path: one statement, made once for its shape.
         statement, params, signature = _in_order(query, found=None)
         return _ordered_page(await db.fetch(statement, params), signature, query.limit)
+    # Planned once for the page and the count, so that both look for the same words.
+    found = await search.plan(db, query.q) if query.q else None
+    if found and (query.sort is None or query.sort.strip() == "relevance") and count is None:
+        return await _search_by_relevance(db, query=query, found=found)  # the hot path too
 
-    async def search_and_count(transaction: Transaction) -> tuple[Page[SongRow], search.Search | None]:
-        # Planned once for the page and the count, so that both look for the same words.
-        found = await search.plan(transaction.session, query.q) if query.q else None
+    async def page_and_count(transaction: Transaction) -> Page[SongRow]:
         if found and (query.sort is None or query.sort.strip() == "relevance"):
             page = await _search_by_relevance(transaction, query=query, found=found)
         else:
@@ -304,9 +306,9 @@ async def list_songs(
         if count == "exact":
             counting = sa.select(func.count().label("count")).select_from(Song).where(*_matching(query, found))
             page.total = (await transaction.fetch(counting, _filter_values(query)))[0]["count"]
-        return page, found
+        return page
 
-    page, found = await db.read(search_and_count)
+    page = await db.read(page_and_count)
     if count == "estimated":
         listing = sa.select(col(Song.id)).where(*_matching(query, found))
         page.total = await db.estimated_rows(listing, _filter_values(query))
@@ -351,25 +353,27 @@ def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int)
     return Page(cast(list[SongRow], list(rows)), next_cursor)
 
 
-async def _search_by_relevance(transaction: Transaction, *, query: SongQuery, found: search.Search) -> Page[SongRow]:
-    """The songs of each tier of `found` in turn, each tier in id order."""
+async def _search_by_relevance(
+    reader: Database | Transaction, *, query: SongQuery, found: search.Search
+) -> Page[SongRow]:
+    """The songs of each tier of `found` in turn, each tier in id order; a statement each, made once per shape."""
     assert query.q is not None
     # A cursor holds the words searched for: if the vocabulary changed them
     # since, the walk must start again rather than skip or repeat songs.
     signature = f"relevance?{search_fold(query.q)}?{found.fingerprint}"
     tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
-    params = _filter_values(query)
-    filters = _filters(params)
+    filters = _filter_values(query)
+    words = {f"tier_{number}": full_text_query for number, full_text_query in enumerate(found.queries, start=1)}
     page: list[tuple[int, SongRow]] = []
     reached = "none"
-    for number, clause in enumerate(_tiers(found), start=1):
-        if clause is None or number < tier or len(page) == query.limit:
+    for number, excluded in enumerate(_tiers(found.queries), start=1):
+        if excluded is None or number < tier or len(page) == query.limit:
             continue
         reached = str(number)
         # Each tier is its own query in id order: the database stops after the rows it needs.
-        statement = sa.select(*READ_COLUMNS).where(*filters, clause, col(Song.id) > (after_id if number == tier else 0))
-        rows = await transaction.fetch(statement.order_by(col(Song.id)).limit(query.limit - len(page)), params)
-        page += [(number, _song_row(row)) for row in rows]
+        statement = _tier_statement(found.postgres, number, excluded, frozenset(filters))
+        params = filters | words | {"after_id": after_id if number == tier else 0, "limit": query.limit - len(page)}
+        page += [(number, _song_row(row)) for row in await reader.fetch(statement, params)]
     metrics.searches.labels(reached).inc()
     next_cursor = None
     if len(page) == query.limit:
@@ -378,18 +382,34 @@ async def _search_by_relevance(transaction: Transaction, *, query: SongQuery, fo
     return Page([song for _, song in page], next_cursor)
 
 
-def _tiers(found: search.Search) -> list[ColumnElement[bool] | None]:
-    """The condition of each tier of a search: what its query finds and the tiers before it did not."""
-    tiers: list[ColumnElement[bool] | None] = []
-    previous, previous_query = None, None
-    for full_text_query in found.queries:
-        clause = search.matches(found, full_text_query) if full_text_query else None
-        if full_text_query == previous_query:  # a tier that adds no words adds no songs
-            clause = None
-        tiers.append(clause & ~previous if clause is not None and previous is not None else clause)
-        if clause is not None:
-            previous, previous_query = clause, full_text_query
+def _tiers(queries: tuple[str | None, ...]) -> list[int | None]:
+    """For each tier, the earlier one whose songs it leaves out (0: none); None for a tier that adds no songs.
+
+    The queries are cumulative: a tier finds what its query finds and the last tier before it did not.
+    """
+    tiers: list[int | None] = []
+    previous, previous_query = 0, None
+    for number, full_text_query in enumerate(queries, start=1):
+        if full_text_query is None or full_text_query == previous_query:  # no words, or no new ones
+            tiers.append(None)
+            continue
+        tiers.append(previous)
+        previous, previous_query = number, full_text_query
     return tiers
+
+
+@functools.lru_cache(maxsize=128)
+def _tier_statement(postgres: bool, number: int, excluded: int, filters: frozenset[str]) -> Select[*tuple[Any, ...]]:
+    """The songs of tier `number` after `after_id`, with the parameters of the filters named, in id order."""
+    clause = search.matches_parameter(postgres, f"tier_{number}")
+    if excluded:
+        clause = clause & ~search.matches_parameter(postgres, f"tier_{excluded}")
+    return (
+        sa.select(*READ_COLUMNS)
+        .where(*_filters(filters), clause, col(Song.id) > bindparam("after_id", type_=sa.Integer))
+        .order_by(col(Song.id))
+        .limit(bindparam("limit", type_=sa.Integer))
+    )
 
 
 def _matching(query: SongQuery, found: search.Search | None) -> list[ColumnElement[bool]]:
@@ -403,9 +423,9 @@ async def export_songs(*, db: Database, query: SongQuery, file_format: Format) -
     One statement: memory stays flat, and the songs are those of one snapshot
     of the catalog. `query`'s sort and paging are ignored.
     """
+    found = await search.plan(db, query.q) if query.q else None
 
     async def export(transaction: Transaction) -> AsyncGenerator[bytes]:
-        found = await search.plan(transaction.session, query.q) if query.q else None
         statement = (
             sa.select(*exporting.columns(file_format, db.dialect))
             .select_from(Song)

@@ -105,7 +105,9 @@ def songbook(*args: str, url: str) -> None:
 
 
 def env_for(url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": url, "SONGBOOK_LOG_LEVEL": "warning"}
+    # The benchmark's client sends no key, and many requests a second: no per-address limit.
+    limits = {"SONGBOOK_ANONYMOUS_RATE_LIMIT_PER_SECOND": "0"}
+    return {**os.environ, "DATABASE_URL": url, "SONGBOOK_LOG_LEVEL": "warning", **limits}
 
 
 def prepare(url: str, count: int) -> int:
@@ -160,6 +162,45 @@ def measure(base: str, urls: Iterator[str], requests: int) -> list[float]:
     return times
 
 
+def page_against_api(base: str, requests: int) -> tuple[list[float], list[float]]:
+    """The web page's search results (the part its script asks for as a person types) and the same
+    `GET /songs?q=` as JSON: the same words, taken in turns so that both see the same machine."""
+    rng = random.Random(11)
+    page: list[float] = []
+    api: list[float] = []
+    with httpx.Client(base_url=base) as client:
+        for turn in range(20 + requests):
+            q = quote(rng.choice(TYPOS))
+            for times, url, headers in (
+                (api, f"/songs?limit=50&q={q}", {}),
+                (page, f"/?limit=50&q={q}", {"X-Songbook-Fragment": "results"}),
+            ):
+                started = time.perf_counter()
+                response = client.get(url, headers=headers)
+                if turn >= 20:  # the first are a warm-up
+                    times.append((time.perf_counter() - started) * 1000)
+                response.raise_for_status()
+    return page, api
+
+
+AS_YOU_TYPE = ["beatles", "radiohead", "yesterday"]
+PREFIX_TARGET_MS = 15.0
+
+
+def as_you_type(base: str, requests: int) -> dict[str, list[float]]:
+    """Each prefix of a few words (b, be, bea, ... beatles), as a search box sends them while a person types."""
+    prefixes = [word[:end] for word in AS_YOU_TYPE for end in range(1, len(word) + 1)]
+    times: dict[str, list[float]] = {prefix: [] for prefix in prefixes}
+    with httpx.Client(base_url=base) as client:
+        for turn in range(5 + requests // 10):
+            for prefix in prefixes:
+                started = time.perf_counter()
+                client.get(f"/songs?limit=50&q={prefix}").raise_for_status()
+                if turn >= 5:
+                    times[prefix].append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def p99(times: list[float]) -> float:
     return statistics.quantiles(times, n=100, method="inclusive")[98]
 
@@ -186,6 +227,23 @@ def main() -> None:
             for label, urls in scenarios(max_id).items():
                 times = measure(base, urls, args.requests)
                 print(f"  {label:<26}{statistics.median(times):>10.2f}{p99(times):>10.2f}", flush=True)
+            typed = as_you_type(base, args.requests)
+            slowest = max(typed, key=lambda prefix: statistics.median(typed[prefix]))
+            print(
+                "  as you type, each prefix of "
+                + ", ".join(AS_YOU_TYPE)
+                + ": "
+                + ", ".join(f"{prefix} {statistics.median(times):.1f}" for prefix, times in typed.items())
+            )
+            worst = statistics.median(typed[slowest])
+            verdict = "met" if worst <= PREFIX_TARGET_MS else "NOT MET"
+            target = f"target at most {PREFIX_TARGET_MS:.0f} ms: {verdict}"
+            print(f"  the slowest prefix, {slowest!r}: p50 {worst:.2f} ms ({target})")
+            page, api = page_against_api(base, args.requests)
+            print(f"  {'search, the page (html)':<26}{statistics.median(page):>10.2f}{p99(page):>10.2f}")
+            print(f"  {'search, the API (json)':<26}{statistics.median(api):>10.2f}{p99(api):>10.2f}")
+            ratio = statistics.median(page) / statistics.median(api)
+            print(f"  the page's search / the API's, p50: {ratio:.2f}x (target: at most 2x)", flush=True)
 
 
 if __name__ == "__main__":

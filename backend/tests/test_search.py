@@ -4,8 +4,10 @@ import asyncio
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from app.db import Database
+from app.search import NearWords
 from tests.factories import make_song
 from tests.pages import next_link, walk
 
@@ -138,7 +140,10 @@ async def test_search_pages_under_concurrent_inserts_visit_every_match_once(clie
     assert {f"Lonely heart {n}" for n in range(12)} <= set(seen)
 
 
-async def test_a_search_walk_whose_words_changed_is_told_to_start_again(client: httpx.AsyncClient) -> None:
+async def test_a_search_walk_whose_words_changed_is_told_to_start_again(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    app.state.database.near_words = NearWords(seconds=0)  # a new word is a correction at once
     for n in range(3):
         await client.post("/songs", json={"name": f"Beautifool {n}", "artist": "Someone"})
     first = await client.get("/songs?q=beautifull&limit=1")
@@ -150,3 +155,22 @@ async def test_a_search_walk_whose_words_changed_is_told_to_start_again(client: 
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["type"] == "cursor_mismatch"
+
+
+async def test_a_new_word_corrects_misspellings_once_the_near_words_kept_are_old(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    now = [0.0]
+    app.state.database.near_words = NearWords(seconds=10, clock=lambda: now[0])
+    await client.post("/songs", json={"name": "Beautifool", "artist": "Someone"})
+    assert [song["name"] for song in (await client.get("/songs?q=beautifull")).json()] == ["Beautifool"]
+    await client.post("/songs", json={"name": "Beautiful", "artist": "Someone Else"})
+
+    kept = await client.get("/songs?q=beautifull")
+    typed_right = await client.get("/songs?q=beautiful")
+    now[0] = 10.0
+    later = await client.get("/songs?q=beautifull")
+
+    assert [song["name"] for song in kept.json()] == ["Beautifool"]
+    assert typed_right.json()[0]["name"] == "Beautiful"  # the words a query word starts are never kept
+    assert [song["name"] for song in later.json()] == ["Beautiful", "Beautifool"]

@@ -87,7 +87,7 @@ async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db:
     """
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
-        return await _export(request, db, query, export)
+        return await export_response(request, db, query, export)
     await check_page_size(request, query.limit)
     count = preferred_count(request)
     page = await songs.list_songs(db=db, query=query, count=count)
@@ -257,7 +257,8 @@ def _export_format(accept: str) -> Format | None:
     return None
 
 
-async def _export(request: Request, db: Database, query: SongQuery, export: Format) -> StreamingResponse:
+async def export_response(request: Request, db: Database, query: SongQuery, export: Format) -> StreamingResponse:
+    """Every song `query` matches, streamed in `export`'s format, in id order."""
     if paging := [name for name in ("cursor", "limit", "sort") if name in request.query_params]:
         raise InvalidParameter(
             "query", paging[0], "an export has every matching song, in id order: leave out cursor, limit and sort"
