@@ -9,10 +9,13 @@ give it the `Database`; how a call reaches the database is decided here:
 - `Database.transaction` is a unit of work on a SQLModel session: committed
   when the block ends, rolled back if it raises. One that writes takes
   SQLite's write lock at BEGIN.
+
+With read replicas (`app.replicas`), either may read on one instead.
 """
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -35,6 +38,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.metrics import PoolUsage
+from app.replicas import Replica, Replicas, Watch
 from app.search import NearWords
 
 # What a failing database raises, through SQLAlchemy or from asyncpg itself.
@@ -72,9 +76,10 @@ class Database:
     SQLModel tables: the models stay the one description of the schema.
     """
 
-    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None) -> None:
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None, replicas: Replicas | None = None) -> None:
         self.engine = engine
         self.pool = pool
+        self.replicas = replicas
         self._sessionmaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
         # Turns at the pool, first come first served. asyncpg's pool lets a request that
         # just arrived take a connection given back before one already waiting wakes up:
@@ -91,18 +96,26 @@ class Database:
         return self.engine.dialect.name
 
     async def fetch(
-        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False
+        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False, primary: bool = False
     ) -> Sequence[Mapping[str, Any]]:
         """The rows of `statement` with `params`, in a transaction of its own.
 
         The statement is compiled the first time it comes: make each once (a
         module constant, or one per shape, cached) and give its values apart.
         `write` says the statement writes (SQLite then takes its lock at BEGIN).
+        A read may go to a replica (`app.replicas`) unless it must see the `primary`.
         """
         if self.pool is None:
             return await self._execute(statement, params, write)
         sql, names = self._compile(statement)
         values = [params[name] for name in names]
+        if self.replicas is not None:
+            if write:
+                self.replicas.wrote()
+            elif not primary and (replica := self.replicas.choose()) is not None:
+                replicated = await self._fetch_on_replica(replica, sql, values)
+                if replicated is not None:
+                    return replicated
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             return await binding.fetch(sql, values)
@@ -125,6 +138,22 @@ class Database:
             async with self._connection() as connection:
                 return await _fetch(connection, sql, values)
         return rows
+
+    async def _fetch_on_replica(
+        self, replica: Replica, sql: str, values: Sequence[Any]
+    ) -> list[Mapping[str, Any]] | None:
+        """The rows from `replica`; None if it failed, for the primary to answer."""
+        assert self.replicas is not None
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, replica.turns, replica.pool.acquire() as held:
+                wait.reschedule(None)
+                return await _fetch(held, sql, values)
+        except (*DATABASE_ERRORS, asyncpg.InternalClientError) as exc:
+            lost = isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError))
+            self.replicas.failed(replica, exc, lost=lost)
+            if lost:
+                await replica.pool.expire_connections()
+            return None
 
     @contextlib.asynccontextmanager
     async def bound(self) -> AsyncIterator[None]:
@@ -158,12 +187,34 @@ class Database:
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             await binding.release()
-        async with self._sessionmaker() as session:
+        reading = not write and self.replicas is not None
+        async with await self._read_session() if reading else self._sessionmaker() as session:
             if write:
                 await session.connection(execution_options=WRITE_OPTIONS)
+                if self.replicas is not None:
+                    self.replicas.wrote()
             yield Transaction(session)
             if write:
                 await session.commit()
+
+    async def _read_session(self) -> AsyncSession:
+        """A session on a replica, connected, if the request may read on one and one answers; else the primary's."""
+        assert self.replicas is not None
+        replica = self.replicas.choose()
+        if replica is None:
+            return self._sessionmaker()
+        session = replica.sessionmaker()
+        try:
+            connection = await session.connection()
+            if (await connection.get_raw_connection()).driver_connection.is_closed():  # type: ignore[union-attr]
+                # The replica ended it since it was pooled (a restart, a stop): no statement has gone.
+                await connection.invalidate()
+                raise asyncpg.ConnectionDoesNotExistError("the replica closed the connection")
+        except DATABASE_ERRORS as exc:
+            await session.close()
+            self.replicas.failed(replica, exc, lost=True)  # it could not be reached
+            return self._sessionmaker()
+        return session
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -241,6 +292,11 @@ class Database:
             idle = self.pool.get_idle_size()
             used = self.pool.get_size() - idle
             pools.append(PoolUsage("hot", used, idle, self.pool.get_max_size(), self._turns.waiting))
+        for replica in self.replicas.replicas if self.replicas is not None else ():
+            idle = replica.pool.get_idle_size()
+            used, most = replica.pool.get_size() - idle, replica.pool.get_max_size()
+            waiting = replica.turns.waiting if isinstance(replica.turns, _Turns) else None
+            pools.append(PoolUsage(f"replica {replica.name}", used, idle, most, waiting))
         sessions = self.engine.pool
         if isinstance(sessions, QueuePool):
             # SQLAlchemy's pool does not tell how many wait for it.
@@ -249,6 +305,8 @@ class Database:
         return pools
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.pool is not None:
             await self.pool.close()
         await self.engine.dispose()
@@ -346,7 +404,9 @@ async def open_database(settings: Settings, *, long_running: bool = False) -> Da
     if long_running:
         settings = settings.model_copy(update={"statement_timeout_ms": 0})
     engine = _create_engine(settings)
-    return Database(engine, await _create_pool(settings, engine))
+    pool = await _create_pool(settings, engine)
+    replicas = await _open_replicas(settings, engine, pool) if pool is not None and settings.replica_urls else None
+    return Database(engine, pool, replicas)
 
 
 @contextlib.asynccontextmanager
@@ -412,11 +472,34 @@ async def _create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool 
     """
     if engine.dialect.name != "postgresql":
         return None
+    options = _connect_options(settings, engine)
+    return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, reset=_keep_session, **options)
+
+
+def _connect_options(settings: Settings, engine: AsyncEngine) -> dict[str, Any]:
+    """What `asyncpg.connect` takes to connect as the engine does."""
     _, connect_args = engine.dialect.create_connect_args(engine.url)
     # asyncpg.connect refuses SQLAlchemy's own options.
     options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
-    options |= _asyncpg_options(settings)
-    return await asyncpg.create_pool(min_size=0, max_size=settings.pool_size, reset=_keep_session, **options)
+    return options | _asyncpg_options(settings)
+
+
+async def _open_replicas(settings: Settings, engine: AsyncEngine, pool: asyncpg.Pool) -> Replicas:
+    """The read replicas of `settings`, each with pools like the primary's, and their poller started."""
+    replicas = []
+    for url in settings.replica_urls:
+        # Connected to as the primary is: the same options, pool size and timeouts.
+        replica_settings = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+        replica_engine = _create_engine(replica_settings)
+        replica_pool = await _create_pool(replica_settings, replica_engine)
+        assert replica_pool is not None
+        watch = functools.partial(asyncpg.connect, **_connect_options(replica_settings, replica_engine))
+        name = f"{url.host}:{url.port or 5432}"
+        replicas.append(Replica(name, replica_pool, _Turns(settings.pool_size), replica_engine, Watch(watch)))
+    watch = functools.partial(asyncpg.connect, **_connect_options(settings, engine))
+    opened = Replicas(replicas, primary=pool, watch=watch, max_lag_ms=settings.replica_max_lag_ms)
+    opened.start()
+    return opened
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

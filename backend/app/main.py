@@ -9,7 +9,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app import db, keys, logs, metrics, openapi, ratelimit, web
+from app import db, keys, logs, metrics, openapi, ratelimit, replicas, web
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key)
     install_error_handlers(app)
+    if settings.replica_urls:
+        # Which reads may go to a replica, by request; the answer of a write gets its read-after token.
+        app.add_middleware(replicas.ReadRouting)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}
     )
