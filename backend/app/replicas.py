@@ -44,6 +44,7 @@ Only on PostgreSQL: the settings refuse replicas with a SQLite database.
 """
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -51,7 +52,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -166,7 +166,7 @@ class Replicas:
         self._watch = Watch(watch)
         self._history: deque[tuple[float, int]] = deque()  # the primary's (moment asked, LSN)
         self._next = 0
-        self._polling: asyncio.Task[None] | None = None
+        self._polling: list[asyncio.Task[None]] = []
 
     def choose(self) -> Replica | None:
         """A replica for a read of the current request, in turn; None if it must go to the primary."""
@@ -203,33 +203,41 @@ class Replicas:
             return None
 
     def start(self) -> None:
-        self._polling = asyncio.create_task(self._poll_forever())
+        """Polls the primary and each replica, each in a task of its own: a server slow to answer
+        delays no other's measure."""
+        self._polling = [
+            asyncio.create_task(_every(POLL_SECONDS, self.poll_primary)),
+            *(
+                asyncio.create_task(_every(POLL_SECONDS, functools.partial(self.poll, replica)))
+                for replica in self.replicas
+            ),
+        ]
 
     async def close(self) -> None:
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.gather(self._polling, return_exceptions=True)
+        for task in self._polling:
+            task.cancel()
+        await asyncio.gather(*self._polling, return_exceptions=True)
         self._watch.close()
         for replica in self.replicas:
             await replica.close()
 
-    async def _poll_forever(self) -> None:
-        while True:
-            started = time.monotonic()
-            await self.poll()
-            await asyncio.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started)))
-
-    async def poll(self) -> None:
-        """One round: the primary's LSN (with the moment it was asked for), then each replica's."""
+    async def poll_primary(self) -> None:
+        """The primary's LSN, kept with the moment it was asked for."""
         asked = time.monotonic()  # before the question: the primary had at least this LSN then
         primary = await self._watch.ask(PRIMARY_LSN)
         if primary is not None:
             self._history.append((asked, primary))
             while self._history[0][0] < asked - self.max_lag - HISTORY_MARGIN_SECONDS:
                 self._history.popleft()
-        replayed = await asyncio.gather(*(replica.watch.ask(REPLAYED_LSN) for replica in self.replicas))
-        for replica, lsn in zip(self.replicas, replayed, strict=True):
-            self._update(replica, lsn)
+
+    async def poll(self, replica: Replica) -> None:
+        """How far `replica` has replayed, and so how fresh it is.
+
+        Whichever was asked first, the replica's answer or the primary's: a replica
+        only goes forward, so once it has replayed what the primary had at t, it
+        holds all that was committed before t.
+        """
+        self._update(replica, await replica.watch.ask(REPLAYED_LSN))
 
     def _update(self, replica: Replica, lsn: int | None) -> None:
         if lsn is not None and lsn < 0:
@@ -249,15 +257,30 @@ class Replicas:
             if usable:
                 logger.info("read replica %s is used: within %d ms of the primary", replica.name, lag * 1000)
             else:
-                why = "does not answer" if lsn is None else "is not replaying" if lsn < 0 else "is behind"
-                logger.warning("read replica %s is left out: it %s", replica.name, why)
+                logger.warning("read replica %s is left out: %s", replica.name, self._why_not(lsn))
         behind = self._history[-1][1] - replica.replayed if self._history and replica.replayed >= 0 else None
         metrics.observe_replica(replica.name, lag if lag != float("inf") else None, behind, usable)
+
+    def _why_not(self, lsn: int | None) -> str:
+        if lsn is None:
+            return "it does not answer"
+        if lsn < 0:
+            return "it is not replaying (not a standby, or promoted)"
+        if not self._history or self._history[-1][0] < time.monotonic() - self.max_lag:
+            return "the primary does not answer: how far behind it is cannot be known"
+        return "it is behind by more than the bound"
 
     def usable(self) -> list[Replica]:
         """The replicas a read without a token may go to now."""
         oldest = time.monotonic() - self.max_lag
         return [replica for replica in self.replicas if replica.fresh_as_of >= oldest]
+
+
+async def _every(seconds: float, poll: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        started = time.monotonic()
+        await poll()
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
 
 
 class ReadRouting:
@@ -301,12 +324,3 @@ def _request(scope: Scope) -> _Request:
                 else:
                     request.after = max(request.after, lsn)
     return request
-
-
-def describe(replicas: Sequence[Replica]) -> dict[str, Any]:
-    """The replicas' state, as a record for a log line or a test: name, replayed LSN, staleness in ms."""
-    now = time.monotonic()
-    return {
-        replica.name: {"replayed": format_lsn(max(replica.replayed, 0)), "lag_ms": (now - replica.fresh_as_of) * 1000}
-        for replica in replicas
-    }

@@ -120,6 +120,19 @@ async def test_reads_go_to_the_replica_and_writes_if_match_and_tokens_to_the_pri
             assert (await client.get(song, headers={HEADER: "not an LSN"})).status_code == 200
 
 
+async def test_every_write_answers_a_token_and_no_read_does(pair: Replicated) -> None:
+    async with service(pair, max_lag_ms=60_000) as (client, _):
+        created = await create(client, "One")
+        batch = await client.post("/songs/batch", json=[{"name": "Two", "artist": "The Band"}])
+        deleted = await client.delete(created.headers["Location"])
+        read = await client.get("/songs")
+        scrape = await client.get("/metrics")
+
+    assert [HEADER in answer.headers for answer in (created, batch, deleted, read)] == [True, True, True, False]
+    assert token_of(created) < token_of(batch) < token_of(deleted)
+    assert f'songbook_replica_usable{{replica="127.0.0.1:{pair.replica.port}"}} 1.0' in scrape.text
+
+
 async def test_a_client_reads_its_own_write_at_once_every_time(pair: Replicated) -> None:
     """The replica applies each commit 300 ms late: a read with the write's token sees it every
     time; one without it may not, and then only within the bound."""
