@@ -147,7 +147,9 @@ class Database:
         try:
             async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, replica.turns, replica.pool.acquire() as held:
                 wait.reschedule(None)
-                return await _fetch(held, sql, values)
+                rows = await _fetch(held, sql, values)
+            replica.reads.inc()
+            return rows
         except (*DATABASE_ERRORS, asyncpg.InternalClientError) as exc:
             lost = isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError))
             self.replicas.failed(replica, exc, lost=lost)
@@ -214,6 +216,7 @@ class Database:
             await session.close()
             self.replicas.failed(replica, exc, lost=True)  # it could not be reached
             return self._sessionmaker()
+        replica.reads.inc()
         return session
 
     @contextlib.asynccontextmanager

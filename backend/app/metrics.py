@@ -137,6 +137,12 @@ replica_lag = Gauge(
     multiprocess_mode="max",
     registry=registry,
 )
+replica_reads = Counter(
+    "songbook_replica_reads",
+    "Reads answered by a read replica: single statements and units of work (the others, by the primary).",
+    ["replica"],
+    registry=registry,
+)
 replica_lag_bytes = Gauge(
     "songbook_replica_lag_bytes",
     "How far a read replica's replay is behind the primary's WAL position, in bytes.",

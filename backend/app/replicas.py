@@ -44,7 +44,7 @@ Only on PostgreSQL: the settings refuse replicas with a SQLite database.
 """
 
 import asyncio
-import functools
+import contextlib
 import logging
 import re
 import time
@@ -54,6 +54,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import asyncpg
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -134,9 +135,11 @@ class Replica:
     fresh_as_of: float = NEVER  # (monotonic) it holds everything the primary had committed then
     usable: bool = False  # at the last poll, for the logs and the metrics
     sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
+    reads: Counter = field(init=False)  # songbook_replica_reads, this replica's
 
     def __post_init__(self) -> None:
         self.sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self.reads = metrics.replica_reads.labels(self.name)
 
     async def close(self) -> None:
         self.watch.close()
@@ -167,6 +170,7 @@ class Replicas:
         self._history: deque[tuple[float, int]] = deque()  # the primary's (moment asked, LSN)
         self._next = 0
         self._polling: list[asyncio.Task[None]] = []
+        self._sampled = asyncio.Event()  # set, and replaced, at each of the primary's answers
 
     def choose(self) -> Replica | None:
         """A replica for a read of the current request, in turn; None if it must go to the primary."""
@@ -203,15 +207,29 @@ class Replicas:
             return None
 
     def start(self) -> None:
-        """Polls the primary and each replica, each in a task of its own: a server slow to answer
-        delays no other's measure."""
+        """Polls the primary, and each replica right after each of the primary's answers, each in a
+        task of its own: a server slow to answer delays no other's measure."""
         self._polling = [
-            asyncio.create_task(_every(POLL_SECONDS, self.poll_primary)),
-            *(
-                asyncio.create_task(_every(POLL_SECONDS, functools.partial(self.poll, replica)))
-                for replica in self.replicas
-            ),
+            asyncio.create_task(self._poll_primary_forever()),
+            *(asyncio.create_task(self._poll_forever(replica)) for replica in self.replicas),
         ]
+
+    async def _poll_primary_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.poll_primary()
+            sampled, self._sampled = self._sampled, asyncio.Event()
+            sampled.set()
+            await asyncio.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started)))
+
+    async def _poll_forever(self, replica: Replica) -> None:
+        while True:
+            # Asked right after the primary: under a stream of writes, the primary's newest
+            # position is then one the replica may have replayed, and the bound is tight.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2 * POLL_SECONDS):  # the primary silent: poll all the same
+                    await self._sampled.wait()
+            await self.poll(replica)
 
     async def close(self) -> None:
         for task in self._polling:
@@ -258,7 +276,8 @@ class Replicas:
                 logger.info("read replica %s is used: within %d ms of the primary", replica.name, lag * 1000)
             else:
                 logger.warning("read replica %s is left out: %s", replica.name, self._why_not(lsn))
-        behind = self._history[-1][1] - replica.replayed if self._history and replica.replayed >= 0 else None
+        known = self._history and replica.replayed >= 0
+        behind = max(0, self._history[-1][1] - replica.replayed) if known else None
         metrics.observe_replica(replica.name, lag if lag != float("inf") else None, behind, usable)
 
     def _why_not(self, lsn: int | None) -> str:
@@ -274,13 +293,6 @@ class Replicas:
         """The replicas a read without a token may go to now."""
         oldest = time.monotonic() - self.max_lag
         return [replica for replica in self.replicas if replica.fresh_as_of >= oldest]
-
-
-async def _every(seconds: float, poll: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        started = time.monotonic()
-        await poll()
-        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
 
 
 class ReadRouting:
