@@ -72,7 +72,7 @@ def _as_postgres(*command: str) -> str:
 
 
 @contextlib.contextmanager
-def _own_cluster() -> Iterator[Cluster]:
+def own_cluster() -> Iterator[Cluster]:
     if os.geteuid() != 0 or shutil.which("runuser") is None or not BIN_DIRS:
         pytest.skip("a cluster of the test's own needs root, runuser and PostgreSQL's server binaries")
     # Not under pytest's folder: the postgres user cannot enter root's.
@@ -92,7 +92,7 @@ def _own_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    with _own_cluster() as own:
+    with own_cluster() as own:
         yield own
 
 
@@ -126,7 +126,7 @@ def make_replica(primary: Cluster) -> Cluster:
 @pytest.fixture(scope="module")
 def replicated() -> Iterator[Replicated]:
     """A primary of the module's own, migrated, and a streaming replica of it; each test starts them as they were."""
-    with _own_cluster() as primary:
+    with own_cluster() as primary:
         schema.upgrade(async_url(primary.url))
         replica = make_replica(primary)
         try:
