@@ -12,17 +12,19 @@ the request may read where, in a context variable, and `db.Database` asks
 **How stale a replica is** is measured by WAL positions (LSNs), not by
 timestamps: on an idle primary `pg_last_xact_replay_timestamp()` ages for
 ever. Every `POLL_SECONDS` a task of the process asks the primary for
-`pg_current_wal_lsn()` and each replica for `pg_last_wal_replay_lsn()`, on
-connections of its own (a busy pool does not delay the measure). The
+`pg_current_wal_lsn()` and, `REPLICA_DELAY_SECONDS` later, each replica for
+`pg_last_wal_replay_lsn()`, on connections of their own (a busy pool does
+not delay the measure; a slow server delays no other's). The
 primary's answers are kept with the moment each was asked for, over the
 bound and a little more. A replica that has replayed the LSN the primary had
 at instant t holds everything committed before t: its data are at most
 `now - t` old. Its `fresh_as_of` is the latest such t, and a read may go to
 it while `now - fresh_as_of` is within `SONGBOOK_REPLICA_MAX_LAG_MS`. That
 costs the request one clock reading and a comparison, no query. The bound is
-conservative: under a steady stream of writes it overstates a replica's lag
-by up to one poll interval (the primary's position between two polls is not
-known). And it needs no news to take a replica out: one that stops replaying,
+conservative: it overstates a replica's lag by the delay between the two
+questions, and under a steady stream of writes a replica more than that
+behind by up to one poll interval more (the primary's position between two
+polls is not known). And it needs no news to take a replica out: one that stops replaying,
 stops answering, or whose poller stops, ages past the bound by itself.
 
 A replica whose statement fails on a lost connection is left out at once
@@ -69,6 +71,7 @@ _IF_MATCH = b"if-match"
 _READS = frozenset({"GET", "HEAD"})
 
 POLL_SECONDS = 0.1
+REPLICA_DELAY_SECONDS = 0.02  # after the primary's answer
 POLL_TIMEOUT_SECONDS = 1.0
 HISTORY_MARGIN_SECONDS = 1.0  # the primary's positions are kept this much longer than the bound
 LSN_TIMEOUT_SECONDS = 2.0  # for the token of a write: past it, the answer goes without one
@@ -224,11 +227,13 @@ class Replicas:
 
     async def _poll_forever(self, replica: Replica) -> None:
         while True:
-            # Asked right after the primary: under a stream of writes, the primary's newest
-            # position is then one the replica may have replayed, and the bound is tight.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2 * POLL_SECONDS):  # the primary silent: poll all the same
                     await self._sampled.wait()
+            # Asked shortly after the primary: under a stream of writes, a replica that keeps up has
+            # replayed the primary's newest position by then, and the bound is that short. Asked at
+            # once, it had not yet, and the bound went back to the position before: a poll earlier.
+            await asyncio.sleep(REPLICA_DELAY_SECONDS)
             await self.poll(replica)
 
     async def close(self) -> None:
