@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     if settings.replica_urls:
         # Which reads may go to a replica, by request; the answer of a write gets its read-after token.
-        app.add_middleware(replicas.ReadRouting)
+        app.add_middleware(replicas.ReadRouting, max_lag_ms=settings.replica_max_lag_ms)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}
     )

@@ -39,8 +39,10 @@ the write (one `SELECT pg_current_wal_lsn()` on the primary, for a request
 that wrote; none for reads). A read that sends it back is served by a
 replica only if that replica had replayed at least that LSN at the last
 poll, else by the primary. The token is stateless (any instance honours any
-instance's token) and opaque to clients: send back the last one received. A
-read without it may be stale, by at most the bound.
+instance's token) and opaque to clients: send back the last one received. The
+same token comes as a cookie (`songbook_read_after`) that lasts the bound, for
+browsers: a form's POST answered by a redirect, then the page it leads to. A
+read without either may be stale, by at most the bound.
 
 Only on PostgreSQL: the settings refuse replicas with a SQLite database.
 """
@@ -48,6 +50,7 @@ Only on PostgreSQL: the settings refuse replicas with a SQLite database.
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -67,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 HEADER = "Songbook-Read-After"
 _HEADER = HEADER.lower().encode()
+# The same token as a cookie, for browsers: a form's POST answered by a redirect, then the GET of the
+# page it leads to, which no script can give a header. Lasts the bound.
+COOKIE = "songbook_read_after"
+_COOKIE = COOKIE.encode()
 _IF_MATCH = b"if-match"
 _READS = frozenset({"GET", "HEAD"})
 
@@ -302,29 +309,33 @@ class Replicas:
 
 class ReadRouting:
     """Notes, for each request, whether its reads may go to a replica, and gives the answer of one that wrote
-    its `Songbook-Read-After` token."""
+    its `Songbook-Read-After` token, as a header and as a cookie that lasts the bound."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_lag_ms: int) -> None:
         self.app = app
+        # Once the bound has passed since a write, every replica still used has it: the cookie can go.
+        self._cookie = f"; Max-Age={math.ceil(max_lag_ms / 1000)}; Path=/; HttpOnly; SameSite=Lax"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = _request(scope)
-        token = _current.set(request)
+        reset = _current.set(request)
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start" and request.wrote is not None and message["status"] < 500:
                 lsn = await request.wrote.written_lsn()
                 if lsn is not None:
-                    message["headers"] = [*message.get("headers", ()), (_HEADER, format_lsn(lsn).encode())]
+                    token = format_lsn(lsn)
+                    cookie = (b"set-cookie", f"{COOKIE}={token}{self._cookie}".encode())
+                    message["headers"] = [*message.get("headers", ()), (_HEADER, token.encode()), cookie]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_token)
         finally:
-            _current.reset(token)
+            _current.reset(reset)
 
 
 def _request(scope: Scope) -> _Request:
@@ -334,10 +345,19 @@ def _request(scope: Scope) -> _Request:
         for name, value in headers:
             if name == _IF_MATCH:
                 request.to_replica = False
-            elif name == _HEADER:
-                lsn = parse_lsn(value)
+            elif name == _HEADER or (name == b"cookie" and _COOKIE in value):
+                lsn = parse_lsn(value if name == _HEADER else _cookie_value(value))
                 if lsn is None:
                     request.to_replica = False  # a token not ours: the client asked for fresh data
                 else:
                     request.after = max(request.after, lsn)
     return request
+
+
+def _cookie_value(header: bytes) -> bytes:
+    """The read-after cookie's value in a `Cookie` header."""
+    for pair in header.split(b";"):
+        name, _, value = pair.strip().partition(b"=")
+        if name == _COOKIE:
+            return value
+    return b""

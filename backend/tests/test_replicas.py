@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings, load_settings
 from app.errors import SettingsError
 from app.main import create_app
-from app.replicas import HEADER, Replicas, format_lsn, parse_lsn
+from app.replicas import COOKIE, HEADER, Replicas, format_lsn, parse_lsn
 from tests.catalog import empty_catalog
 from tests.conftest import client_for
 from tests.pgcluster import Replicated
@@ -82,8 +82,10 @@ async def replay_paused(pair: Replicated) -> AsyncIterator[None]:
 
 
 async def create(client: httpx.AsyncClient, name: str) -> httpx.Response:
+    """Creates a song, as a program does that keeps no cookie (the read-after token's cookie is dropped)."""
     response = await client.post("/songs", json={"name": name, "artist": "The Band"})
     assert response.status_code == 201, response.text
+    client.cookies.clear()
     return response
 
 
@@ -113,6 +115,7 @@ async def test_reads_go_to_the_replica_and_writes_if_match_and_tokens_to_the_pri
             assert with_token.json() == second.json()
             assert (await client.get(song, headers={"If-Match": "*"})).status_code == 200
             changed = await client.patch(song, json={"year": 1999}, headers={"If-Match": '"1"'})
+            client.cookies.clear()
             assert changed.json()["year"] == 1999
             assert token_of(changed) > token_of(second)
             assert names(await client.get("/songs", headers={HEADER: changed.headers[HEADER]})) == ["First", "Second"]
@@ -131,6 +134,23 @@ async def test_every_write_answers_a_token_and_no_read_does(pair: Replicated) ->
     assert [HEADER in answer.headers for answer in (created, batch, deleted, read)] == [True, True, True, False]
     assert token_of(created) < token_of(batch) < token_of(deleted)
     assert f'songbook_replica_usable{{replica="127.0.0.1:{pair.replica.port}"}} 1.0' in scrape.text
+
+
+async def test_a_browser_reads_its_own_write_by_the_cookie(pair: Replicated) -> None:
+    """A form's POST, then the GET of the page it redirects to: no header, but the cookie, for the bound."""
+    async with service(pair, max_lag_ms=60_000) as (client, replicas):
+        first = await create(client, "First")
+        await until(lambda: caught_up(replicas, token_of(first)), "the replica has the first song")
+        async with replay_paused(pair):
+            created = await client.post("/songs", json={"name": "Second", "artist": "The Band"})
+            by_cookie = await client.get(created.headers["Location"])
+            client.cookies.clear()
+            without = await client.get(created.headers["Location"])
+
+    assert created.headers["set-cookie"] == (
+        f"{COOKIE}={created.headers[HEADER]}; Max-Age=60; Path=/; HttpOnly; SameSite=Lax"
+    )
+    assert (by_cookie.status_code, without.status_code) == (200, 404)
 
 
 async def test_a_client_reads_its_own_write_at_once_every_time(pair: Replicated) -> None:
