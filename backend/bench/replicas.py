@@ -6,9 +6,12 @@ It makes a PostgreSQL of its own (initdb into a temporary folder, as the
 tests' `cluster` fixture does), seeds --count songs, makes a streaming replica
 of it (`pg_basebackup -R`, another port), and starts `songbook serve` twice,
 one worker each, as the image ships it: without replicas ("primary only"),
-and with the replica in SONGBOOK_READ_REPLICA_URLS ("with replica"). Then:
+and with the replica in SONGBOOK_READ_REPLICA_URLS ("with replica"); and a
+third whose SONGBOOK_READ_REPLICA_URLS names the primary itself ("routing
+only": not a standby, it is left out and every read goes to the primary),
+which shows what choosing costs the service apart from where reads go. Then:
 
-1. Throughput: wrk on GET /songs/{id}, pages of 50 and searches, the two
+1. Throughput: wrk on GET /songs/{id}, pages of 50 and searches, the three
    servers alternating --rounds times; the median requests/s of each.
 2. Lag under a burst of writes: wrk creates songs for --burst seconds through
    the server with the replica, while what its poller sees (the
@@ -75,19 +78,19 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, primary: str, replica: str, max_id: int) -> None:
-    plain, replicated = free_port(), free_port()
-    with_replica = service_env(primary) | {
-        "SONGBOOK_READ_REPLICA_URLS": replica,
-        "SONGBOOK_REPLICA_MAX_LAG_MS": str(args.max_lag_ms),
-    }
+    plain, replicated, routing = free_port(), free_port(), free_port()
+    lag = {"SONGBOOK_REPLICA_MAX_LAG_MS": str(args.max_lag_ms)}
+    with_replica = service_env(primary) | lag | {"SONGBOOK_READ_REPLICA_URLS": replica}
+    routing_only = service_env(primary) | lag | {"SONGBOOK_READ_REPLICA_URLS": primary}
     loads = {"SONGS_N": str(max_id)}
     with (
         running(service(plain), service_env(primary), "/readyz", plain),
         running(service(replicated), with_replica, "/readyz", replicated),
+        running(service(routing), routing_only, "/readyz", routing),
     ):
         print(f"\n{'route':<22} {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
         for route, mode in ROUTES.items():
-            ports = {"primary only": plain, "with replica": replicated}
+            ports = {"primary only": plain, "with replica": replicated, "routing only": routing}
             for port in ports.values():
                 wrk(port, mode, 2, args.connections, loads)  # warm-up
             runs: dict[str, list[Run]] = {name: [] for name in ports}
@@ -154,6 +157,7 @@ async def stale_read_window(base_url: str, writes: int, *, burst: bool) -> None:
             for number in range(writes):
                 created = await client.post("/songs", json={"name": f"Window {time.time_ns()}-{number}", "artist": "W"})
                 assert created.status_code == 201, created.text
+                client.cookies.clear()  # the read-after token's cookie: these reads go without it
                 answered = time.monotonic()
                 last_miss = None
                 while True:
