@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from app.config import Settings, load_settings
 from app.errors import SettingsError
@@ -18,6 +19,7 @@ from app.replicas import COOKIE, HEADER, Replicas, format_lsn, parse_lsn
 from tests.catalog import empty_catalog
 from tests.conftest import client_for
 from tests.pgcluster import Replicated
+from tests.test_pages import browser, signed_in, token
 
 DEADLINE_SECONDS = 20.0  # generous: the machine is shared and loaded
 
@@ -37,7 +39,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 @asynccontextmanager
-async def service(pair: Replicated, *, max_lag_ms: int) -> AsyncIterator[tuple[httpx.AsyncClient, Replicas]]:
+async def replicated_app(pair: Replicated, *, max_lag_ms: int) -> AsyncIterator[FastAPI]:
     """The app over the primary and its replica, the catalog empty and the replica caught up with it."""
     settings = Settings(
         database_url=pair.primary.url,
@@ -49,14 +51,21 @@ async def service(pair: Replicated, *, max_lag_ms: int) -> AsyncIterator[tuple[h
         access_log=False,
     )
     application = create_app(settings)
-    async with LifespanManager(application), client_for(application, None) as client:
+    async with LifespanManager(application):
         database = application.state.database
         await empty_catalog(database.engine)
         replicas: Replicas = database.replicas
         emptied = await replicas.written_lsn()
         assert emptied is not None
         await until(lambda: caught_up(replicas, emptied) and bool(replicas.usable()), "the replica caught up")
-        yield client, replicas
+        yield application
+
+
+@asynccontextmanager
+async def service(pair: Replicated, *, max_lag_ms: int) -> AsyncIterator[tuple[httpx.AsyncClient, Replicas]]:
+    """A client (with no key, writes need none) of `replicated_app`, and its replicas."""
+    async with replicated_app(pair, max_lag_ms=max_lag_ms) as application, client_for(application, None) as client:
+        yield client, application.state.database.replicas
 
 
 def caught_up(replicas: Replicas, lsn: int) -> bool:
@@ -151,6 +160,20 @@ async def test_a_browser_reads_its_own_write_by_the_cookie(pair: Replicated) -> 
         f"{COOKIE}={created.headers[HEADER]}; Max-Age=60; Path=/; HttpOnly; SameSite=Lax"
     )
     assert (by_cookie.status_code, without.status_code) == (200, 404)
+
+
+async def test_a_person_sees_on_the_page_the_song_they_just_added(pair: Replicated) -> None:
+    async with replicated_app(pair, max_lag_ms=60_000) as application, browser(application) as person:
+        await signed_in(application, person)
+        async with replay_paused(pair):
+            form = {"token": await token(person, "/"), "name": "Added", "artist": "The Band"}
+            added = await person.post("/ui/songs/new", data=form, follow_redirects=True)
+            person.cookies.delete(COOKIE)
+            again = await person.get(str(added.url))
+
+    assert added.status_code == 200
+    assert "Added" in added.text
+    assert again.status_code == 404  # the replica's answer, without the cookie
 
 
 async def test_a_client_reads_its_own_write_at_once_every_time(pair: Replicated) -> None:
