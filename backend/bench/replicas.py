@@ -12,7 +12,9 @@ only": not a standby, it is left out and every read goes to the primary),
 which shows what choosing costs the service apart from where reads go. Then:
 
 1. Throughput: wrk on GET /songs/{id}, pages of 50 and searches, the three
-   servers alternating --rounds times; the median requests/s of each.
+   servers alternating --rounds times; the median requests/s of each, and
+   the service's CPU time a request (from /proc, around each run): a
+   steadier measure than requests/s on a shared machine.
 2. Lag under a burst of writes: wrk creates songs for --burst seconds through
    the server with the replica, while what its poller sees (the
    `songbook_replica_lag_seconds` and `_bytes` gauges, from /metrics) and
@@ -34,6 +36,7 @@ import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -84,35 +87,61 @@ def measure(args: argparse.Namespace, primary: str, replica: str, max_id: int) -
     routing_only = service_env(primary) | lag | {"SONGBOOK_READ_REPLICA_URLS": primary}
     loads = {"SONGS_N": str(max_id)}
     with (
-        running(service(plain), service_env(primary), "/readyz", plain),
-        running(service(replicated), with_replica, "/readyz", replicated),
-        running(service(routing), routing_only, "/readyz", routing),
+        running(service(plain), service_env(primary), "/readyz", plain) as plain_server,
+        running(service(replicated), with_replica, "/readyz", replicated) as replicated_server,
+        running(service(routing), routing_only, "/readyz", routing) as routing_server,
     ):
-        print(f"\n{'route':<22} {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio")
+        servers = {
+            "primary only": (plain, plain_server.pid),
+            "with replica": (replicated, replicated_server.pid),
+            "routing only": (routing, routing_server.pid),
+        }
+        print(
+            f"\n{'route':<22} {'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   ratio"
+            "   service CPU µs/request"
+        )
         for route, mode in ROUTES.items():
-            ports = {"primary only": plain, "with replica": replicated, "routing only": routing}
-            for port in ports.values():
-                wrk(port, mode, 2, args.connections, loads)  # warm-up
-            runs: dict[str, list[Run]] = {name: [] for name in ports}
-            before = replica_reads(replicated)
-            for _ in range(args.rounds):
-                for name, port in ports.items():
-                    runs[name].append(wrk(port, mode, args.seconds, args.connections, loads))
-            answered = replica_reads(replicated) - before
-            served = sum(run.requests_per_second * args.seconds for run in runs["with replica"])
-            medians = {name: median_run(server_runs) for name, server_runs in runs.items()}
-            base = medians["primary only"].requests_per_second
-            for name, run in medians.items():
-                print(
-                    f"{route if name == 'primary only' else '':<22} {name:<14} {run.requests_per_second:>8,.0f} "
-                    f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}   {run.requests_per_second / base:.2f}",
-                    flush=True,
-                )
-            print(f"{'':<22} the replica answered {answered:,.0f} reads of about {served:,.0f} requests", flush=True)
+            throughput(args, route, mode, servers, loads)
         base_url = f"http://127.0.0.1:{replicated}"
         asyncio.run(lag_under_burst(base_url, primary, args.burst))
         asyncio.run(stale_read_window(base_url, args.writes, burst=False))
         asyncio.run(stale_read_window(base_url, args.writes, burst=True))
+
+
+def throughput(
+    args: argparse.Namespace, route: str, mode: str, servers: dict[str, tuple[int, int]], loads: dict[str, str]
+) -> None:
+    """The servers in turn, --rounds times: median requests/s, latency, and the service's CPU time a request."""
+    for port, _ in servers.values():
+        wrk(port, mode, 2, args.connections, loads)  # warm-up
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    cpu: dict[str, list[float]] = {name: [] for name in servers}
+    replicated = servers["with replica"][0]
+    before = replica_reads(replicated)
+    for _ in range(args.rounds):
+        for name, (port, pid) in servers.items():
+            started = cpu_seconds(pid)
+            run = wrk(port, mode, args.seconds, args.connections, loads)
+            runs[name].append(run)
+            cpu[name].append((cpu_seconds(pid) - started) / (run.requests_per_second * args.seconds) * 1e6)
+    answered = replica_reads(replicated) - before
+    served = sum(run.requests_per_second * args.seconds for run in runs["with replica"])
+    medians = {name: median_run(server_runs) for name, server_runs in runs.items()}
+    base = medians["primary only"].requests_per_second
+    for name, run in medians.items():
+        print(
+            f"{route if name == 'primary only' else '':<22} {name:<14} {run.requests_per_second:>8,.0f} "
+            f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}   {run.requests_per_second / base:.2f}"
+            f"   {statistics.median(cpu[name]):>6.0f}",
+            flush=True,
+        )
+    print(f"{'':<22} the replica answered {answered:,.0f} reads of about {served:,.0f} requests", flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def burst_of_creates(base_url: str, seconds: int, *, report: bool) -> asyncio.subprocess.Process:
