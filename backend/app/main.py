@@ -69,23 +69,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key)
     install_error_handlers(app)
-    if settings.replica_urls:
-        # Which reads may go to a replica, by request; the answer of a write gets its read-after token.
-        app.add_middleware(replicas.ReadRouting, max_lag_ms=settings.replica_max_lag_ms)
+    replicas.install(app, settings)  # with read replicas: which reads go there, and the writes' tokens
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}
     )
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     # Outermost: every answer, CORS's and the body limit's included, has the request's id and is counted.
     app.add_middleware(RequestTelemetry, access_log=access_log, metrics=settings.metrics)
-    app.include_router(songs.router)
-    app.include_router(artists.router)
-    app.include_router(key_routes.router)
-    app.include_router(health.router)
+    _include_routes(app, settings)
+    return app
+
+
+def _include_routes(app: FastAPI, settings: Settings) -> None:
+    """The API's routers, then the page's: last, for its catch-all 404 under /ui/."""
+    for router in (songs.router, artists.router, key_routes.router, health.router):
+        app.include_router(router)
     if settings.metrics:
         app.include_router(health.metrics_router)
-    pages.install(app)  # last: its catch-all 404 under /ui/
-    return app
+    pages.install(app)
 
 
 async def _sample(database: db.Database) -> None:

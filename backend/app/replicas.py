@@ -59,12 +59,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import asyncpg
+from fastapi import FastAPI
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +307,12 @@ class Replicas:
         """The replicas a read without a token may go to now."""
         oldest = time.monotonic() - self.max_lag
         return [replica for replica in self.replicas if replica.fresh_as_of >= oldest]
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """With read replicas, `ReadRouting`: which reads of each request may go to one; the tokens of writes."""
+    if settings.replica_urls:
+        app.add_middleware(ReadRouting, max_lag_ms=settings.replica_max_lag_ms)
 
 
 class ReadRouting:
