@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Signs the web page's cookie. Empty: a random one kept in data_dir/session-secret. Give every
     # instance the same one when several serve the same site.
     session_secret: Annotated[str, Field(repr=False)] = ""
+    # Streaming replicas of DATABASE_URL for the hot reads, comma-separated (app/replicas.py); PostgreSQL only.
+    read_replica_urls: str = ""
+    # A replica further behind the primary than this is left out until it catches up.
+    replica_max_lag_ms: Annotated[int, Field(ge=250, le=3_600_000)] = 1000
 
     @field_validator("database_url")
     @classmethod
@@ -91,6 +95,23 @@ class Settings(BaseSettings):
         if value and len(value) < SESSION_SECRET_MIN:
             raise ValueError(f"must be at least {SESSION_SECRET_MIN} characters (or empty, to make one)")
         return value
+
+    @field_validator("read_replica_urls")
+    @classmethod
+    def _check_replicas(cls, value: str, info: ValidationInfo) -> str:
+        urls = split_urls(value)
+        primary = info.data.get("database_url")  # absent if it was refused: that error says enough
+        if urls and primary is not None and async_url(primary or "sqlite://").get_backend_name() != "postgresql":
+            raise ValueError("read replicas need a PostgreSQL DATABASE_URL (SQLite has none)")
+        for url in urls:
+            if async_url(url).get_backend_name() != "postgresql":
+                raise ValueError("a read replica is a PostgreSQL URL (postgresql://...)")
+        return value
+
+    @property
+    def replica_urls(self) -> list[URL]:
+        """The read replicas' URLs, with the async driver."""
+        return [async_url(url) for url in split_urls(self.read_replica_urls)]
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -154,6 +175,11 @@ def _hosts_in_query(raw: str) -> str:
     return f"{scheme}://{user}{at}/{path}{'&' if '?' in path else '?'}{'&'.join(pairs)}"
 
 
+def split_urls(raw: str) -> list[str]:
+    """A comma-separated list of URLs, blanks left out."""
+    return [url.strip() for url in raw.split(",") if url.strip()]
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning a validation error into one readable line."""
     try:
@@ -168,6 +194,8 @@ def _describe(error: ErrorDetails) -> str:
     if field.endswith("DATABASE_URL"):
         # The URL may hold a password: name the variable, never echo its value.
         return f"invalid setting DATABASE_URL: {message}"
+    if field.endswith("READ_REPLICA_URLS"):
+        return f"invalid setting {ENV_PREFIX}READ_REPLICA_URLS: {message}"
     name = field if field.startswith(ENV_PREFIX) else ENV_PREFIX + field
     if name == f"{ENV_PREFIX}SESSION_SECRET":
         return f"invalid setting {name}: {message}"

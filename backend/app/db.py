@@ -10,6 +10,8 @@ give it the `Database`; how a call reaches the database is decided here:
   when the block ends, rolled back if it raises. One that writes takes
   SQLite's write lock at BEGIN. `Database.read` and `Database.read_stream`
   run a reading one, again on a fresh connection if its connection died.
+
+With read replicas (`app.replicas`), either may read on one instead.
 """
 
 import asyncio
@@ -40,6 +42,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.config import Settings
 from app.errors import NoWritableDatabase
 from app.metrics import PoolUsage
+from app.replicas import Replica, Replicas, Watch
 from app.search import NearWords
 
 logger = logging.getLogger(__name__)
@@ -97,9 +100,16 @@ class Database:
     SQLModel tables: the models stay the one description of the schema.
     """
 
-    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None, anywhere: "Anywhere | None" = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pool: asyncpg.Pool | None,
+        anywhere: "Anywhere | None" = None,
+        replicas: Replicas | None = None,
+    ) -> None:
         self.engine = engine
         self.pool = pool
+        self.replicas = replicas
         self._sessionmaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
         self._anywhere = anywhere
         # Turns at the pool, first come first served. asyncpg's pool lets a request that
@@ -117,18 +127,26 @@ class Database:
         return self.engine.dialect.name
 
     async def fetch(
-        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False
+        self, statement: Statement, params: Mapping[str, Any], *, write: bool = False, primary: bool = False
     ) -> Sequence[Mapping[str, Any]]:
         """The rows of `statement` with `params`, in a transaction of its own.
 
         The statement is compiled the first time it comes: make each once (a
         module constant, or one per shape, cached) and give its values apart.
         `write` says the statement writes (SQLite then takes its lock at BEGIN).
+        A read may go to a replica (`app.replicas`) unless it must see the `primary`.
         """
         if self.pool is None:
             return await self._execute(statement, params, write)
         sql, names = self._compile(statement)
         values = [params[name] for name in names]
+        if self.replicas is not None:
+            if write:
+                self.replicas.wrote()
+            elif not primary and (replica := self.replicas.choose()) is not None:
+                replicated = await self._fetch_on_replica(replica, sql, values)
+                if replicated is not None:
+                    return replicated
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             return await binding.fetch(sql, values)
@@ -167,6 +185,24 @@ class Database:
                 return await self._anywhere.fetch(sql, values)
         return rows
 
+    async def _fetch_on_replica(
+        self, replica: Replica, sql: str, values: Sequence[Any]
+    ) -> list[Mapping[str, Any]] | None:
+        """The rows from `replica`; None if it failed, for the primary to answer."""
+        assert self.replicas is not None
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, replica.turns, replica.pool.acquire() as held:
+                wait.reschedule(None)
+                rows = await _fetch(held, sql, values)
+            replica.reads.inc()
+            return rows
+        except (*DATABASE_ERRORS, asyncpg.InternalClientError) as exc:
+            lost = isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError))
+            self.replicas.failed(replica, exc, lost=lost)
+            if lost:
+                await replica.pool.expire_connections()
+            return None
+
     @contextlib.asynccontextmanager
     async def bound(self) -> AsyncIterator[None]:
         """Within the block, this task's `fetch`es share one connection: each still a transaction of its own.
@@ -199,9 +235,12 @@ class Database:
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             await binding.release()
-        async with self._sessionmaker() as session:
+        reading = not write and self.replicas is not None
+        async with await self._read_session() if reading else self._sessionmaker() as session:
             if write:
                 await session.connection(execution_options=WRITE_OPTIONS)
+                if self.replicas is not None:
+                    self.replicas.wrote()
             yield Transaction(session)
             if write:
                 await session.commit()
@@ -263,6 +302,26 @@ class Database:
             for item in held:
                 yield item
             return
+
+    async def _read_session(self) -> AsyncSession:
+        """A session on a replica, connected, if the request may read on one and one answers; else the primary's."""
+        assert self.replicas is not None
+        replica = self.replicas.choose()
+        if replica is None:
+            return self._sessionmaker()
+        session = replica.sessionmaker()
+        try:
+            connection = await session.connection()
+            if (await connection.get_raw_connection()).driver_connection.is_closed():  # type: ignore[union-attr]
+                # The replica ended it since it was pooled (a restart, a stop): no statement has gone.
+                await connection.invalidate()
+                raise asyncpg.ConnectionDoesNotExistError("the replica closed the connection")
+        except DATABASE_ERRORS as exc:
+            await session.close()
+            self.replicas.failed(replica, exc, lost=True)  # it could not be reached
+            return self._sessionmaker()
+        replica.reads.inc()
+        return session
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -347,6 +406,11 @@ class Database:
             idle = self.pool.get_idle_size()
             used = self.pool.get_size() - idle
             pools.append(PoolUsage("hot", used, idle, self.pool.get_max_size(), self._turns.waiting))
+        for replica in self.replicas.replicas if self.replicas is not None else ():
+            idle = replica.pool.get_idle_size()
+            used, most = replica.pool.get_size() - idle, replica.pool.get_max_size()
+            waiting = replica.turns.waiting if isinstance(replica.turns, _Turns) else None
+            pools.append(PoolUsage(f"replica {replica.name}", used, idle, most, waiting))
         sessions = self.engine.pool
         if isinstance(sessions, QueuePool):
             # SQLAlchemy's pool does not tell how many wait for it.
@@ -355,6 +419,8 @@ class Database:
         return pools
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.pool is not None:
             await self.pool.close()
         if self._anywhere is not None:
@@ -489,7 +555,9 @@ async def open_database(settings: Settings, *, long_running: bool = False) -> Da
         settings = settings.model_copy(update={"statement_timeout_ms": 0})
     connector = _Connector(pgbouncer=settings.pgbouncer)
     engine = _create_engine(settings, connector)
-    return Database(engine, await _create_pool(settings, engine, connector), _anywhere(settings, engine))
+    pool = await _create_pool(settings, engine, connector)
+    replicas = await _open_replicas(settings, engine, pool) if pool is not None and settings.replica_urls else None
+    return Database(engine, pool, _anywhere(settings, engine), replicas)
 
 
 @contextlib.asynccontextmanager
@@ -573,13 +641,18 @@ async def _create_pool(settings: Settings, engine: AsyncEngine, connector: "_Con
     """
     if engine.dialect.name != "postgresql":
         return None
-    _, connect_args = engine.dialect.create_connect_args(engine.url)
-    # asyncpg.connect refuses SQLAlchemy's own options.
-    options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
-    options |= _asyncpg_options(settings)
+    options = _connect_options(settings, engine)
     return await asyncpg.create_pool(
         min_size=0, max_size=settings.pool_size, reset=_keep_session, connect=connector, **options
     )
+
+
+def _connect_options(settings: Settings, engine: AsyncEngine) -> dict[str, Any]:
+    """What `asyncpg.connect` takes to connect as the engine does."""
+    _, connect_args = engine.dialect.create_connect_args(engine.url)
+    # asyncpg.connect refuses SQLAlchemy's own options.
+    options = {name: value for name, value in connect_args.items() if name not in SQLALCHEMY_DRIVER_OPTIONS}
+    return options | _asyncpg_options(settings)
 
 
 async def _connect_each(*dsn: str | None, pgbouncer: bool = False, **options: Any) -> asyncpg.Connection:
@@ -676,6 +749,25 @@ class _Connector:
             )
             self.down_since = None
         return connection
+
+
+async def _open_replicas(settings: Settings, engine: AsyncEngine, pool: asyncpg.Pool) -> Replicas:
+    """The read replicas of `settings`, each with pools like the primary's, and their poller started."""
+    replicas = []
+    for url in settings.replica_urls:
+        # Connected to as the primary is: the same options, pool size and timeouts.
+        replica_settings = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+        connector = _Connector(pgbouncer=replica_settings.pgbouncer)
+        replica_engine = _create_engine(replica_settings, connector)
+        replica_pool = await _create_pool(replica_settings, replica_engine, connector)
+        assert replica_pool is not None
+        watch = functools.partial(asyncpg.connect, **_connect_options(replica_settings, replica_engine))
+        name = f"{url.host}:{url.port or 5432}"
+        replicas.append(Replica(name, replica_pool, _Turns(settings.pool_size), replica_engine, Watch(watch)))
+    watch = functools.partial(asyncpg.connect, **_connect_options(settings, engine))
+    opened = Replicas(replicas, primary=pool, watch=watch, max_lag_ms=settings.replica_max_lag_ms)
+    opened.start()
+    return opened
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

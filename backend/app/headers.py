@@ -43,6 +43,7 @@ EXPOSED_HEADERS = [
     "Preference-Applied",
     "Content-Disposition",
     "X-Request-ID",
+    "Songbook-Read-After",
 ]
 ALLOWED_HEADERS = [
     "Authorization",
@@ -52,6 +53,7 @@ ALLOWED_HEADERS = [
     "Idempotency-Key",
     "Prefer",
     "X-Request-ID",
+    "Songbook-Read-After",
 ]
 
 

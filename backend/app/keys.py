@@ -133,7 +133,8 @@ class Keyring:
         prefix, now = parts[0], time.monotonic()
         known = self._known.get(prefix)
         if known is None or known[0] <= now:
-            rows = await db.fetch(_CHECK_KEY, {"prefix": prefix})
+            # On the primary: a key made or revoked a moment ago is seen so at once, replicas or not.
+            rows = await db.fetch(_CHECK_KEY, {"prefix": prefix}, primary=True)
             if not rows or rows[0]["revoked_at"] is not None:
                 return None
             known = (now + KNOWN_FOR_SECONDS, rows[0]["secret_hash"], _caller(rows[0], prefix))

@@ -9,7 +9,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app import db, keys, logs, metrics, openapi, ratelimit, web
+from app import db, keys, logs, metrics, openapi, ratelimit, replicas, web
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
@@ -69,20 +69,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key)
     install_error_handlers(app)
+    replicas.install(app, settings)  # with read replicas: which reads go there, and the writes' tokens
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}
     )
     install_headers(app, settings.cors_origin_list)  # outside the body limit: its 413 has them
     # Outermost: every answer, CORS's and the body limit's included, has the request's id and is counted.
     app.add_middleware(RequestTelemetry, access_log=access_log, metrics=settings.metrics)
-    app.include_router(songs.router)
-    app.include_router(artists.router)
-    app.include_router(key_routes.router)
-    app.include_router(health.router)
+    _include_routes(app, settings)
+    return app
+
+
+def _include_routes(app: FastAPI, settings: Settings) -> None:
+    """The API's routers, then the page's: last, for its catch-all 404 under /ui/."""
+    for router in (songs.router, artists.router, key_routes.router, health.router):
+        app.include_router(router)
     if settings.metrics:
         app.include_router(health.metrics_router)
-    pages.install(app)  # last: its catch-all 404 under /ui/
-    return app
+    pages.install(app)
 
 
 async def _sample(database: db.Database) -> None:

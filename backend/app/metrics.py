@@ -129,6 +129,34 @@ searches = Counter(
     ["tier"],
     registry=registry,
 )
+# Read replicas (app/replicas.py), as each worker's poller last saw them.
+replica_lag = Gauge(
+    "songbook_replica_lag_seconds",
+    "How stale a read replica's data may be: the time since the primary had no more than it has replayed.",
+    ["replica"],
+    multiprocess_mode="max",
+    registry=registry,
+)
+replica_reads = Counter(
+    "songbook_replica_reads",
+    "Reads answered by a read replica: single statements and units of work (the others, by the primary).",
+    ["replica"],
+    registry=registry,
+)
+replica_lag_bytes = Gauge(
+    "songbook_replica_lag_bytes",
+    "How far a read replica's replay is behind the primary's WAL position, in bytes.",
+    ["replica"],
+    multiprocess_mode="max",
+    registry=registry,
+)
+replica_usable = Gauge(
+    "songbook_replica_usable",
+    "1 while a read replica is within the bound on staleness and answering, else 0.",
+    ["replica"],
+    multiprocess_mode="min",
+    registry=registry,
+)
 build_info = Gauge(
     "songbook_build_info",
     "Always 1: the version of songbook and the kind of database it runs on, as labels.",
@@ -165,6 +193,13 @@ def sample(pools: list[PoolUsage]) -> None:
         connections_max.labels(pool.name).set(pool.max)
         if pool.pending is not None:
             pending_requests.labels(pool.name).set(pool.pending)
+
+
+def observe_replica(name: str, lag_seconds: float | None, lag_bytes: int | None, usable: bool) -> None:
+    """Sets a read replica's gauges, at each poll; an unknown lag is left out (NaN)."""
+    replica_lag.labels(name).set(float("nan") if lag_seconds is None else lag_seconds)
+    replica_lag_bytes.labels(name).set(float("nan") if lag_bytes is None else lag_bytes)
+    replica_usable.labels(name).set(int(usable))
 
 
 def exposition() -> bytes:

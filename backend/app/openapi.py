@@ -19,6 +19,9 @@ REQUEST_HEADERS = {
     "Prefer": "`count=exact` or `count=estimated` to be told the total in `X-Total-Count`.",
     "If-None-Match": "An ETag read before: 304 if it is still so.",
     "If-Match": 'The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.',
+    "Songbook-Read-After": "The `Songbook-Read-After` of a write's answer (where the service reads on replicas): "
+    "this read then sees that write and all before it. Without it, a read may miss writes of the last "
+    "`SONGBOOK_REPLICA_MAX_LAG_MS`. A value that is not such a token reads the latest data.",
     "Idempotency-Key": "Any unique string (a UUID) of 1 to 255 printable ASCII characters, no spaces: a retry "
     "with the same key and request gets the first answer again, with `Idempotent-Replayed: true`, and writes "
     "nothing more. Kept 24 hours, per API key.",
@@ -26,6 +29,17 @@ REQUEST_HEADERS = {
 # What a header's value must be, beyond a string; a value outside it is refused (422).
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+}
+
+
+# The token of a write's answer, where the service reads on replicas (app/replicas.py).
+READ_AFTER_HEADER = {
+    "Songbook-Read-After": {
+        "description": "Where the service reads on replicas: send it back with the reads that must see this "
+        "write (`Songbook-Read-After` request header). The primary's WAL position after the write, as "
+        "PostgreSQL writes it (`16/B374D848`).",
+        "schema": {"type": "string"},
+    }
 }
 
 

@@ -93,22 +93,39 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("path", "method", "header"),
     [
-        ("/songs", "get", "Prefer"),
-        ("/songs", "post", "Idempotency-Key"),
-        ("/songs/batch", "post", "Idempotency-Key"),
-        ("/songs/{song_id}", "get", "If-None-Match"),
-        ("/songs/{song_id}", "patch", "If-Match"),
-        ("/songs/{song_id}", "put", "If-Match"),
-        ("/songs/{song_id}", "delete", "If-Match"),
+        ("/songs", "get", ["Prefer", "Songbook-Read-After"]),
+        ("/songs", "post", ["Idempotency-Key"]),
+        ("/songs/batch", "post", ["Idempotency-Key"]),
+        ("/songs/{song_id}", "get", ["If-None-Match", "Songbook-Read-After"]),
+        ("/songs/{song_id}", "patch", ["If-Match"]),
+        ("/songs/{song_id}", "put", ["If-Match"]),
+        ("/songs/{song_id}", "delete", ["If-Match"]),
+        ("/artists", "get", ["Songbook-Read-After"]),
     ],
 )
 def test_the_request_headers_each_route_reads_are_documented(
-    openapi: dict[str, Any], path: str, method: str, header: str
+    openapi: dict[str, Any], path: str, method: str, header: list[str]
 ) -> None:
     headers = [p for p in openapi["paths"][path][method]["parameters"] if p["in"] == "header"]
 
-    assert [p["name"] for p in headers] == [header]
-    assert headers[0]["description"]
+    assert [p["name"] for p in headers] == header
+    assert all(p["description"] for p in headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status"),
+    [
+        ("/songs", "post", "201"),
+        ("/songs/batch", "post", "200"),
+        ("/songs/{song_id}", "patch", "200"),
+        ("/songs/{song_id}", "put", "200"),
+        ("/songs/{song_id}", "delete", "204"),
+    ],
+)
+def test_the_read_after_token_of_writes_is_documented(
+    openapi: dict[str, Any], path: str, method: str, status: str
+) -> None:
+    assert "Songbook-Read-After" in openapi["paths"][path][method]["responses"][status]["headers"]
 
 
 @pytest.mark.parametrize("path", ["/songs", "/songs/batch"])

@@ -8,7 +8,7 @@ from app import songs
 from app.auth import require
 from app.db import DatabaseDep
 from app.models import ArtistPublic, ArtistQuery
-from app.openapi import problem_responses
+from app.openapi import problem_responses, reads_headers
 from app.routes.links import check_page_size, set_next_link
 
 router = APIRouter(
@@ -26,6 +26,7 @@ router = APIRouter(
         },
         **problem_responses(422),
     },
+    openapi_extra=reads_headers("Songbook-Read-After"),
 )
 async def list_artists(
     request: Request,

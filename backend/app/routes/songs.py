@@ -20,7 +20,7 @@ from app.errors import InvalidParameter
 from app.formats import Format
 from app.importing import OnConflict
 from app.models import BATCH_SIZE_CEILING, BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
-from app.openapi import problem_responses, reads_headers
+from app.openapi import READ_AFTER_HEADER, problem_responses, reads_headers
 from app.routes.links import check_page_size, preferred_count, set_next_link
 from app.routes.responses import song_response, songs_response
 
@@ -54,6 +54,7 @@ ETAG = {
     "ETag": {"description": "The song's version, for `If-Match` and `If-None-Match`.", "schema": {"type": "string"}}
 }
 REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.", "schema": {"type": "string"}}}
+WRITTEN = {**ETAG, **READ_AFTER_HEADER}
 
 
 @router.get(
@@ -77,7 +78,7 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true` on a replayed answer.
         },
         **problem_responses(422),
     },
-    openapi_extra=reads_headers("Prefer"),
+    openapi_extra=reads_headers("Prefer", "Songbook-Read-After"),
 )
 async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db: DatabaseDep) -> Response:
     """Lists, filters, sorts and searches the songs, a page at a time.
@@ -107,7 +108,7 @@ async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db:
         201: {
             "headers": {
                 "Location": {"description": "The new song's URL.", "schema": {"type": "string"}},
-                **ETAG,
+                **WRITTEN,
                 **REPLAYED,
             }
         },
@@ -128,7 +129,7 @@ async def create_song(song_in: SongCreate, request: Request, caller: WriterDep, 
 @router.post(
     "/batch",
     response_model=BatchResult,
-    responses={200: {"headers": REPLAYED}, **problem_responses(400, 409, 413, 415, 422)},
+    responses={200: {"headers": REPLAYED | READ_AFTER_HEADER}, **problem_responses(400, 409, 413, 415, 422)},
     openapi_extra=reads_headers("Idempotency-Key"),
 )
 async def create_songs(
@@ -174,7 +175,7 @@ async def create_songs(
         304: {"description": "Not modified: the song still has the ETag in `If-None-Match`.", "headers": ETAG},
         **problem_responses(404, 422),
     },
-    openapi_extra=reads_headers("If-None-Match"),
+    openapi_extra=reads_headers("If-None-Match", "Songbook-Read-After"),
 )
 async def get_song(song_id: SongId, request: Request, db: DatabaseDep) -> Response:
     """Gets one song, with its ETag."""
@@ -192,7 +193,7 @@ IF_MATCH = reads_headers("If-Match")
     ONE_SONG,
     dependencies=[WRITE],
     response_model=SongPublic,
-    responses={200: {"headers": ETAG}, **WRITE_ERRORS},
+    responses={200: {"headers": WRITTEN}, **WRITE_ERRORS},
     openapi_extra=IF_MATCH,
 )
 async def update_song(
@@ -207,7 +208,7 @@ async def update_song(
     ONE_SONG,
     dependencies=[WRITE],
     response_model=SongPublic,
-    responses={200: {"headers": ETAG}, **WRITE_ERRORS},
+    responses={200: {"headers": WRITTEN}, **WRITE_ERRORS},
     openapi_extra=IF_MATCH,
 )
 async def replace_song(
@@ -223,7 +224,7 @@ async def replace_song(
     dependencies=[WRITE],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(404, 412, 422, 428),
+    responses={204: {"description": "Removed.", "headers": READ_AFTER_HEADER}, **problem_responses(404, 412, 422, 428)},
     openapi_extra=IF_MATCH,
 )
 async def delete_song(song_id: SongId, request: Request, db: DatabaseDep, settings: SettingsDep) -> None:
