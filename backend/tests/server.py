@@ -67,7 +67,7 @@ def _is_worker(pid: int) -> bool:
 
 
 def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # two workers starting on a busy machine take a while
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server stopped: {server.log.read_text()}")
@@ -77,4 +77,4 @@ def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"the server was not ready in 30 s: {server.log.read_text()}")
+    raise RuntimeError(f"the server was not ready in 60 s: {server.log.read_text()}")
