@@ -9,6 +9,9 @@ give it the `Database`; how a call reaches the database is decided here:
 - `Database.transaction` is a unit of work on a SQLModel session: committed
   when the block ends, rolled back if it raises. One that writes takes
   SQLite's write lock at BEGIN.
+- `Database.atomic` makes one transaction of a block: this task's `fetch`es
+  and `transaction`s in it all run in it (an idempotent write: its claim, the
+  write and its answer).
 """
 
 import asyncio
@@ -95,6 +98,9 @@ class Database:
         module constant, or one per shape, cached) and give its values apart.
         `write` says the statement writes (SQLite then takes its lock at BEGIN).
         """
+        unit = _atomic.get()
+        if unit is not None and unit.owns(self):
+            return await unit.fetch(statement, params)
         if self.pool is None:
             return await self._execute(statement, params, write)
         sql, names = self._compile(statement)
@@ -150,7 +156,13 @@ class Database:
         rolled back if it raises (and a read, which has nothing to commit, when it ends).
 
         One that `write`s begins with `BEGIN IMMEDIATE` on SQLite (see `WRITE_OPTIONS`).
+        Inside an `atomic` block it is a savepoint of the block's transaction.
         """
+        unit = _atomic.get()
+        if unit is not None and unit.owns(self):
+            async with unit.transaction(write=write) as joined:
+                yield joined
+            return
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             await binding.release()
@@ -160,6 +172,31 @@ class Database:
             yield Transaction(session)
             if write:
                 await session.commit()
+
+    @contextlib.asynccontextmanager
+    async def atomic(self, *, lock: int, on_session: bool = False) -> AsyncIterator["Atomic"]:
+        """One transaction for the block: committed when it ends, rolled back if it raises.
+
+        This task's `fetch`es and `transaction`s in the block run in it. On
+        PostgreSQL it first takes the transaction-scoped advisory lock `lock`
+        (a 64-bit number), without waiting: `Locked` if another transaction
+        holds it. On SQLite it begins with `BEGIN IMMEDIATE`: writers take turns,
+        so a second one waits for the first to commit. `on_session` for a block
+        whose work runs on a session (`transaction`, as a batch's does); the
+        others run on a connection of the hot paths' pool, as `fetch` does.
+        """
+        unit: Atomic
+        if self.pool is not None and not on_session:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
+                wait.reschedule(None)
+                unit = _AtomicOnPool(self, asyncio.current_task(), connection)
+                async with _running(unit, lock):
+                    yield unit
+            return
+        async with self.engine.connect() as engine_connection:
+            unit = _AtomicOnEngine(self, asyncio.current_task(), engine_connection)
+            async with _running(unit, lock):
+                yield unit
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -334,6 +371,163 @@ class _Binding:
 
 
 _binding: ContextVar[_Binding | None] = ContextVar("songbook_binding", default=None)
+
+
+class Locked(Exception):
+    """The lock `Database.atomic` was to take is another transaction's: the work it guards is under way."""
+
+
+# The savepoint every atomic block starts with, after its lock: what `Atomic.undo` goes back to.
+SAVEPOINT = "songbook_atomic"
+
+
+class Atomic:
+    """The transaction of a `Database.atomic` block.
+
+    It begins with a savepoint, after the lock: `undo` rolls back the
+    block's writes and keeps the lock. A statement that fails undoes them
+    too (a failed statement leaves a PostgreSQL transaction unusable until
+    then): a refused write can look up why, and its answer still be kept.
+    """
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None) -> None:
+        self.database = database
+        self.task = task
+
+    def owns(self, database: Database) -> bool:
+        # A task started inside the block inherits it, not the right to use its connection.
+        return database is self.database and asyncio.current_task() is self.task
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """The rows of `statement` with `params`, in the block's transaction."""
+        raise NotImplementedError
+
+    async def undo(self) -> None:
+        """Rolls back what the block wrote so far; its lock stays taken."""
+        raise NotImplementedError
+
+    def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        raise NotImplementedError
+
+    async def _begin(self, lock: int) -> None:
+        raise NotImplementedError
+
+    async def _end(self, *, commit: bool) -> None:
+        raise NotImplementedError
+
+
+@contextlib.asynccontextmanager
+async def _running(unit: Atomic, lock: int) -> AsyncIterator[None]:
+    await unit._begin(lock)
+    token = _atomic.set(unit)
+    try:
+        yield
+    except BaseException:
+        _atomic.reset(token)
+        # What failed may have been the connection: the error to tell is the first one.
+        with contextlib.suppress(Exception):
+            await unit._end(commit=False)
+        raise
+    _atomic.reset(token)
+    await unit._end(commit=True)
+
+
+class _AtomicOnPool(Atomic):
+    """An atomic block on a bare asyncpg connection (PostgreSQL): the hot paths' statements, compiled once."""
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None, connection: asyncpg.Connection) -> None:
+        super().__init__(database, task)
+        self.connection = connection
+
+    async def _begin(self, lock: int) -> None:
+        # One round trip: BEGIN, the lock (a DO block, so that a taken lock is an error that
+        # ends the statements) and the savepoint. The lock is a number we made: safe inline.
+        try:
+            await self.connection.execute(
+                f"BEGIN; DO $$BEGIN IF NOT pg_try_advisory_xact_lock({int(lock)}) THEN "
+                "RAISE EXCEPTION USING ERRCODE = 'lock_not_available'; END IF; END$$; "
+                f"SAVEPOINT {SAVEPOINT}"
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self._end(commit=False)
+            if isinstance(exc, asyncpg.LockNotAvailableError):
+                raise Locked from None
+            raise
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        sql, names = self.database._compile(statement)
+        try:
+            return await _fetch(self.connection, sql, [params[name] for name in names])
+        except asyncpg.PostgresError:
+            await self.undo()
+            raise
+
+    async def undo(self) -> None:
+        await self.connection.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+
+    def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        raise RuntimeError("a session's work in an atomic block needs Database.atomic(on_session=True)")
+
+    async def _end(self, *, commit: bool) -> None:
+        if self.connection.is_closed():
+            return
+        try:
+            await self.connection.execute("COMMIT" if commit else "ROLLBACK")
+        except asyncpg.PostgresError:
+            raise  # the server answered: the connection is as good as before
+        except BaseException:
+            self.connection.terminate()  # mid-operation: the pool must not hand it out as it is
+            raise
+
+
+class _AtomicOnEngine(Atomic):
+    """An atomic block on a SQLAlchemy connection: SQLite's, or PostgreSQL's for work on a session."""
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None, connection: AsyncConnection) -> None:
+        super().__init__(database, task)
+        self.connection = connection
+
+    async def _begin(self, lock: int) -> None:
+        if self.database.dialect == "sqlite":
+            await self.connection.execution_options(**WRITE_OPTIONS)
+        await self.connection.begin()
+        if self.database.dialect == "postgresql":
+            taken = await self.connection.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(lock)))
+            if not taken:
+                await self.connection.rollback()
+                raise Locked
+        await self.connection.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        try:
+            result = await self.connection.execute(statement, dict(params))
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                await self.undo()
+            raise
+        return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+    async def undo(self) -> None:
+        await self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
+        # The session's own savepoint inside the block's transaction: its commit releases it.
+        database = self.database
+        async with database._sessionmaker(bind=self.connection, join_transaction_mode="create_savepoint") as session:
+            yield Transaction(session)
+            if write:
+                await session.commit()
+
+    async def _end(self, *, commit: bool) -> None:
+        if commit:
+            await self.connection.commit()
+        else:
+            await self.connection.rollback()
+
+
+_atomic: ContextVar[Atomic | None] = ContextVar("songbook_atomic", default=None)
 
 
 async def open_database(settings: Settings, *, long_running: bool = False) -> Database:
