@@ -1,6 +1,9 @@
 """Idempotency-Key: a retried write gets the first answer and writes nothing more."""
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -9,7 +12,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from app import idempotency
 from app.config import Settings
+from app.db import WRITE_OPTIONS, Database
 from app.main import create_app
 from app.models import IdempotencyRecord, utcnow
 from tests.conftest import client_for, make_key
@@ -175,3 +180,86 @@ async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
     assert lost.status_code == 503
     assert retry.status_code == 201  # not 409: the claim was freed, on a connection of its own
     assert "idempotent-replayed" not in retry.headers
+
+
+@asynccontextmanager
+async def holding_song_inserts(db: Database) -> AsyncIterator[None]:
+    """Song inserts wait for the block to end: on PostgreSQL for a table lock, on SQLite for the write lock."""
+    async with db.engine.connect() as connection:
+        if db.dialect == "postgresql":
+            await connection.begin()
+            await connection.exec_driver_sql("LOCK TABLE song IN EXCLUSIVE MODE")
+        else:
+            await connection.execution_options(**WRITE_OPTIONS)
+            await connection.begin()
+        yield
+        await connection.rollback()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not await condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.AsyncClient, db: Database) -> None:
+    await count_songs(client)  # the key's use recorded, a write of its own, before the test holds the writes
+    async with holding_song_inserts(db):
+        first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+
+        async def in_flight() -> bool:
+            return bool(idempotency._in_flight)
+
+        await wait_for(in_flight, "the first request under way")
+        started = time.monotonic()
+        retry = await client.post("/songs", json=SONG, headers=key("slow"))
+        waited = time.monotonic() - started
+        still_running = not first.done()
+    answered = await first
+    replayed = await client.post("/songs", json=SONG, headers=key("slow"))
+
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "idempotency-key-in-use"
+    assert still_running
+    assert waited < 2  # not the first's time: it waits for the test's lock as long as the test holds it
+    assert answered.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert await count_songs(client) == 1
+
+
+async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_once(
+    app: FastAPI, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite's writers take turns: another process's retry waits for the first, then replays it")
+    other_instance = create_app(settings)
+    async with LifespanManager(other_instance), client_for(other_instance, None) as other:
+        other.headers["Authorization"] = client.headers["authorization"]
+        async with holding_song_inserts(db):
+            first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+
+            async def inserting() -> bool:
+                # The first holds the key's advisory lock, and waits for the test's lock on song.
+                waiting = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO song%'"
+                )
+                async with db.engine.connect() as connection:
+                    return bool((await connection.exec_driver_sql(waiting)).scalar_one())
+
+            await wait_for(inserting, "the first request's insert waiting")
+            started = time.monotonic()
+            retry = await other.post("/songs", json=SONG, headers=key("slow"))
+            waited = time.monotonic() - started
+            still_running = not first.done()
+        answered = await first
+        replayed = await other.post("/songs", json=SONG, headers=key("slow"))
+
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "idempotency-key-in-use"
+    assert still_running
+    assert waited < 2
+    assert answered.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert await count_songs(client) == 1
