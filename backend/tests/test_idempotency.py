@@ -263,3 +263,18 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
     assert answered.status_code == 201
     assert replayed.headers["idempotent-replayed"] == "true"
     assert await count_songs(client) == 1
+
+
+async def test_keys_and_answers_with_quotes_and_dollars_are_kept_as_they_are(client: httpx.AsyncClient) -> None:
+    # The answer is sent inline on PostgreSQL (`Atomic.commit`): nothing in it may end its literal.
+    hostile = "k'$$\\x00;--\"$"
+    song = {"name": "It's $$ \\'; DROP TABLE song; --", "artist": "Ünïcødé \u2603"}
+
+    first = await client.post("/songs", json=song, headers=key(hostile))
+    retry = await client.post("/songs", json=song, headers=key(hostile))
+
+    assert first.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert first.json()["name"] == song["name"]
+    assert await count_songs(client) == 1

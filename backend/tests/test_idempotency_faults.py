@@ -50,25 +50,26 @@ HELD = 1515  # the test's advisory lock
 
 
 @asynccontextmanager
-async def answers_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
-    """Keeping an answer is held up until the block ends; yields a wait for a server to be held up there.
+async def song_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """A create of `SONG` is held up once its song is written, until the block ends; yields a wait for a server
+    to be held up there.
 
-    A trigger on the answers' table holds up the statement that keeps one (an
-    insert or update with a status): the song is written by then, in the same
-    transaction or (before issue 15) in one of its own. On PostgreSQL it waits
-    for an advisory lock the test holds; on SQLite it counts eight billion rows,
-    and a server that has spent 0.3 s of CPU on one create (a hundred times what
-    one costs) is in it. Neither needs anything of the service but its statements.
+    A trigger after the song's insert holds it up: the song is written (in the
+    create's transaction, or before issue 15 in one of its own), its answer not
+    yet kept. On PostgreSQL it waits for an advisory lock the test holds; on
+    SQLite it counts eight billion rows, and a server that has spent 0.3 s of CPU
+    on one create (a hundred times what one costs) is in it. Neither needs
+    anything of the service but its own statements.
     """
     if engine.dialect.name == "postgresql":
         async with engine.begin() as connection:
             await connection.exec_driver_sql(
-                "CREATE FUNCTION hold_answers() RETURNS trigger LANGUAGE plpgsql AS "
+                "CREATE FUNCTION hold_song() RETURNS trigger LANGUAGE plpgsql AS "
                 f"$$ BEGIN PERFORM pg_advisory_xact_lock({HELD}); RETURN NEW; END $$"
             )
             await connection.exec_driver_sql(
-                "CREATE TRIGGER hold_answers BEFORE INSERT OR UPDATE ON idempotency_key FOR EACH ROW "
-                "WHEN (NEW.status IS NOT NULL) EXECUTE FUNCTION hold_answers()"
+                "CREATE TRIGGER hold_song AFTER INSERT ON song FOR EACH ROW "
+                f"WHEN (NEW.name = '{SONG['name']}') EXECUTE FUNCTION hold_song()"
             )
         waiting = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -87,7 +88,7 @@ async def answers_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awa
             return await scalar(engine, locks) == 0
 
         async def held(pid: int) -> None:
-            await wait_for(keeping, "the answer waiting for the test's lock")
+            await wait_for(keeping, "the song's insert waiting for the test's lock")
 
         try:
             async with engine.connect() as holder:
@@ -98,8 +99,8 @@ async def answers_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awa
             await wait_for(ended, "the killed server's transaction end")
         finally:
             async with engine.begin() as connection:
-                await connection.exec_driver_sql("DROP TRIGGER hold_answers ON idempotency_key")
-                await connection.exec_driver_sql("DROP FUNCTION hold_answers()")
+                await connection.exec_driver_sql("DROP TRIGGER hold_song ON song")
+                await connection.exec_driver_sql("DROP FUNCTION hold_song()")
         return
     async with engine.begin() as connection:
         await connection.exec_driver_sql("CREATE TABLE slow (x INTEGER)")
@@ -107,11 +108,10 @@ async def answers_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awa
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) "
             "INSERT INTO slow SELECT x FROM n"
         )
-        for event in ("INSERT", "UPDATE"):
-            await connection.exec_driver_sql(
-                f"CREATE TRIGGER slow_answers_{event.lower()} BEFORE {event} ON idempotency_key "
-                "WHEN NEW.status IS NOT NULL BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
-            )
+        await connection.exec_driver_sql(
+            f"CREATE TRIGGER slow_song AFTER INSERT ON song WHEN NEW.name = '{SONG['name']}' "
+            "BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
+        )
 
     async def busy(pid: int) -> None:
         start = cpu_seconds(pid)
@@ -119,14 +119,13 @@ async def answers_held(engine: AsyncEngine) -> AsyncIterator[Callable[[int], Awa
         async def counting() -> bool:
             return cpu_seconds(pid) - start > 0.3
 
-        await wait_for(counting, "the server counting in the trigger")
+        await wait_for(counting, "the server counting in the song's trigger")
 
     try:
         yield busy
     finally:
         async with engine.begin() as connection:
-            await connection.exec_driver_sql("DROP TRIGGER slow_answers_insert")
-            await connection.exec_driver_sql("DROP TRIGGER slow_answers_update")
+            await connection.exec_driver_sql("DROP TRIGGER slow_song")
             await connection.exec_driver_sql("DROP TABLE slow")
 
 
@@ -156,7 +155,7 @@ async def test_a_server_killed_before_or_after_the_answer_leaves_none_or_all_of_
         os.kill(server.pid, signal.SIGKILL)
 
     async with engine_of(catalog) as engine:
-        async with answers_held(engine) as held:
+        async with song_held(engine) as held:
             with serving(tmp_path, {}) as server:
                 async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
                     replayed = await http.post("/songs", json=creep, headers=after)
