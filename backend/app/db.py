@@ -679,11 +679,12 @@ async def _create_pool(settings: Settings, engine: AsyncEngine) -> asyncpg.Pool 
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
-    """Nothing to undo on a connection the hot paths give back: they only run single statements.
+    """Nothing to undo on a connection the hot paths give back: single statements and `atomic` blocks.
 
-    They set nothing, listen to nothing, open no cursor and take no advisory lock,
-    so asyncpg's default reset (`RESET ALL`, `UNLISTEN *`, ...) would be a round
-    trip a request for nothing. asyncpg still rolls back a transaction left open.
+    They set nothing, listen to nothing, open no cursor and take no advisory lock
+    that outlives its transaction, so asyncpg's default reset (`RESET ALL`,
+    `UNLISTEN *`, ...) would be a round trip a request for nothing. asyncpg
+    still rolls back a transaction left open.
     """
 
 

@@ -13,8 +13,11 @@ It prints the median requests/s, p50 and p99 latency and errors of each, and
 the ratios to the reference, the service's against the targets. The service
 runs as its image ships it (JSON logs, access log and metrics on); for GET
 /songs/{id} a second instance with both off ("quiet") runs beside it, and
-the share the service keeps of quiet's requests/s is printed too. Then the
-service's RSS across --rss-requests requests, and its start-up time to ready.
+the share the service keeps of quiet's requests/s is printed too. Keyed
+creates (a write key and a new Idempotency-Key each) alternate with plain
+creates on the same server ("unkeyed"), in the same rounds: keyed/unkeyed is
+printed against its target (issue 15). Then the service's RSS across
+--rss-requests requests, and its start-up time to ready.
 
 The machine is shared and noisy: quote the ratios of one run, not absolute figures.
 """
