@@ -17,11 +17,9 @@ give it the `Database`; how a call reaches the database is decided here:
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from uuid import uuid4
@@ -176,9 +174,7 @@ class Database:
                 await session.commit()
 
     @contextlib.asynccontextmanager
-    async def atomic(
-        self, *, lock: int, unless: tuple[Statement, Mapping[str, Any]] | None = None, on_session: bool = False
-    ) -> AsyncIterator["Atomic"]:
+    async def atomic(self, *, lock: int, on_session: bool = False) -> AsyncIterator["Atomic"]:
         """One transaction for the block: committed when it ends, rolled back if it raises.
 
         This task's `fetch`es and `transaction`s in the block run in it. On
@@ -188,22 +184,18 @@ class Database:
         so a second one waits for the first to commit. `on_session` for a block
         whose work runs on a session (`transaction`, as a batch's does); the
         others run on a connection of the hot paths' pool, as `fetch` does.
-
-        With `unless`, a statement and its parameters, the block begins only if
-        the statement finds no row once the lock is taken: else `Found` (on the
-        pool, in the same round trip as the BEGIN and the lock).
         """
         unit: Atomic
         if self.pool is not None and not on_session:
             async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
                 wait.reschedule(None)
                 unit = _AtomicOnPool(self, asyncio.current_task(), connection)
-                async with _running(unit, lock, unless):
+                async with _running(unit, lock):
                     yield unit
             return
         async with self.engine.connect() as engine_connection:
             unit = _AtomicOnEngine(self, asyncio.current_task(), engine_connection)
-            async with _running(unit, lock, unless):
+            async with _running(unit, lock):
                 yield unit
 
     @contextlib.asynccontextmanager
@@ -385,13 +377,6 @@ class Locked(Exception):
     """The lock `Database.atomic` was to take is another transaction's: the work it guards is under way."""
 
 
-class Found(Exception):
-    """`Database.atomic`'s `unless` statement found a row: the block did not begin."""
-
-
-FOUND = "SB001"  # the SQLSTATE of the DO block's look-up that found a row
-
-
 # The savepoint every atomic block starts with, after its lock: what `Atomic.undo` goes back to.
 SAVEPOINT = "songbook_atomic"
 
@@ -408,7 +393,6 @@ class Atomic:
     def __init__(self, database: Database, task: asyncio.Task[Any] | None) -> None:
         self.database = database
         self.task = task
-        self.committed = False
 
     def owns(self, database: Database) -> bool:
         # A task started inside the block inherits it, not the right to use its connection.
@@ -418,13 +402,6 @@ class Atomic:
         """The rows of `statement` with `params`, in the block's transaction."""
         raise NotImplementedError
 
-    async def commit(self, statement: UpdateBase, params: Mapping[str, Any]) -> None:
-        """Runs `statement`, the block's last (its rows are not given), and commits the block with it.
-
-        If it fails, the block is rolled back when it ends.
-        """
-        raise NotImplementedError
-
     async def undo(self) -> None:
         """Rolls back what the block wrote so far; its lock stays taken."""
         raise NotImplementedError
@@ -432,7 +409,7 @@ class Atomic:
     def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
         raise NotImplementedError
 
-    async def _begin(self, lock: int, unless: tuple[Statement, Mapping[str, Any]] | None) -> None:
+    async def _begin(self, lock: int) -> None:
         raise NotImplementedError
 
     async def _end(self, *, commit: bool) -> None:
@@ -440,8 +417,8 @@ class Atomic:
 
 
 @contextlib.asynccontextmanager
-async def _running(unit: Atomic, lock: int, unless: tuple[Statement, Mapping[str, Any]] | None) -> AsyncIterator[None]:
-    await unit._begin(lock, unless)
+async def _running(unit: Atomic, lock: int) -> AsyncIterator[None]:
+    await unit._begin(lock)
     token = _atomic.set(unit)
     try:
         yield
@@ -452,8 +429,7 @@ async def _running(unit: Atomic, lock: int, unless: tuple[Statement, Mapping[str
             await unit._end(commit=False)
         raise
     _atomic.reset(token)
-    if not unit.committed:
-        await unit._end(commit=True)
+    await unit._end(commit=True)
 
 
 class _AtomicOnPool(Atomic):
@@ -463,17 +439,13 @@ class _AtomicOnPool(Atomic):
         super().__init__(database, task)
         self.connection = connection
 
-    async def _begin(self, lock: int, unless: tuple[Statement, Mapping[str, Any]] | None) -> None:
-        # One round trip: BEGIN, the lock and the look-up (a DO block, so that a taken lock or
-        # a row found is an error that ends the statements), and the savepoint. A simple query
-        # takes no parameters: the lock is a number we made, the look-up's values go inline.
-        found = ""
-        if unless is not None:
-            found = f"IF EXISTS ({self._inline(*unless)}) THEN RAISE EXCEPTION USING ERRCODE = '{FOUND}'; END IF; "
+    async def _begin(self, lock: int) -> None:
+        # One round trip: BEGIN, the lock (a DO block, so that a taken lock is an error that
+        # ends the statements) and the savepoint. The lock is a number we made: safe inline.
         try:
             await self.connection.execute(
                 f"BEGIN; DO $$BEGIN IF NOT pg_try_advisory_xact_lock({int(lock)}) THEN "
-                f"RAISE EXCEPTION USING ERRCODE = 'lock_not_available'; END IF; {found}END$$; "
+                "RAISE EXCEPTION USING ERRCODE = 'lock_not_available'; END IF; END$$; "
                 f"SAVEPOINT {SAVEPOINT}"
             )
         except BaseException as exc:
@@ -481,16 +453,7 @@ class _AtomicOnPool(Atomic):
                 await self._end(commit=False)
             if isinstance(exc, asyncpg.LockNotAvailableError):
                 raise Locked from None
-            if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == FOUND:
-                raise Found from None
             raise
-
-    def _inline(self, statement: Statement, params: Mapping[str, Any]) -> str:
-        """`statement` with `params` in it, each as a literal that cannot be anything but its value."""
-        sql, names = self.database._compile(statement)
-        assert "'" not in sql, "a statement sent inline has no literals of its own"
-        assert "$$" not in sql, "a statement sent inline has no dollar quotes"
-        return re.sub(r"\$(\d+)", lambda number: _literal(params[names[int(number[1]) - 1]]), sql)
 
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
         sql, names = self.database._compile(statement)
@@ -502,12 +465,6 @@ class _AtomicOnPool(Atomic):
 
     async def undo(self) -> None:
         await self.connection.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-
-    async def commit(self, statement: UpdateBase, params: Mapping[str, Any]) -> None:
-        # The statement and COMMIT in one round trip: a simple query, which takes no parameters,
-        # so the values go inline, each as a literal that cannot be anything but that value.
-        await self.connection.execute(f"{self._inline(statement, params)}; COMMIT")
-        self.committed = True
 
     def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
         raise RuntimeError("a session's work in an atomic block needs Database.atomic(on_session=True)")
@@ -531,7 +488,7 @@ class _AtomicOnEngine(Atomic):
         super().__init__(database, task)
         self.connection = connection
 
-    async def _begin(self, lock: int, unless: tuple[Statement, Mapping[str, Any]] | None) -> None:
+    async def _begin(self, lock: int) -> None:
         if self.database.dialect == "sqlite":
             await self.connection.execution_options(**WRITE_OPTIONS)
         await self.connection.begin()
@@ -540,9 +497,6 @@ class _AtomicOnEngine(Atomic):
             if not taken:
                 await self.connection.rollback()
                 raise Locked
-        if unless is not None and (await self.connection.execute(unless[0], dict(unless[1]))).first() is not None:
-            await self.connection.rollback()
-            raise Found
         await self.connection.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
 
     async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
@@ -556,11 +510,6 @@ class _AtomicOnEngine(Atomic):
 
     async def undo(self) -> None:
         await self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-
-    async def commit(self, statement: UpdateBase, params: Mapping[str, Any]) -> None:
-        await self.connection.execute(statement, dict(params))
-        await self.connection.commit()
-        self.committed = True
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
@@ -579,24 +528,6 @@ class _AtomicOnEngine(Atomic):
 
 
 _atomic: ContextVar[Atomic | None] = ContextVar("songbook_atomic", default=None)
-
-
-def _literal(value: Any) -> str:
-    """`value` as a PostgreSQL literal. Text goes as hex digits, decoded by the server: nothing in
-    it can end the literal, whatever the server's string settings."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: songbook stores timezone-aware datetimes only")
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, str):
-        return f"convert_from(decode('{value.encode().hex()}', 'hex'), 'UTF8')"
-    raise TypeError(f"no inline literal for a {type(value).__name__}")
 
 
 async def open_database(settings: Settings, *, long_running: bool = False) -> Database:

@@ -12,6 +12,7 @@ same key with another request is a 422. Answers are kept for
 `idempotency_ttl_seconds`.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,11 +26,13 @@ import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import Response
 from sqlalchemy import bindparam, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
 from app import logs, metrics
 from app.config import get_settings
-from app.db import INTEGRITY_ERRORS, Atomic, Database, Found, Locked
+from app.db import Atomic, Database, Locked
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
     AppError,
@@ -98,62 +101,46 @@ async def run_once(
         # Pruned now and then, by chance: no count to keep, in a process or across instances.
         if random.randrange(PRUNE_EVERY) == 0:  # noqa: S311 (not a secret)
             await db.fetch(_PRUNE, {"now": utcnow()}, write=True)
-        this = {"caller_id": caller.key_id, "idempotency_key": key}
-        lock = lock_for(caller.key_id, key)
-        try:
-            # A key seen for the first time (most are): the look-up is part of the block's first round trip.
-            async with db.atomic(lock=lock, unless=(_READ, this), on_session=on_session) as unit:
-                return await _write_and_keep(unit, write, this=this, fingerprint=fingerprint, ttl=ttl_seconds)
-        except Found:
-            # A record: replayed, or (expired, abandoned) replaced. The lock is taken again.
-            async with db.atomic(lock=lock, on_session=on_session) as unit:
-                return await _once(unit, write, this=this, fingerprint=fingerprint, ttl=ttl_seconds)
+        async with db.atomic(lock=lock_for(caller.key_id, key), on_session=on_session) as unit:
+            return await _once(unit, write, caller_id=caller.key_id, key=key, fingerprint=fingerprint, ttl=ttl_seconds)
     except Locked:
         raise _in_use() from None
-    except INTEGRITY_ERRORS:
-        records = await db.fetch(_READ, {"caller_id": caller.key_id, "idempotency_key": key})
-        if not records:
-            raise
-        return _replay(records[0], fingerprint)
     finally:
         _in_flight.discard(in_flight)
 
 
 async def _once(
-    unit: Atomic, write: Callable[[], Awaitable[Response]], *, this: dict[str, Any], fingerprint: str, ttl: int
+    unit: Atomic, write: Callable[[], Awaitable[Response]], *, caller_id: int, key: str, fingerprint: str, ttl: int
 ) -> Response:
-    """The answer kept for this key, or `write()`'s, kept: in the block's transaction, under the key's lock."""
-    records = await unit.fetch(_READ, this)
-    if records and not _claimable(records[0], utcnow()):
-        return _replay(records[0], fingerprint)
-    return await _write_and_keep(unit, write, this=this, fingerprint=fingerprint, ttl=ttl, replacing=bool(records))
-
-
-async def _write_and_keep(
-    unit: Atomic,
-    write: Callable[[], Awaitable[Response]],
-    *,
-    this: dict[str, Any],
-    fingerprint: str,
-    ttl: int,
-    replacing: bool = False,
-) -> Response:
-    """`write()`'s answer, kept for this key (`replacing` a record that no longer answers) as the block commits."""
+    """The kept answer to this key, or `write()`'s, kept: in the block's transaction, under the key's lock."""
+    this = {"caller_id": caller_id, "idempotency_key": key}
     now = utcnow()
+    records = await unit.fetch(_READ, this)
+    if records and not _claimable(records[0], now):
+        return _replay(records[0], fingerprint)
     response = await _answer(write)
     if response.status_code >= 400:
         # A refused write leaves nothing; a failed one (5xx) leaves no answer either: a retry does it again.
         await unit.undo()
         if response.status_code >= 500:
             return response
-    if replacing:
-        await unit.fetch(_FORGET, this)
-    answer = this | {"fingerprint": fingerprint, "now": now, "until": now + timedelta(seconds=ttl)}
-    # Kept and committed in one go (`Atomic.commit`). If another request kept an answer for
-    # this key since we looked (an instance of the version before one transaction), the insert
-    # fails, the block is rolled back and that answer is the one (`run_once`).
-    await unit.commit(_KEEP, answer | _kept(response))
-    return response
+    answer = this | {
+        "fingerprint": fingerprint,
+        "now": now,
+        "until": now + timedelta(seconds=ttl),
+        "abandoned_before": now - ABANDONED_AFTER,
+    }
+    answer |= _kept(response)
+    if await unit.fetch(_keep(unit.database.dialect), answer):
+        return response
+    # Another request kept an answer for this key since we read (an instance of the version
+    # before one transaction, or one that committed between our look-up's snapshot and
+    # its lock): ours is undone, and theirs is the answer.
+    await unit.undo()
+    records = await unit.fetch(_READ, this)
+    if records:
+        return _replay(records[0], fingerprint)
+    raise _in_use()
 
 
 def _claimable(record: Mapping[str, Any], now: datetime) -> bool:
@@ -220,14 +207,29 @@ _READ = sa.select(
     col(IdempotencyRecord.expires_at),
 ).where(*_RECORD)
 _PRUNE = delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < bindparam("now"))
-_FORGET = delete(IdempotencyRecord).where(*_RECORD)
-_KEEP = sa.insert(IdempotencyRecord).values(
-    api_key_id=bindparam("caller_id"),
-    key=bindparam("idempotency_key"),
-    request_hash=bindparam("fingerprint"),
-    status=bindparam("answer_status"),
-    response_headers=bindparam("answer_headers"),
-    response_body=bindparam("answer_body"),
-    claimed_at=bindparam("now"),
-    expires_at=bindparam("until"),
-)
+
+
+@functools.cache
+def _keep(dialect: str) -> Insert:
+    """Keeps an answer in one statement: a new record, or over one that no longer answers (`_claimable`)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(IdempotencyRecord).values(
+        api_key_id=bindparam("caller_id"),
+        key=bindparam("idempotency_key"),
+        request_hash=bindparam("fingerprint"),
+        status=bindparam("answer_status"),
+        response_headers=bindparam("answer_headers"),
+        response_body=bindparam("answer_body"),
+        claimed_at=bindparam("now"),
+        expires_at=bindparam("until"),
+    )
+    claimable = (col(IdempotencyRecord.expires_at) < bindparam("now")) | (
+        col(IdempotencyRecord.status).is_(None) & (col(IdempotencyRecord.claimed_at) < bindparam("abandoned_before"))
+    )
+    replaced = {
+        name: getattr(statement.excluded, name)
+        for name in ("request_hash", "status", "response_headers", "response_body", "claimed_at", "expires_at")
+    }
+    return statement.on_conflict_do_update(
+        index_elements=["api_key_id", "key"], set_=replaced, where=claimable
+    ).returning(col(IdempotencyRecord.claimed_at))
