@@ -18,6 +18,7 @@ from app.db import WRITE_OPTIONS, Database
 from app.main import create_app
 from app.models import IdempotencyRecord, utcnow
 from tests.conftest import client_for, make_key
+from tests.test_metrics import scrape, value
 
 SONG = {"name": "Halo", "artist": "Beyoncé", "year": 2008}
 
@@ -205,6 +206,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
 
 async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.AsyncClient, db: Database) -> None:
     await count_songs(client)  # the key's use recorded, a write of its own, before the test holds the writes
+    before = await scrape(client)
     async with holding_song_inserts(db):
         first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
 
@@ -218,6 +220,7 @@ async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.A
         still_running = not first.done()
     answered = await first
     replayed = await client.post("/songs", json=SONG, headers=key("slow"))
+    after = await scrape(client)
 
     assert retry.status_code == 409
     assert retry.json()["code"] == "idempotency-key-in-use"
@@ -226,6 +229,8 @@ async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.A
     assert answered.status_code == 201
     assert replayed.headers["idempotent-replayed"] == "true"
     assert await count_songs(client) == 1
+    for counter in ("songbook_idempotency_conflicts_total", "songbook_idempotency_replays_total"):
+        assert value(after, counter) - value(before, counter) == 1
 
 
 async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_once(
@@ -266,7 +271,6 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
 
 
 async def test_keys_and_answers_with_quotes_and_dollars_are_kept_as_they_are(client: httpx.AsyncClient) -> None:
-    # The answer is sent inline on PostgreSQL (`Atomic.commit`): nothing in it may end its literal.
     hostile = "k'$$\\x00;--\"$"
     song = {"name": "It's $$ \\'; DROP TABLE song; --", "artist": "Ünïcødé \u2603"}
 
