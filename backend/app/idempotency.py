@@ -93,9 +93,10 @@ async def run_once(
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
     fingerprint = _fingerprint(request, payload)
     ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
+    this = {"caller_id": caller.key_id, "idempotency_key": key}
     in_flight = (id(db), caller.key_id, key)
     if in_flight in _in_flight:
-        raise _in_use()
+        return await _replay_if_answered(db, this, fingerprint)
     _in_flight.add(in_flight)
     try:
         # Pruned now and then, by chance: no count to keep, in a process or across instances.
@@ -104,9 +105,21 @@ async def run_once(
         async with db.atomic(lock=lock_for(caller.key_id, key), on_session=on_session) as unit:
             return await _once(unit, write, caller_id=caller.key_id, key=key, fingerprint=fingerprint, ttl=ttl_seconds)
     except Locked:
-        raise _in_use() from None
+        return await _replay_if_answered(db, this, fingerprint)
     finally:
         _in_flight.discard(in_flight)
+
+
+async def _replay_if_answered(db: Database, this: dict[str, Any], fingerprint: str) -> Response:
+    """The answer kept for this key, for a request that found it taken: 409 if there is none yet.
+
+    What holds the key may be another retry of a request answered already (they
+    take turns under the lock too): that answer is this one's, without waiting.
+    """
+    records = await db.fetch(_READ, this)
+    if records and not _claimable(records[0], utcnow()):
+        return _replay(records[0], fingerprint)
+    raise _in_use()
 
 
 async def _once(

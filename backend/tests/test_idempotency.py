@@ -91,6 +91,15 @@ async def test_simultaneous_requests_with_one_key_create_one_song(client: httpx.
     assert await count_songs(client) == 1
 
 
+async def test_simultaneous_retries_of_an_answered_request_all_replay(client: httpx.AsyncClient) -> None:
+    first = await client.post("/songs", json=SONG, headers=key("done"))
+
+    retries = await asyncio.gather(*(client.post("/songs", json=SONG, headers=key("done")) for _ in range(10)))
+
+    assert [(retry.status_code, retry.headers["idempotent-replayed"]) for retry in retries] == [(201, "true")] * 10
+    assert {retry.json()["id"] for retry in retries} == {first.json()["id"]}
+
+
 async def test_the_batch_route_is_idempotent(client: httpx.AsyncClient) -> None:
     batch = [SONG, {"name": "Creep", "artist": "Radiohead"}]
 
