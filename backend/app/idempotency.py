@@ -7,8 +7,9 @@ kept per API key and Idempotency-Key, so every instance of the service sees
 it. While a request with a key is being answered, a retry of it is a 409 at
 once: in this process a set of the keys in flight tells, across instances on
 PostgreSQL a transaction-scoped advisory lock on the key (on SQLite writers
-take turns: another process's retry waits for the first and replays it). The
-same key with another request is a 422. Answers are kept for
+take turns: another process's retry waits for the first and replays it); a
+retry that finds the key taken but answered (by another retry) replays the
+answer. The same key with another request is a 422. Answers are kept for
 `idempotency_ttl_seconds`.
 """
 
