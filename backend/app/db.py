@@ -10,8 +10,11 @@ give it the `Database`; how a call reaches the database is decided here:
   when the block ends, rolled back if it raises. One that writes takes
   SQLite's write lock at BEGIN. `Database.read` and `Database.read_stream`
   run a reading one, again on a fresh connection if its connection died.
+- `Database.atomic` makes one transaction of a block: this task's `fetch`es
+  and `transaction`s in it all run in it (an idempotent write: its claim, the
+  write and its answer).
 
-With read replicas (`app.replicas`), either may read on one instead.
+With read replicas (`app.replicas`), a read may go to one instead.
 """
 
 import asyncio
@@ -136,17 +139,15 @@ class Database:
         `write` says the statement writes (SQLite then takes its lock at BEGIN).
         A read may go to a replica (`app.replicas`) unless it must see the `primary`.
         """
+        unit = _atomic.get()
+        if unit is not None and unit.owns(self):
+            return await unit.fetch(statement, params)
         if self.pool is None:
             return await self._execute(statement, params, write)
         sql, names = self._compile(statement)
         values = [params[name] for name in names]
-        if self.replicas is not None:
-            if write:
-                self.replicas.wrote()
-            elif not primary and (replica := self.replicas.choose()) is not None:
-                replicated = await self._fetch_on_replica(replica, sql, values)
-                if replicated is not None:
-                    return replicated
+        if self.replicas is not None and (replicated := await self._replicated(sql, values, write, primary)):
+            return replicated.rows
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             return await binding.fetch(sql, values)
@@ -184,6 +185,16 @@ class Database:
                     raise
                 return await self._anywhere.fetch(sql, values)
         return rows
+
+    async def _replicated(self, sql: str, values: Sequence[Any], write: bool, primary: bool) -> "_Rows | None":
+        """A read's rows from a replica, if it may and one answers; None for the primary to answer."""
+        assert self.replicas is not None
+        if write:
+            self.replicas.wrote()
+            return None
+        replica = None if primary else self.replicas.choose()
+        rows = await self._fetch_on_replica(replica, sql, values) if replica is not None else None
+        return _Rows(rows) if rows is not None else None
 
     async def _fetch_on_replica(
         self, replica: Replica, sql: str, values: Sequence[Any]
@@ -231,7 +242,13 @@ class Database:
         rolled back if it raises (and a read, which has nothing to commit, when it ends).
 
         One that `write`s begins with `BEGIN IMMEDIATE` on SQLite (see `WRITE_OPTIONS`).
+        Inside an `atomic` block it is a savepoint of the block's transaction.
         """
+        unit = _atomic.get()
+        if unit is not None and unit.owns(self):
+            async with unit.transaction(write=write) as joined:
+                yield joined
+            return
         binding = _binding.get()
         if binding is not None and binding.owns(self):
             await binding.release()
@@ -322,6 +339,33 @@ class Database:
             return self._sessionmaker()
         replica.reads.inc()
         return session
+
+    @contextlib.asynccontextmanager
+    async def atomic(self, *, lock: int, on_session: bool = False) -> AsyncIterator["Atomic"]:
+        """One transaction for the block: committed when it ends, rolled back if it raises.
+
+        This task's `fetch`es and `transaction`s in the block run in it. On
+        PostgreSQL it first takes the transaction-scoped advisory lock `lock`
+        (a 64-bit number), without waiting: `Locked` if another transaction
+        holds it. On SQLite it begins with `BEGIN IMMEDIATE`: writers take turns,
+        so a second one waits for the first to commit. `on_session` for a block
+        whose work runs on a session (`transaction`, as a batch's does); the
+        others run on a connection of the hot paths' pool, as `fetch` does.
+        """
+        unit: Atomic
+        if self.replicas is not None:
+            self.replicas.wrote()  # its answer tells where the primary was, for reads that must see it
+        if self.pool is not None and not on_session:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
+                wait.reschedule(None)
+                unit = _AtomicOnPool(self, asyncio.current_task(), connection)
+                async with _running(unit, lock):
+                    yield unit
+            return
+        async with self.engine.connect() as engine_connection:
+            unit = _AtomicOnEngine(self, asyncio.current_task(), engine_connection)
+            async with _running(unit, lock):
+                yield unit
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -458,6 +502,13 @@ class Anywhere:
             yield Transaction(session)
 
 
+@dataclass
+class _Rows:
+    """Rows a replica answered (an empty list of them is an answer too)."""
+
+    rows: list[Mapping[str, Any]]
+
+
 class _Turns(asyncio.Semaphore):
     """A semaphore that counts who waits for it."""
 
@@ -546,6 +597,163 @@ class _Binding:
 
 
 _binding: ContextVar[_Binding | None] = ContextVar("songbook_binding", default=None)
+
+
+class Locked(Exception):
+    """The lock `Database.atomic` was to take is another transaction's: the work it guards is under way."""
+
+
+# The savepoint every atomic block starts with, after its lock: what `Atomic.undo` goes back to.
+SAVEPOINT = "songbook_atomic"
+
+
+class Atomic:
+    """The transaction of a `Database.atomic` block.
+
+    It begins with a savepoint, after the lock: `undo` rolls back the
+    block's writes and keeps the lock. A statement that fails undoes them
+    too (a failed statement leaves a PostgreSQL transaction unusable until
+    then): a refused write can look up why, and its answer still be kept.
+    """
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None) -> None:
+        self.database = database
+        self.task = task
+
+    def owns(self, database: Database) -> bool:
+        # A task started inside the block inherits it, not the right to use its connection.
+        return database is self.database and asyncio.current_task() is self.task
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """The rows of `statement` with `params`, in the block's transaction."""
+        raise NotImplementedError
+
+    async def undo(self) -> None:
+        """Rolls back what the block wrote so far; its lock stays taken."""
+        raise NotImplementedError
+
+    def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        raise NotImplementedError
+
+    async def _begin(self, lock: int) -> None:
+        raise NotImplementedError
+
+    async def _end(self, *, commit: bool) -> None:
+        raise NotImplementedError
+
+
+@contextlib.asynccontextmanager
+async def _running(unit: Atomic, lock: int) -> AsyncIterator[None]:
+    await unit._begin(lock)
+    token = _atomic.set(unit)
+    try:
+        yield
+    except BaseException:
+        _atomic.reset(token)
+        # What failed may have been the connection: the error to tell is the first one.
+        with contextlib.suppress(Exception):
+            await unit._end(commit=False)
+        raise
+    _atomic.reset(token)
+    await unit._end(commit=True)
+
+
+class _AtomicOnPool(Atomic):
+    """An atomic block on a bare asyncpg connection (PostgreSQL): the hot paths' statements, compiled once."""
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None, connection: asyncpg.Connection) -> None:
+        super().__init__(database, task)
+        self.connection = connection
+
+    async def _begin(self, lock: int) -> None:
+        # One round trip: BEGIN, the lock (a DO block, so that a taken lock is an error that
+        # ends the statements) and the savepoint. The lock is a number we made: safe inline.
+        try:
+            await self.connection.execute(
+                f"BEGIN; DO $$BEGIN IF NOT pg_try_advisory_xact_lock({int(lock)}) THEN "
+                "RAISE EXCEPTION USING ERRCODE = 'lock_not_available'; END IF; END$$; "
+                f"SAVEPOINT {SAVEPOINT}"
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self._end(commit=False)
+            if isinstance(exc, asyncpg.LockNotAvailableError):
+                raise Locked from None
+            raise
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        sql, names = self.database._compile(statement)
+        try:
+            return await _fetch(self.connection, sql, [params[name] for name in names])
+        except asyncpg.PostgresError:
+            await self.undo()
+            raise
+
+    async def undo(self) -> None:
+        await self.connection.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+
+    def transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        raise RuntimeError("a session's work in an atomic block needs Database.atomic(on_session=True)")
+
+    async def _end(self, *, commit: bool) -> None:
+        if self.connection.is_closed():
+            return
+        try:
+            await self.connection.execute("COMMIT" if commit else "ROLLBACK")
+        except asyncpg.PostgresError:
+            raise  # the server answered: the connection is as good as before
+        except BaseException:
+            self.connection.terminate()  # mid-operation: the pool must not hand it out as it is
+            raise
+
+
+class _AtomicOnEngine(Atomic):
+    """An atomic block on a SQLAlchemy connection: SQLite's, or PostgreSQL's for work on a session."""
+
+    def __init__(self, database: Database, task: asyncio.Task[Any] | None, connection: AsyncConnection) -> None:
+        super().__init__(database, task)
+        self.connection = connection
+
+    async def _begin(self, lock: int) -> None:
+        if self.database.dialect == "sqlite":
+            await self.connection.execution_options(**WRITE_OPTIONS)
+        await self.connection.begin()
+        if self.database.dialect == "postgresql":
+            taken = await self.connection.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(lock)))
+            if not taken:
+                await self.connection.rollback()
+                raise Locked
+        await self.connection.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+
+    async def fetch(self, statement: Statement, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        try:
+            result = await self.connection.execute(statement, dict(params))
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                await self.undo()
+            raise
+        return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+    async def undo(self) -> None:
+        await self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
+        # The session's own savepoint inside the block's transaction: its commit releases it.
+        database = self.database
+        async with database._sessionmaker(bind=self.connection, join_transaction_mode="create_savepoint") as session:
+            yield Transaction(session)
+            if write:
+                await session.commit()
+
+    async def _end(self, *, commit: bool) -> None:
+        if commit:
+            await self.connection.commit()
+        else:
+            await self.connection.rollback()
+
+
+_atomic: ContextVar[Atomic | None] = ContextVar("songbook_atomic", default=None)
 
 
 async def open_database(settings: Settings, *, long_running: bool = False) -> Database:
@@ -771,11 +979,12 @@ async def _open_replicas(settings: Settings, engine: AsyncEngine, pool: asyncpg.
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
-    """Nothing to undo on a connection the hot paths give back: they only run single statements.
+    """Nothing to undo on a connection the hot paths give back: single statements and `atomic` blocks.
 
-    They set nothing, listen to nothing, open no cursor and take no advisory lock,
-    so asyncpg's default reset (`RESET ALL`, `UNLISTEN *`, ...) would be a round
-    trip a request for nothing. asyncpg still rolls back a transaction left open.
+    They set nothing, listen to nothing, open no cursor and take no advisory lock
+    that outlives its transaction, so asyncpg's default reset (`RESET ALL`,
+    `UNLISTEN *`, ...) would be a round trip a request for nothing. asyncpg
+    still rolls back a transaction left open.
     """
 
 

@@ -1,13 +1,18 @@
 """Idempotent retries: a write sent again with the same `Idempotency-Key` gets the first answer again.
 
-The key is claimed in the database before the write (one row per API key and
-Idempotency-Key, so every instance of the service sees it), and the answer is
-stored after it. A retry of a finished write replays the answer; a retry
-while the first is still running is a 409; the same key with another request
-is a 422. Answers are kept for `idempotency_ttl_seconds`.
+One transaction holds the look-up of the key, the write and its answer
+(`Database.atomic`), so a crash at any moment leaves either nothing (the
+retry writes) or all of it (the retry gets the first answer). A record is
+kept per API key and Idempotency-Key, so every instance of the service sees
+it. While a request with a key is being answered, a retry of it is a 409 at
+once: in this process a set of the keys in flight tells, across instances on
+PostgreSQL a transaction-scoped advisory lock on the key (on SQLite writers
+take turns: another process's retry waits for the first and replays it); a
+retry that finds the key taken but answered (by another retry) replays the
+answer. The same key with another request is a 422. Answers are kept for
+`idempotency_ttl_seconds`.
 """
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -21,14 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import Response
-from sqlalchemy import bindparam, delete, update
+from sqlalchemy import bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import col
 
 from app import logs, metrics
 from app.config import get_settings
-from app.db import Database
+from app.db import Atomic, Database, Locked
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
     AppError,
@@ -45,10 +50,13 @@ logger = logging.getLogger(__name__)
 HEADER = "idempotency-key"
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as the draft standard suggests
 REPLAYED_HEADERS = ("location", "etag", "content-type")
-# A claim this old with no answer belongs to a request that died: a retry may take it over.
+# A record without an answer was a claim of the version before one transaction; this old, its
+# request died: a retry may take it over.
 ABANDONED_AFTER = timedelta(minutes=2)
-PRUNE_EVERY = 100  # claims, on average; then expired answers are deleted
-CLAIM_ATTEMPTS = 3
+PRUNE_EVERY = 100  # keyed writes, on average; then expired answers are deleted
+
+# (database, API key id, Idempotency-Key) of the requests being answered in this process.
+_in_flight: set[tuple[int, int, str]] = set()
 
 
 def _fingerprint(request: Request, payload: Any) -> str:
@@ -58,6 +66,12 @@ def _fingerprint(request: Request, payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def lock_for(caller_id: int, key: str) -> int:
+    """The advisory lock of an API key's Idempotency-Key: a signed 64-bit hash of both."""
+    digest = hashlib.blake2b(f"{caller_id}\0{key}".encode(), digest_size=8, person=b"songbook-idem").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 async def run_once(
     request: Request,
     *,
@@ -65,12 +79,13 @@ async def run_once(
     caller: Caller | None,
     payload: Any,
     write: Callable[[], Awaitable[Response]],
+    on_session: bool = False,
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
     `payload` is the request's validated input: the same input, however
-    formatted, is the same request. The claim, the write and the answer take
-    one turn at the database (`Database.bound`).
+    formatted, is the same request. `on_session` for a write that works on
+    a session (`Database.transaction`), as a batch does.
     """
     key = request.headers.get(HEADER)
     if key is None or caller is None:
@@ -78,28 +93,81 @@ async def run_once(
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
     fingerprint = _fingerprint(request, payload)
+    ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
     this = {"caller_id": caller.key_id, "idempotency_key": key}
-    claim: dict[str, Any] | None = None
+    in_flight = (id(db), caller.key_id, key)
+    if in_flight in _in_flight:
+        return await _replay_if_answered(db, this, fingerprint)
+    _in_flight.add(in_flight)
     try:
-        async with db.bound():
-            ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
-            claimed_at, record = await _claim(db, this, fingerprint, ttl_seconds)
-            if record is not None:
-                return _replay(record, fingerprint)
-            claim = this | {"claimed": claimed_at}
-            response = await _answer(write)
-            if response.status_code >= 500:
-                await db.fetch(_FREE, claim, write=True)
-            else:
-                await db.fetch(_KEEP, claim | _kept(response), write=True)
+        # Pruned now and then, by chance: no count to keep, in a process or across instances.
+        if random.randrange(PRUNE_EVERY) == 0:  # noqa: S311 (not a secret)
+            await db.fetch(_PRUNE, {"now": utcnow()}, write=True)
+        async with db.atomic(lock=lock_for(caller.key_id, key), on_session=on_session) as unit:
+            return await _once(unit, write, caller_id=caller.key_id, key=key, fingerprint=fingerprint, ttl=ttl_seconds)
+    except Locked:
+        return await _replay_if_answered(db, this, fingerprint)
+    finally:
+        _in_flight.discard(in_flight)
+
+
+async def _replay_if_answered(db: Database, this: dict[str, Any], fingerprint: str) -> Response:
+    """The answer kept for this key, for a request that found it taken: 409 if there is none yet.
+
+    What holds the key may be another retry of a request answered already (they
+    take turns under the lock too): that answer is this one's, without waiting.
+    """
+    records = await db.fetch(_READ, this)
+    if records and not _claimable(records[0], utcnow()):
+        return _replay(records[0], fingerprint)
+    raise _in_use()
+
+
+async def _once(
+    unit: Atomic, write: Callable[[], Awaitable[Response]], *, caller_id: int, key: str, fingerprint: str, ttl: int
+) -> Response:
+    """The kept answer to this key, or `write()`'s, kept: in the block's transaction, under the key's lock."""
+    this = {"caller_id": caller_id, "idempotency_key": key}
+    now = utcnow()
+    records = await unit.fetch(_READ, this)
+    if records and not _claimable(records[0], now):
+        return _replay(records[0], fingerprint)
+    response = await _answer(write)
+    if response.status_code >= 400:
+        # A refused write leaves nothing; a failed one (5xx) leaves no answer either: a retry does it again.
+        await unit.undo()
+        if response.status_code >= 500:
             return response
-    except BaseException:
-        if claim is not None:
-            # No answer kept (the database failed, say): free the key for the retry. On a
-            # connection of its own, taken once the bound one is given back: that one may be dead.
-            with contextlib.suppress(Exception):
-                await db.fetch(_FREE, claim, write=True)
-        raise
+    answer = this | {
+        "fingerprint": fingerprint,
+        "now": now,
+        "until": now + timedelta(seconds=ttl),
+        "abandoned_before": now - ABANDONED_AFTER,
+    }
+    answer |= _kept(response)
+    if await unit.fetch(_keep(unit.database.dialect), answer):
+        return response
+    # Another request kept an answer for this key since we read (an instance of the version
+    # before one transaction, or one that committed between our look-up's snapshot and
+    # its lock): ours is undone, and theirs is the answer.
+    await unit.undo()
+    records = await unit.fetch(_READ, this)
+    if records:
+        return _replay(records[0], fingerprint)
+    raise _in_use()
+
+
+def _claimable(record: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a record no longer answers: its answer expired, or its claim was abandoned."""
+    if record["expires_at"] < now:
+        return True
+    return record["status"] is None and record["claimed_at"] < now - ABANDONED_AFTER
+
+
+def _in_use() -> IdempotencyKeyInUse:
+    metrics.idempotency_conflicts.inc()
+    logger.info("idempotency key in use")
+    return IdempotencyKeyInUse("A request with this Idempotency-Key is still being answered; retry shortly.")
 
 
 def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
@@ -109,9 +177,7 @@ def _replay(record: Mapping[str, Any], fingerprint: str) -> Response:
             "This Idempotency-Key was used for another request; use a new key for a new request."
         )
     if record["status"] is None:
-        metrics.idempotency_conflicts.inc()
-        logger.info("idempotency key in use")
-        raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being answered; retry shortly.")
+        raise _in_use()  # claimed by an instance of the version before one transaction
     metrics.idempotent_replays.inc()
     logger.info("idempotent replay")
     headers = json.loads(record["response_headers"] or "{}") | {"Idempotent-Replayed": "true"}
@@ -141,82 +207,43 @@ async def _answer(write: Callable[[], Awaitable[Response]]) -> Response:
         return error_response(exc)
 
 
-# Each a statement of its own, compiled once (see `Database`). Only while the
-# claim is this request's: one taken over since is left alone. A crash between
-# the write and keeping its answer leaves the claim without one: after
-# `ABANDONED_AFTER`, a retry does the write again (a create then finds its song there).
+# Each a statement of its own, compiled once (see `Database`).
 _RECORD = (
     col(IdempotencyRecord.api_key_id) == bindparam("caller_id"),
     col(IdempotencyRecord.key) == bindparam("idempotency_key"),
 )
-_CLAIM = (*_RECORD, col(IdempotencyRecord.claimed_at) == bindparam("claimed"))
-_KEEP = (
-    update(IdempotencyRecord)
-    .where(*_CLAIM, col(IdempotencyRecord.status).is_(None))
-    .values(
-        status=bindparam("answer_status"),
-        response_headers=bindparam("answer_headers"),
-        response_body=bindparam("answer_body"),
-    )
-)
-_FREE = delete(IdempotencyRecord).where(*_CLAIM)
 _READ = sa.select(
     col(IdempotencyRecord.request_hash),
     col(IdempotencyRecord.status),
     col(IdempotencyRecord.response_headers),
     col(IdempotencyRecord.response_body),
+    col(IdempotencyRecord.claimed_at),
+    col(IdempotencyRecord.expires_at),
 ).where(*_RECORD)
 _PRUNE = delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) < bindparam("now"))
 
 
 @functools.cache
-def _take(dialect: str) -> Insert:
-    """Claims a key in one statement: a new one, or one whose answer expired or whose request died."""
+def _keep(dialect: str) -> Insert:
+    """Keeps an answer in one statement: a new record, or over one that no longer answers (`_claimable`)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(IdempotencyRecord).values(
         api_key_id=bindparam("caller_id"),
         key=bindparam("idempotency_key"),
         request_hash=bindparam("fingerprint"),
+        status=bindparam("answer_status"),
+        response_headers=bindparam("answer_headers"),
+        response_body=bindparam("answer_body"),
         claimed_at=bindparam("now"),
         expires_at=bindparam("until"),
     )
     claimable = (col(IdempotencyRecord.expires_at) < bindparam("now")) | (
         col(IdempotencyRecord.status).is_(None) & (col(IdempotencyRecord.claimed_at) < bindparam("abandoned_before"))
     )
-    taken_over = {
-        "request_hash": statement.excluded.request_hash,
-        "claimed_at": statement.excluded.claimed_at,
-        "expires_at": statement.excluded.expires_at,
-        "status": sa.null(),
-        "response_headers": sa.null(),
-        "response_body": sa.null(),
+    replaced = {
+        name: getattr(statement.excluded, name)
+        for name in ("request_hash", "status", "response_headers", "response_body", "claimed_at", "expires_at")
     }
     return statement.on_conflict_do_update(
-        index_elements=["api_key_id", "key"], set_=taken_over, where=claimable
+        index_elements=["api_key_id", "key"], set_=replaced, where=claimable
     ).returning(col(IdempotencyRecord.claimed_at))
-
-
-async def _claim(
-    db: Database, this: dict[str, Any], fingerprint: str, ttl_seconds: int
-) -> tuple[datetime, Mapping[str, Any] | None]:
-    """Claims the key for this request: (when, None) if claimed, else the record of the request that has it."""
-    for _ in range(CLAIM_ATTEMPTS):
-        now = utcnow()
-        # Pruned now and then, by chance: no count to keep, in a process or across instances.
-        if random.randrange(PRUNE_EVERY) == 0:  # noqa: S311 (not a secret)
-            await db.fetch(_PRUNE, {"now": now}, write=True)
-        claim = this | {
-            "fingerprint": fingerprint,
-            "now": now,
-            "until": now + timedelta(seconds=ttl_seconds),
-            "abandoned_before": now - ABANDONED_AFTER,
-        }
-        if await db.fetch(_take(db.dialect), claim, write=True):
-            return now, None
-        records = await db.fetch(_READ, this)
-        if records:
-            return now, records[0]
-        # Freed between our claim and our read (its request failed): claim it again.
-    metrics.idempotency_conflicts.inc()
-    logger.info("idempotency key in use")
-    raise IdempotencyKeyInUse("A request with this Idempotency-Key is being retried at the same time; retry shortly.")

@@ -13,8 +13,11 @@ It prints the median requests/s, p50 and p99 latency and errors of each, and
 the ratios to the reference, the service's against the targets. The service
 runs as its image ships it (JSON logs, access log and metrics on); for GET
 /songs/{id} a second instance with both off ("quiet") runs beside it, and
-the share the service keeps of quiet's requests/s is printed too. Then the
-service's RSS across --rss-requests requests, and its start-up time to ready.
+the share the service keeps of quiet's requests/s is printed too. Keyed
+creates (a write key and a new Idempotency-Key each) alternate with plain
+creates on the same server ("unkeyed"), in the same rounds: keyed/unkeyed is
+printed against its target (issue 15). Then the service's RSS across
+--rss-requests requests, and its start-up time to ready.
 
 The machine is shared and noisy: quote the ratios of one run, not absolute figures.
 """
@@ -56,14 +59,16 @@ class Route:
 
 
 # "quiet" is the service without its access log and metrics (request ids stay: they are not optional).
-APPS = ("reference", "fastapi", "service", "quiet")  # in the order each round runs them
+# "unkeyed" is the service again, sending plain creates in the same rounds as the keyed ones.
+APPS = ("reference", "fastapi", "service", "unkeyed", "quiet")  # in the order each round runs them
 QUIET_TARGET = 0.95  # the service as it ships, against quiet
+KEYED_TARGET = 0.8  # a keyed create, against an unkeyed one in the same rounds (issue 15)
 ROUTES = [
     Route("GET /songs/{id}", {"reference": "get", "fastapi": "get", "service": "get", "quiet": "get"}, 0.75),
     Route("GET /songs?limit=50", {"reference": "list", "fastapi": "list", "service": "list"}, 0.75),
     Route("GET /songs?q=...", {"reference": "search", "service": "search"}, None),
     Route("POST /songs", {"reference": "post", "fastapi": "post", "service": "post"}, 0.7),
-    Route("POST /songs, key + Idempotency-Key", {"reference": "post", "service": "post-key"}, 0.5),
+    Route("POST /songs, key + Idempotency-Key", {"reference": "post", "service": "post-key", "unkeyed": "post"}, 0.5),
 ]
 
 
@@ -224,6 +229,7 @@ def main() -> None:
 
 def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference_env: dict[str, str]) -> None:
     ports = {which: free_port() for which in APPS}
+    ports["unkeyed"] = ports["service"]
     with (
         running(service(ports["service"]), service_env(url), "/readyz", ports["service"]) as server,
         running(service(ports["quiet"]), service_env(url, quiet=True), "/readyz", ports["quiet"]),
@@ -269,7 +275,11 @@ def report_route(route: Route, medians: dict[str, Run]) -> None:
             f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
             end="",
         )
-        if which == "quiet":
+        if which == "unkeyed":
+            share = medians["service"].requests_per_second / run.requests_per_second
+            met = share >= KEYED_TARGET and run.errors == 0
+            print(f"   keyed/unkeyed {share:.2f} (target {KEYED_TARGET}: {'met' if met else 'NOT MET'})", end="")
+        elif which == "quiet":
             share = medians["service"].requests_per_second / run.requests_per_second
             met = share >= QUIET_TARGET and run.errors == 0
             print(f"   service/quiet {share:.2f} (target {QUIET_TARGET}: {'met' if met else 'NOT MET'})", end="")

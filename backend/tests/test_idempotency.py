@@ -1,6 +1,9 @@
 """Idempotency-Key: a retried write gets the first answer and writes nothing more."""
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -9,10 +12,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from app import idempotency
 from app.config import Settings
+from app.db import WRITE_OPTIONS, Database
 from app.main import create_app
 from app.models import IdempotencyRecord, utcnow
 from tests.conftest import client_for, make_key
+from tests.test_metrics import scrape, value
 
 SONG = {"name": "Halo", "artist": "Beyoncé", "year": 2008}
 
@@ -83,6 +89,15 @@ async def test_simultaneous_requests_with_one_key_create_one_song(client: httpx.
     assert all(response.json()["code"] == "idempotency-key-in-use" for response in in_use)
     assert all(response.headers["retry-after"] == "1" for response in in_use)
     assert await count_songs(client) == 1
+
+
+async def test_simultaneous_retries_of_an_answered_request_all_replay(client: httpx.AsyncClient) -> None:
+    first = await client.post("/songs", json=SONG, headers=key("done"))
+
+    retries = await asyncio.gather(*(client.post("/songs", json=SONG, headers=key("done")) for _ in range(10)))
+
+    assert [(retry.status_code, retry.headers["idempotent-replayed"]) for retry in retries] == [(201, "true")] * 10
+    assert {retry.json()["id"] for retry in retries} == {first.json()["id"]}
 
 
 async def test_the_batch_route_is_idempotent(client: httpx.AsyncClient) -> None:
@@ -175,3 +190,104 @@ async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
     assert lost.status_code == 503
     assert retry.status_code == 201  # not 409: the claim was freed, on a connection of its own
     assert "idempotent-replayed" not in retry.headers
+
+
+@asynccontextmanager
+async def holding_song_inserts(db: Database) -> AsyncIterator[None]:
+    """Song inserts wait for the block to end: on PostgreSQL for a table lock, on SQLite for the write lock."""
+    async with db.engine.connect() as connection:
+        if db.dialect == "postgresql":
+            await connection.begin()
+            await connection.exec_driver_sql("LOCK TABLE song IN EXCLUSIVE MODE")
+        else:
+            await connection.execution_options(**WRITE_OPTIONS)
+            await connection.begin()
+        yield
+        await connection.rollback()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not await condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.AsyncClient, db: Database) -> None:
+    await count_songs(client)  # the key's use recorded, a write of its own, before the test holds the writes
+    before = await scrape(client)
+    async with holding_song_inserts(db):
+        first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+
+        async def in_flight() -> bool:
+            return bool(idempotency._in_flight)
+
+        await wait_for(in_flight, "the first request under way")
+        started = time.monotonic()
+        retry = await client.post("/songs", json=SONG, headers=key("slow"))
+        waited = time.monotonic() - started
+        still_running = not first.done()
+    answered = await first
+    replayed = await client.post("/songs", json=SONG, headers=key("slow"))
+    after = await scrape(client)
+
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "idempotency-key-in-use"
+    assert still_running
+    assert waited < 2  # not the first's time: it waits for the test's lock as long as the test holds it
+    assert answered.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert await count_songs(client) == 1
+    for counter in ("songbook_idempotency_conflicts_total", "songbook_idempotency_replays_total"):
+        assert value(after, counter) - value(before, counter) == 1
+
+
+async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_once(
+    app: FastAPI, client: httpx.AsyncClient, db: Database, settings: Settings
+) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite's writers take turns: another process's retry waits for the first, then replays it")
+    other_instance = create_app(settings)
+    async with LifespanManager(other_instance), client_for(other_instance, None) as other:
+        other.headers["Authorization"] = client.headers["authorization"]
+        async with holding_song_inserts(db):
+            first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+
+            async def inserting() -> bool:
+                # The first holds the key's advisory lock, and waits for the test's lock on song.
+                waiting = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO song%'"
+                )
+                async with db.engine.connect() as connection:
+                    return bool((await connection.exec_driver_sql(waiting)).scalar_one())
+
+            await wait_for(inserting, "the first request's insert waiting")
+            started = time.monotonic()
+            retry = await other.post("/songs", json=SONG, headers=key("slow"))
+            waited = time.monotonic() - started
+            still_running = not first.done()
+        answered = await first
+        replayed = await other.post("/songs", json=SONG, headers=key("slow"))
+
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "idempotency-key-in-use"
+    assert still_running
+    assert waited < 2
+    assert answered.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert await count_songs(client) == 1
+
+
+async def test_keys_and_answers_with_quotes_and_dollars_are_kept_as_they_are(client: httpx.AsyncClient) -> None:
+    hostile = "k'$$\\x00;--\"$"
+    song = {"name": "It's $$ \\'; DROP TABLE song; --", "artist": "Ünïcødé \u2603"}
+
+    first = await client.post("/songs", json=song, headers=key(hostile))
+    retry = await client.post("/songs", json=song, headers=key(hostile))
+
+    assert first.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert first.json()["name"] == song["name"]
+    assert await count_songs(client) == 1

@@ -147,10 +147,12 @@ async def test_the_core_paths_work_through_pgbouncer_in_transaction_mode(
     assert sorted(listed) == sorted(ids)
     assert all(song["year"] == 1999 for page in pages for song in page.json())
 
-    batch = await writer.post(
-        "/songs/batch", json=[{"name": "Song 1", "artist": "Artist 1"}, {"name": "New", "artist": "B"}]
-    )
+    batch_in = [{"name": "Song 1", "artist": "Artist 1"}, {"name": "New", "artist": "B"}]
+    batch = await writer.post("/songs/batch", json=batch_in, headers={"Idempotency-Key": "batch"})
     assert [item["status"] for item in batch.json()["items"]] == ["duplicate", "created"]
+    batch_again = await writer.post("/songs/batch", json=batch_in, headers={"Idempotency-Key": "batch"})
+    assert batch_again.headers["Idempotent-Replayed"] == "true"
+    assert batch_again.json() == batch.json()
     searched = await reader.get("/songs", params={"q": "song", "limit": 100}, headers={"Prefer": "count=exact"})
     assert searched.headers["X-Total-Count"] == "40"
     exported = await reader.get("/songs", headers={"Accept": "text/csv"})

@@ -136,12 +136,15 @@ async def test_every_write_answers_a_token_and_no_read_does(pair: Replicated) ->
     async with service(pair, max_lag_ms=60_000) as (client, _):
         created = await create(client, "One")
         batch = await client.post("/songs/batch", json=[{"name": "Two", "artist": "The Band"}])
+        three = {"name": "Three", "artist": "The Band"}
+        keyed = await client.post("/songs", json=three, headers={"Idempotency-Key": "k"})
         deleted = await client.delete(created.headers["Location"])
         read = await client.get("/songs")
         scrape = await client.get("/metrics")
 
-    assert [HEADER in answer.headers for answer in (created, batch, deleted, read)] == [True, True, True, False]
-    assert token_of(created) < token_of(batch) < token_of(deleted)
+    answers = (created, batch, keyed, deleted, read)
+    assert [HEADER in answer.headers for answer in answers] == [True, True, True, True, False]
+    assert token_of(created) < token_of(batch) < token_of(keyed) < token_of(deleted)
     assert f'songbook_replica_usable{{replica="127.0.0.1:{pair.replica.port}"}} 1.0' in scrape.text
 
 

@@ -163,7 +163,7 @@ async def create_songs(
         return Response(result.model_dump_json(), media_type="application/json")
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create)
+    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create, on_session=True)
 
 
 @router.get(
