@@ -16,11 +16,14 @@ from app import schema
 from app.config import Settings, async_url
 from app.main import create_app
 from tests.catalog import empty_catalog
-from tests.conftest import client_for
+from tests.conftest import client_for, make_key
 from tests.pgcluster import Cluster
 
 WORKERS = 8
-ALL_KINDS = ("read", "page", "search", "create")
+# Every kind of request, reads and writes: a create with an Idempotency-Key is sent again (the same
+# key) after a 503, until it is answered 201, as a careful client does.
+ALL_KINDS = ("read", "page", "search", "create", "keyed", "batch", "export")
+KEYED_TRIES = 20
 
 
 @asynccontextmanager
@@ -36,17 +39,17 @@ async def service(url: str, **options: object) -> AsyncIterator[httpx.AsyncClien
         access_log=False,
     )
     application = create_app(settings)
-    async with LifespanManager(application), client_for(application, None) as client:
+    async with LifespanManager(application):
         await empty_catalog(application.state.database.engine)
-        yield client
+        # A key of its own: idempotent retries are kept by key.
+        async with client_for(application, await make_key(application, "write")) as client:
+            yield client
 
 
 class Load:
     """Clients reading songs, pages and searches and creating songs, each answer kept."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, *, kinds: tuple[str, ...] = ("read", "page", "search", "create")
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, kinds: tuple[str, ...] = ALL_KINDS) -> None:
         self.client = client
         self.kinds = kinds
         self.answers: collections.Counter[tuple[str, int]] = collections.Counter()
@@ -72,6 +75,13 @@ class Load:
                 answer = await self.client.get("/artists", params={"prefix": "se"})
             elif kind == "export":
                 answer = await self.client.get("/songs", params={"artist": "Seed"}, headers={"Accept": "text/csv"})
+            elif kind == "batch":
+                names = [f"Load {worker}-{number} {part}" for part in ("a", "b")]
+                answer = await self.client.post("/songs/batch", json=[{"name": n, "artist": "Load"} for n in names])
+                if answer.status_code == 200:
+                    self.created += names
+            elif kind == "keyed":
+                answer = await self.keyed(f"Load {worker}-{number}")
             else:
                 name = f"Load {worker}-{number}"
                 answer = await self.client.post("/songs", json={"name": name, "artist": "Load"})
@@ -80,6 +90,18 @@ class Load:
             self.answers[kind, answer.status_code] += 1
             if answer.status_code >= 500:
                 self.failures.append((time.monotonic(), kind, answer.status_code, answer.text))
+
+    async def keyed(self, name: str) -> httpx.Response:
+        """A create with an Idempotency-Key, sent again with the same key after each 503."""
+        headers = {"Idempotency-Key": name.replace(" ", "_")}
+        for _ in range(KEYED_TRIES):
+            answer = await self.client.post("/songs", json={"name": name, "artist": "Load"}, headers=headers)
+            if answer.status_code != 503:
+                break
+            await asyncio.sleep(0.2)
+        if answer.status_code == 201:
+            self.created.append(name)
+        return answer
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
