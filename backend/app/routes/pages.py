@@ -11,7 +11,6 @@ renders the problem the API would answer, with the same status, as a page.
 """
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -514,8 +513,7 @@ class _ImportRun:
             yield "done" if self.summary else "failed"
         finally:
             work.cancel()  # the reader went away: the import's transaction is rolled back
-            with contextlib.suppress(BaseException):
-                await work
+            await asyncio.gather(work, return_exceptions=True)
             await self.form.close()
 
     @property
