@@ -80,6 +80,10 @@ Statement = Select[*tuple[Any, ...]] | UpdateBase | TextClause
 T = TypeVar("T")
 
 
+# What a read that failed may be tried again for, if `lost_connection` says so.
+READ_AGAIN_ERRORS = (*DATABASE_ERRORS, asyncpg.InternalClientError)
+
+
 def lost_connection(exc: BaseException) -> bool:
     """Whether `exc` says the connection died or could not be made (not a wait for the pool that ran out).
 
@@ -90,7 +94,10 @@ def lost_connection(exc: BaseException) -> bool:
         if exc.connection_invalidated:
             return True
         exc = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else exc
-    return isinstance(exc, LOST_CONNECTION) and not isinstance(exc, TimeoutError)
+    # asyncpg's InternalClientError: a connection the server closed while it sat idle (its goodbye read
+    # first) refuses the statement before sending it.
+    lost = (*LOST_CONNECTION, asyncpg.InternalClientError)
+    return isinstance(exc, lost) and not isinstance(exc, TimeoutError)
 
 
 class Database:
@@ -258,7 +265,11 @@ class Database:
                 await session.connection(execution_options=WRITE_OPTIONS)
                 if self.replicas is not None:
                     self.replicas.wrote()
-            yield Transaction(session)
+            try:
+                yield Transaction(session)
+            except (*LOST_CONNECTION, asyncpg.InternalClientError):
+                await _drop_connection(session)
+                raise
             if write:
                 await session.commit()
 
@@ -272,7 +283,7 @@ class Database:
         """
         try:
             return await self._read_once(work)
-        except DATABASE_ERRORS as exc:
+        except READ_AGAIN_ERRORS as exc:
             if not lost_connection(exc):
                 raise
         return await self._read_once(work)
@@ -312,7 +323,7 @@ class Database:
                     raise
                 transactions = [self._anywhere.transaction]
                 continue
-            except DATABASE_ERRORS as exc:
+            except READ_AGAIN_ERRORS as exc:
                 if started or not transactions or not lost_connection(exc):
                     raise
                 continue
@@ -417,7 +428,7 @@ class Database:
         """
         try:
             return await self._estimated_rows(statement.params(dict(params)))
-        except DATABASE_ERRORS as exc:
+        except READ_AGAIN_ERRORS as exc:
             if not lost_connection(exc):
                 raise
         return await self._estimated_rows(statement.params(dict(params)))
@@ -805,10 +816,29 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
     return engine
 
 
+async def _drop_connection(session: AsyncSession) -> None:
+    """Invalidates the connection of a session whose driver, called directly (a COPY), found it dead.
+
+    SQLAlchemy never saw it fail: closing the session would roll back on it,
+    fail, and leave it to the garbage collector.
+    """
+    if session.in_transaction():
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await (await session.connection()).invalidate()
+
+
 def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
     """A server that no longer takes writes (a switchover's old primary behind PgBouncer, which a ping
-    does not tell): its connection is dropped, and the pool's others with it, as for a lost connection."""
-    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+    does not tell): its connection is dropped, and the pool's others with it, as for a lost connection.
+
+    So is one whose protocol asyncpg finds mid-operation (`InternalClientError`: the server closed it
+    while it sat idle, its goodbye read first), on a statement or on the pool's ping: SQLAlchemy
+    does not know that error, and would otherwise hand the connection out again, or lose track of it.
+    """
+    original = context.original_exception
+    if getattr(original, "sqlstate", None) == READ_ONLY_SQLSTATE or isinstance(
+        original.__cause__ if original.__cause__ is not None else original, asyncpg.InternalClientError
+    ):
         context.is_disconnect = True
 
 

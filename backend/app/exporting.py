@@ -117,11 +117,15 @@ async def _copy_out(
             yield chunk
         await task  # its error, if it failed
     finally:
+        finished = task.done() and not task.cancelled() and task.exception() is None
         if not task.done():
             # The reader left early: the connection is mid-COPY, so it is closed, not reused.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if not finished:
+            # Left early, or the COPY failed (its connection may have died under it, which
+            # SQLAlchemy cannot tell: asyncpg ran it): closed, so that nothing rolls back on it.
             await connection.invalidate()
 
 
