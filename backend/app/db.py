@@ -155,9 +155,6 @@ class Database:
         values = [params[name] for name in names]
         if self.replicas is not None and (replicated := await self._replicated(sql, values, write, primary)):
             return replicated.rows
-        binding = _binding.get()
-        if binding is not None and binding.owns(self):
-            return await binding.fetch(sql, values)
         sent = False
         try:
             # As `_connection` does, written out: its generator costs about a tenth of a small read (py-spy).
@@ -222,28 +219,6 @@ class Database:
             return None
 
     @contextlib.asynccontextmanager
-    async def bound(self) -> AsyncIterator[None]:
-        """Within the block, this task's `fetch`es share one connection: each still a transaction of its own.
-
-        One turn at the pool for them all. An idempotent write claims its key,
-        writes and keeps its answer, three commits: taking a turn for each, it
-        went to the back of the line each time, and keyed creates ran at half
-        the rate (backend/README.md, "Speed"). The connection is taken at the
-        first statement, and given back while a `transaction` of the block runs
-        on the engine's pool, so that it never waits idle.
-        """
-        if self.pool is None or _binding.get() is not None:
-            yield
-            return
-        binding = _Binding(self, asyncio.current_task())
-        token = _binding.set(binding)
-        try:
-            yield
-        finally:
-            _binding.reset(token)
-            await binding.release()
-
-    @contextlib.asynccontextmanager
     async def transaction(self, *, write: bool = False) -> AsyncIterator["Transaction"]:
         """A unit of work on a session: one that `write`s is committed when the block ends; any is
         rolled back if it raises (and a read, which has nothing to commit, when it ends).
@@ -256,9 +231,6 @@ class Database:
             async with unit.transaction(write=write) as joined:
                 yield joined
             return
-        binding = _binding.get()
-        if binding is not None and binding.owns(self):
-            await binding.release()
         reading = not write and self.replicas is not None
         async with await self._read_session() if reading else self._sessionmaker() as session:
             if write:
@@ -567,47 +539,6 @@ async def _fetch(connection: asyncpg.Connection, sql: str, values: Sequence[Any]
     except BaseException:
         connection.terminate()
         raise
-
-
-@dataclass
-class _Binding:
-    """The connection a `Database.bound` block holds, taken at its first statement."""
-
-    database: Database
-    task: asyncio.Task[Any] | None
-    _held: contextlib.AbstractAsyncContextManager[asyncpg.Connection] | None = None
-    _connection: asyncpg.Connection | None = None
-
-    def owns(self, database: Database) -> bool:
-        # A task started inside the block inherits the binding, not the right to use its connection.
-        return database is self.database and asyncio.current_task() is self.task
-
-    async def connection(self) -> asyncpg.Connection:
-        if self._connection is None:
-            held = self.database._connection()
-            self._connection = await held.__aenter__()
-            self._held = held  # only once taken: a wait cut short leaves nothing to give back
-        return self._connection
-
-    async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
-        try:
-            return await _fetch(await self.connection(), sql, values)
-        except asyncpg.ReadOnlySQLTransactionError:
-            assert self.database.pool is not None  # a binding is made only on the hot paths' pool
-            await self.database.pool.expire_connections()  # as `Database.fetch` does
-            raise
-        except BaseException:
-            if self._connection is not None and self._connection.is_closed():
-                await self.release()  # the block's next statement takes a fresh one
-            raise
-
-    async def release(self) -> None:
-        held, self._held, self._connection = self._held, None, None
-        if held is not None:
-            await held.__aexit__(None, None, None)
-
-
-_binding: ContextVar[_Binding | None] = ContextVar("songbook_binding", default=None)
 
 
 class Locked(Exception):

@@ -37,39 +37,6 @@ async def pid(database: db.Database) -> int:
     return int(rows[0]["pid"])
 
 
-async def test_statements_in_a_bound_block_share_one_connection(database: db.Database) -> None:
-    async with database.bound():
-        pairs = [await ours_and_another_tasks(database) for _ in range(3)]
-
-    ours, others = {pair[0] for pair in pairs}, {pair[1] for pair in pairs}
-    assert len(ours) == 1  # the block's connection throughout
-    assert ours.isdisjoint(others)  # and nobody else's meanwhile
-
-
-async def ours_and_another_tasks(database: db.Database) -> tuple[int, int]:
-    """The backends of a statement of this task and, meanwhile, of a task started here."""
-    other = asyncio.create_task(pid(database))
-    return await pid(database), await other
-
-
-def in_use(database: db.Database) -> int:
-    assert database.pool is not None
-    return int(database.pool.get_size() - database.pool.get_idle_size())
-
-
-async def test_a_bound_block_gives_its_connection_back_while_a_transaction_of_it_runs(database: db.Database) -> None:
-    async with database.bound():
-        await pid(database)
-        held = in_use(database)
-        async with database.transaction():
-            during = in_use(database)
-        await pid(database)
-        again = in_use(database)
-    after = in_use(database)
-
-    assert (held, during, again, after) == (1, 0, 1, 0)
-
-
 async def test_the_urls_options_for_sqlalchemys_driver_leave_the_hot_pool_working(settings: Settings) -> None:
     # What SQLAlchemy documents for PgBouncer: an option of its asyncpg driver, unknown to asyncpg.
     url = settings.sqlalchemy_url.update_query_dict({"prepared_statement_cache_size": "0"})
