@@ -10,13 +10,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
-from app import idempotency
+from app import idempotency, songs
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
 from app.main import create_app
-from app.models import IdempotencyRecord, utcnow
+from app.folding import derived_columns
+from app.formats import RawRow
+from app.models import IdempotencyRecord, Song, utcnow
 from tests.conftest import client_for, make_key
 from tests.test_metrics import scrape, value
 
@@ -67,6 +69,25 @@ async def test_an_error_answer_is_replayed_too(client: httpx.AsyncClient) -> Non
     assert retry.json() | {"request_id": first.headers["X-Request-ID"]} == first.json()
     assert retry.json()["request_id"] == retry.headers["X-Request-ID"] != first.headers["X-Request-ID"]
     assert retry.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_keyed_create_whose_set_aside_id_an_import_took_gets_another(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    first = await client.post("/songs", json=SONG, headers=key("first"))
+    # An export's row brings the id the next keyed create would have had (PostgreSQL sets ids aside).
+    taken = first.json()["id"] + 1
+    await songs.import_songs(db=db, sources=[("export", [RawRow(2, {"id": taken, "name": "Taken", "artist": "X"})])])
+
+    second = await client.post("/songs", json={"name": "Second", "artist": "Y"}, headers=key("second"))
+    retry = await client.post("/songs", json={"name": "Second", "artist": "Y"}, headers=key("second"))
+
+    assert second.status_code == 201
+    assert second.json()["id"] not in (first.json()["id"], taken)
+    assert (await client.get(f"/songs/{taken}")).json()["name"] == "Taken"
+    assert retry.json() == second.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert await count_songs(client) == 3
 
 
 async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -194,11 +215,15 @@ async def test_a_write_whose_connection_dies_frees_its_key_for_the_retry(
 
 @asynccontextmanager
 async def holding_song_inserts(db: Database) -> AsyncIterator[None]:
-    """Song inserts wait for the block to end: on PostgreSQL for a table lock, on SQLite for the write lock."""
+    """Inserts of `SONG` wait for the block to end: on PostgreSQL for the test's own insert of it (its
+    transaction holds the song's keys in the unique index), on SQLite for the write lock.
+
+    A write held so is under way: past its key's lock, in the one statement of a foreseen create too.
+    """
     async with db.engine.connect() as connection:
         if db.dialect == "postgresql":
             await connection.begin()
-            await connection.exec_driver_sql("LOCK TABLE song IN EXCLUSIVE MODE")
+            await connection.execute(insert(Song).values(SONG | derived_columns(SONG)))
         else:
             await connection.execution_options(**WRITE_OPTIONS)
             await connection.begin()
@@ -254,10 +279,10 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
             first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
 
             async def inserting() -> bool:
-                # The first holds the key's advisory lock, and waits for the test's lock on song.
+                # The first holds the key's advisory lock, and waits for the test's insert of the song.
                 waiting = (
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO song%'"
+                    "AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND query LIKE '%INSERT INTO song%'"
                 )
                 async with db.engine.connect() as connection:
                     return bool((await connection.exec_driver_sql(waiting)).scalar_one())

@@ -19,7 +19,7 @@ from app.db import Database, DatabaseDep
 from app.errors import InvalidParameter
 from app.formats import Format
 from app.importing import OnConflict
-from app.models import BATCH_SIZE_CEILING, BatchResult, SongCreate, SongPublic, SongQuery, SongUpdate
+from app.models import BATCH_SIZE_CEILING, BatchResult, Song, SongCreate, SongPublic, SongQuery, SongRow, SongUpdate
 from app.openapi import READ_AFTER_HEADER, problem_responses, reads_headers
 from app.routes.links import check_page_size, preferred_count, set_next_link
 from app.routes.responses import song_response, songs_response
@@ -27,6 +27,7 @@ from app.routes.responses import song_response, songs_response
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503))
 
 READ, WRITE = require("read"), require("write")
+SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
 
 SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
 
@@ -119,11 +120,21 @@ async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db:
 async def create_song(song_in: SongCreate, request: Request, caller: WriterDep, db: DatabaseDep) -> Response:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
 
-    async def create() -> Response:
-        song = await songs.create_song(db=db, song_in=song_in)
+    def created(song: SongRow) -> Response:
         return song_response(song, status_code=status.HTTP_201_CREATED, headers={"Location": f"/songs/{song['id']}"})
 
-    return await idempotency.run_once(request, db=db, caller=caller, payload=song_in.model_dump(), write=create)
+    async def create() -> Response:
+        return created(await songs.create_song(db=db, song_in=song_in))
+
+    async def foresee() -> idempotency.Foreseen | None:
+        # Its id set aside, a new song's answer is known before it is written: kept with it, at once.
+        row = await songs.new_song(db=db, song_in=song_in)
+        if row is None:
+            return None
+        return idempotency.Foreseen(SONG_TABLE, row, created(songs.song_of(row)), written=songs.count_created)
+
+    payload = song_in.model_dump()
+    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create, foresee=foresee)
 
 
 @router.post(
