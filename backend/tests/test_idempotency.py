@@ -15,9 +15,9 @@ from sqlalchemy import insert, update
 from app import idempotency, songs
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
-from app.main import create_app
 from app.folding import derived_columns
 from app.formats import RawRow
+from app.main import create_app
 from app.models import IdempotencyRecord, Song, utcnow
 from tests.conftest import client_for, make_key
 from tests.test_metrics import scrape, value
@@ -238,45 +238,55 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_retry_while_the_first_is_running_is_409_at_once(client: httpx.AsyncClient, db: Database) -> None:
+# A keyed write of SONG on each route that takes an Idempotency-Key: its path, body and status.
+ROUTES = {"create": ("/songs", SONG, 201), "batch": ("/songs/batch", [SONG], 200)}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+async def test_a_retry_while_the_first_is_running_is_409_at_once(
+    client: httpx.AsyncClient, db: Database, route: str
+) -> None:
+    path, body, created = ROUTES[route]
     await count_songs(client)  # the key's use recorded, a write of its own, before the test holds the writes
     before = await scrape(client)
     async with holding_song_inserts(db):
-        first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+        first = asyncio.create_task(client.post(path, json=body, headers=key("slow")))
 
         async def in_flight() -> bool:
             return bool(idempotency._in_flight)
 
         await wait_for(in_flight, "the first request under way")
         started = time.monotonic()
-        retry = await client.post("/songs", json=SONG, headers=key("slow"))
+        retry = await client.post(path, json=body, headers=key("slow"))
         waited = time.monotonic() - started
         still_running = not first.done()
     answered = await first
-    replayed = await client.post("/songs", json=SONG, headers=key("slow"))
+    replayed = await client.post(path, json=body, headers=key("slow"))
     after = await scrape(client)
 
     assert retry.status_code == 409
     assert retry.json()["code"] == "idempotency-key-in-use"
     assert still_running
     assert waited < 2  # not the first's time: it waits for the test's lock as long as the test holds it
-    assert answered.status_code == 201
+    assert answered.status_code == created
     assert replayed.headers["idempotent-replayed"] == "true"
     assert await count_songs(client) == 1
     for counter in ("songbook_idempotency_conflicts_total", "songbook_idempotency_replays_total"):
         assert value(after, counter) - value(before, counter) == 1
 
 
+@pytest.mark.parametrize("route", list(ROUTES))
 async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_once(
-    app: FastAPI, client: httpx.AsyncClient, db: Database, settings: Settings
+    app: FastAPI, client: httpx.AsyncClient, db: Database, settings: Settings, route: str
 ) -> None:
+    path, body, created = ROUTES[route]
     if db.dialect != "postgresql":
         pytest.skip("SQLite's writers take turns: another process's retry waits for the first, then replays it")
     other_instance = create_app(settings)
     async with LifespanManager(other_instance), client_for(other_instance, None) as other:
         other.headers["Authorization"] = client.headers["authorization"]
         async with holding_song_inserts(db):
-            first = asyncio.create_task(client.post("/songs", json=SONG, headers=key("slow")))
+            first = asyncio.create_task(client.post(path, json=body, headers=key("slow")))
 
             async def inserting() -> bool:
                 # The first holds the key's advisory lock, and waits for the test's insert of the song.
@@ -289,17 +299,17 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
 
             await wait_for(inserting, "the first request's insert waiting")
             started = time.monotonic()
-            retry = await other.post("/songs", json=SONG, headers=key("slow"))
+            retry = await other.post(path, json=body, headers=key("slow"))
             waited = time.monotonic() - started
             still_running = not first.done()
         answered = await first
-        replayed = await other.post("/songs", json=SONG, headers=key("slow"))
+        replayed = await other.post(path, json=body, headers=key("slow"))
 
     assert retry.status_code == 409
     assert retry.json()["code"] == "idempotency-key-in-use"
     assert still_running
     assert waited < 2
-    assert answered.status_code == 201
+    assert answered.status_code == created
     assert replayed.headers["idempotent-replayed"] == "true"
     assert await count_songs(client) == 1
 
