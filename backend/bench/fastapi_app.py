@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, StringConstraints
-from reference_app import INSERT_SONG, SELECT_PAGE, SELECT_SONG, insert_values
+from reference_app import INSERT_SONG, SEARCH_PAGE, SELECT_PAGE, SELECT_SONG, insert_values, prefix_query
 
 DSN = os.environ.get("REFERENCE_DSN", "postgresql://postgres@127.0.0.1/songbook_bench")
 POOL_SIZE = int(os.environ.get("REFERENCE_POOL", "10"))
@@ -56,9 +56,16 @@ async def get_song(song_id: int, request: Request) -> Response:
 
 @app.get("/songs")
 async def list_songs(
-    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50, after: Annotated[int, Query(ge=0)] = 0
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[int, Query(ge=0)] = 0,
+    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> Response:
-    rows = await request.app.state.pool.fetch(SELECT_PAGE, after, limit)
+    pool = request.app.state.pool
+    if q is not None:
+        rows = await pool.fetch(SEARCH_PAGE, prefix_query(q), after, limit)
+    else:
+        rows = await pool.fetch(SELECT_PAGE, after, limit)
     songs = [dict(row) for row in rows]
     headers = {"Link": f'</songs?limit={limit}&after={songs[-1]["id"]}>; rel="next"'} if len(songs) == limit else None
     return answer(songs, headers=headers)

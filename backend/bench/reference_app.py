@@ -30,6 +30,10 @@ FIELDS = "*"
 # The statements, which bench/fastapi_app.py runs too.
 SELECT_SONG = f"SELECT {FIELDS} FROM song WHERE id = $1"
 SELECT_PAGE = f"SELECT {FIELDS} FROM song WHERE id > $1 ORDER BY id LIMIT $2"
+# A plain prefix full-text query: every word of the query, as typed so far (no typos).
+SEARCH_PAGE = (
+    f"SELECT {FIELDS} FROM song WHERE search_vector @@ to_tsquery('simple', $1) AND id > $2 ORDER BY id LIMIT $3"
+)
 INSERT_SONG = (
     "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search, created_at, updated_at) "
     f"VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {FIELDS}"
@@ -40,6 +44,11 @@ pool: Any = None
 def insert_values(name: str, artist: str) -> tuple[Any, ...]:
     """The values of `INSERT_SONG`: with the derived columns a song needs in this schema."""
     return name, artist, song_key(name), song_key(artist), search_fold(name), search_fold(artist), datetime.now(UTC)
+
+
+def prefix_query(q: str) -> str:
+    """The tsquery of `SEARCH_PAGE` for what was typed: each word a prefix."""
+    return " & ".join(f"{word}:*" for word in search_fold(q).split())
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -79,14 +88,7 @@ async def list_songs(scope: dict[str, Any], send: Any) -> None:
     limit = max(1, min(int(query.get("limit", ["50"])[0]), 500))
     after = int(query.get("after", ["0"])[0])
     if "q" in query:
-        words = " & ".join(f"{word}:*" for word in search_fold(query["q"][0]).split())
-        rows = await pool.fetch(
-            f"SELECT {FIELDS} FROM song WHERE search_vector @@ to_tsquery('simple', $1) AND id > $2 "
-            "ORDER BY id LIMIT $3",
-            words,
-            after,
-            limit,
-        )
+        rows = await pool.fetch(SEARCH_PAGE, prefix_query(query["q"][0]), after, limit)
     else:
         rows = await pool.fetch(SELECT_PAGE, after, limit)
     songs = [dict(row) for row in rows]
