@@ -4,6 +4,10 @@
 UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := cd backend && $(UV) run --locked
+# Installed packages compiled to bytecode once, as the image does: where nothing may write it at run
+# time (PYTHONDONTWRITEBYTECODE, a read-only install), each start would compile them again (the
+# app's import took 3.1 s instead of 2.0 on a loaded machine).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: run key test lint typecheck pytest sync check-docker bench bench-telemetry bench-queries bench-transfer clean
 
