@@ -13,9 +13,7 @@ import math
 import time
 from typing import Protocol
 
-import redis.asyncio as redis
 from fastapi import Request
-from redis.exceptions import RedisError
 
 from app import metrics
 from app.errors import TooManyRequests
@@ -90,13 +88,18 @@ class RedisBuckets:
     PREFIX = "songbook:rate:"
 
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # Imported here, where Redis is used: the client takes a quarter of a second of every start.
+        import redis.asyncio as redis
+        from redis.exceptions import RedisError
+
+        self._redis: redis.Redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._take = self._redis.register_script(_TAKE)
+        self._unreachable = (RedisError, OSError)
 
     async def take(self, name: str, per_second: float, burst: int) -> float:
         try:
             wait = await self._take(keys=[self.PREFIX + name], args=[per_second, burst])
-        except (RedisError, OSError) as exc:
+        except self._unreachable as exc:
             logger.warning("rate limits not applied: Redis is unreachable (%s)", type(exc).__name__)
             return 0.0
         return float(wait)
