@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, problem_body
 
@@ -57,6 +58,19 @@ def reads_headers(*names: str) -> dict[str, Any]:
             for name in names
         ]
     }
+
+
+def reads_query(model: type[BaseModel], *headers: str) -> dict[str, Any]:
+    """The `openapi_extra` of a route that reads its query string as `model` itself (`links.read_query`), and
+    the request headers `headers`."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    query = [
+        {"name": name, "in": "query", "required": name in required, "schema": field}
+        | ({"description": field["description"]} if "description" in field else {})
+        for name, field in schema["properties"].items()
+    ]
+    return {"parameters": [*query, *reads_headers(*headers)["parameters"]]}
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -20,8 +20,8 @@ from app.errors import InvalidParameter
 from app.formats import Format
 from app.importing import OnConflict
 from app.models import BATCH_SIZE_CEILING, BatchResult, Song, SongCreate, SongPublic, SongQuery, SongRow, SongUpdate
-from app.openapi import READ_AFTER_HEADER, problem_responses, reads_headers
-from app.routes.links import check_page_size, preferred_count, set_next_link
+from app.openapi import READ_AFTER_HEADER, problem_responses, reads_headers, reads_query
+from app.routes.links import check_page_size, preferred_count, read_query, set_next_link
 from app.routes.responses import song_response, songs_response
 
 router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503))
@@ -79,14 +79,15 @@ WRITTEN = {**ETAG, **READ_AFTER_HEADER}
         },
         **problem_responses(422),
     },
-    openapi_extra=reads_headers("Prefer", "Songbook-Read-After"),
+    openapi_extra=reads_query(SongQuery, "Prefer", "Songbook-Read-After"),
 )
-async def list_songs(request: Request, query: Annotated[SongQuery, Query()], db: DatabaseDep) -> Response:
+async def list_songs(request: Request, db: DatabaseDep) -> Response:
     """Lists, filters, sorts and searches the songs, a page at a time.
 
     With `Accept: text/csv` or `application/x-ndjson`, streams every matching
     song instead (an export), in id order, without paging.
     """
+    query = read_query(request, SongQuery)
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
         return await export_response(request, db, query, export)
