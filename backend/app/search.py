@@ -19,7 +19,8 @@ A query is read word by word, in two tiers of relevance:
 
 Finding the close words costs more than the search itself (a trigram scan of
 the vocabulary): `NearWords` keeps them for a while. The words a query word
-starts are looked up on every search.
+starts are the full-text index's own prefix match, in the statement of the
+page: a search whose close words are kept is one statement.
 
 Within a tier songs come in id order, so that a page is an index scan that
 stops after `limit` rows, whatever the number of matches. A search's cursors
@@ -62,7 +63,6 @@ MIN_SIMILARITY = 0.7
 MAX_ALTERNATIVES = 20
 
 
-MAX_PREFIXED = 50
 MIN_PREFIX = 3
 CANDIDATES = 100
 TRIGRAM_SIMILARITY = 0.2
@@ -119,25 +119,23 @@ class Search:
 @dataclass(frozen=True)
 class _Word:
     word: str
-    prefixed: list[str] | None  # the catalog's words that start with it; None if too many to list
     closest: list[str]  # the catalog's words closest to it (within 0.05 of the best)
     close: list[str]  # all the catalog's words close to it
 
 
 async def plan(db: "Database", query: str) -> Search:
-    """Reads the query, and looks up each of its words in the catalog's vocabulary (the close ones in `db.near_words`
-    first): one statement on the hot path, and another in a transaction of its own for words not looked up lately."""
+    """Reads the query, and finds the catalog's words close to each of its words (kept in `db.near_words`):
+    no statement for words looked up lately, else one, in a transaction of its own."""
     postgres = db.dialect == "postgresql"
     words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
     known = {word: db.near_words.get(word) for word in words}
     unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
-    starting = await (_postgres_starting if postgres else _sqlite_starting)(db, words, unknown)
     if unknown:
         candidates = await (_postgres_nearest(db, unknown) if postgres else _sqlite_vocabulary(db, unknown))
         for word in unknown:
             known[word] = _near(word, candidates[word])
             db.near_words.keep(word, known[word] or [])
-    found = [_word(word, starting[word], known[word] or []) for word in words]
+    found = [_word(word, known[word] or []) for word in words]
     return Search(
         queries=(
             _full_text_query([_starting(word, postgres) for word in found], postgres),
@@ -149,10 +147,10 @@ async def plan(db: "Database", query: str) -> Search:
 
 
 def _starting(word: _Word, postgres: bool) -> list[str]:
-    # Listing the words themselves, rather than a prefix query, lets the
-    # planner estimate from its statistics how many songs hold them.
-    if word.prefixed is not None:
-        return word.prefixed
+    """The words that `word` starts, as a prefix query; a word too short to be a prefix, as itself."""
+    if len(word.word) < MIN_PREFIX:
+        # "n" of "Guns N' Roses": as a prefix it would match nearly everything.
+        return [word.word if postgres else f'"{word.word}"']
     return [f"{word.word}:*" if postgres else f'"{word.word}"*']
 
 
@@ -169,15 +167,6 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
     return " AND ".join("(" + " OR ".join(terms) + ")" for terms in quoted)
 
 
-# The vocabulary's words each query word starts: a range of its primary key (byte-wise collation).
-_POSTGRES_STARTING = text(
-    """
-    SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
-    CROSS JOIN LATERAL (
-        SELECT term FROM search_term WHERE term >= query.word AND term < query.word || :last ORDER BY term LIMIT :most
-    ) AS found
-    """
-).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("last", type_=String), bindparam("most", type_=Integer))
 # The words similar to each by trigrams, from the GIN index: at 0.2 rather than pg_trgm's 0.3, as "lonley"
 # is only 0.27 similar to "lonely" by trigrams, though one edit away.
 _POSTGRES_NEAREST = text(
@@ -195,14 +184,6 @@ _SQLITE_TERMS = text("SELECT term FROM song_search_terms WHERE term >= :low AND 
 _LAST = "\U0010ffff"
 
 
-async def _postgres_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
-    params = {"words": words, "last": _LAST, "most": MAX_PREFIXED + 1}
-    starting: dict[str, list[str]] = {word: [] for word in words}
-    for row in await db.fetch(_POSTGRES_STARTING, params):
-        starting[row["word"]].append(row["term"])
-    return starting
-
-
 async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[str]]:
     async def candidates(transaction: "Transaction") -> Sequence[Mapping[str, Any]]:
         # SET LOCAL ends with the transaction (and works through PgBouncer's transaction pooling).
@@ -213,14 +194,6 @@ async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[
     for row in await db.read(candidates):
         nearest[row["word"]].append(row["term"])
     return nearest
-
-
-async def _sqlite_starting(db: "Database", words: list[str], unknown: list[str]) -> dict[str, list[str]]:
-    starting = {}
-    for word in words:
-        rows = await db.fetch(_SQLITE_TERMS, {"low": word, "high": word + _LAST, "most": MAX_PREFIXED + 1})
-        starting[word] = [str(row["term"]) for row in rows]
-    return starting
 
 
 async def _sqlite_vocabulary(db: "Database", words: list[str]) -> dict[str, list[str]]:
@@ -244,13 +217,12 @@ def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:
     return [(term, score) for term, score, _ in close if not term.startswith(word)]
 
 
-def _word(word: str, starting: list[str], near: list[tuple[str, float]]) -> _Word:
+def _word(word: str, near: list[tuple[str, float]]) -> _Word:
     if len(word) < MIN_PREFIX:
-        # "n" of "Guns N' Roses": as a prefix or a misspelling it would match nearly everything.
-        return _Word(word=word, prefixed=[word] if word in starting else [], closest=[], close=[])
+        # Too short to be told from a misspelling of nearly every word.
+        return _Word(word=word, closest=[], close=[])
     return _Word(
         word=word,
-        prefixed=sorted(starting) if len(starting) <= MAX_PREFIXED else None,
         closest=sorted(term for term, score in near if score >= near[0][1] - 0.05),
         close=sorted(term for term, _ in near),
     )
