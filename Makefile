@@ -9,7 +9,7 @@ RUN := cd backend && $(UV) run --locked
 # app's import took 3.1 s instead of 2.0 on a loaded machine).
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run key test lint typecheck pytest sync check-docker bench bench-telemetry bench-queries bench-transfer clean
+.PHONY: run key test lint typecheck pytest sync check-docker bench bench-telemetry bench-cpu bench-queries bench-transfer clean
 
 # Without the dev tools: a laptop that only runs the service installs only what it needs.
 run: $(UV)
@@ -44,6 +44,11 @@ bench: sync
 # What request ids, metrics and the access log each cost, in µs a request (in one process, no HTTP).
 bench-telemetry: sync
 	$(RUN) python bench/telemetry.py $(BENCH_ARGS)
+
+# CPU time a request of the service and of the floor, in one process (no HTTP server): where the
+# difference goes, with BENCH_ARGS="get --profile". Needs the catalog `make bench` seeds.
+bench-cpu: sync
+	$(RUN) python bench/cpu.py $(or $(BENCH_ARGS),get)
 
 # Query latency at a million songs on PostgreSQL (BENCH_DATABASE_URL) and SQLite.
 bench-queries: sync

@@ -1,0 +1,146 @@
+"""CPU time a request of the service and of the framework's floor, in one process: `make bench-cpu`.
+
+    uv run python bench/cpu.py --help     # from backend/
+
+Drives each app as an ASGI callable, without an HTTP server, over the `make
+bench` catalog (BENCH_SERVE_DATABASE_URL, seeded by `make bench`), with a few
+requests in flight at once, and prints the process's CPU time per request:
+what the app and the driver cost, apart from uvicorn and PostgreSQL, so that
+small differences show through the noise of a shared machine. `--profile`
+prints cProfile's busiest functions of the service's run: where its time
+goes beyond the floor's.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import pstats
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Message
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from serve import DEFAULT_URL, service_env  # noqa: E402
+
+SEARCHED = ["love", "night", "blue", "heart", "dream", "fire", "rain", "song", "moon", "road"]
+IN_FLIGHT = 8
+
+
+def request(mode: str, number: int, songs: int) -> tuple[dict[str, Any], bytes]:
+    """The ASGI scope and body of one request of `mode`, as `bench/wrk/songbook.lua` sends it."""
+    method, path, query, body = "GET", "/songs", b"", b""
+    if mode == "get":
+        path = f"/songs/{random.randint(1, songs)}"
+    elif mode == "list":
+        query = b"limit=50"
+    elif mode == "search":
+        query = b"limit=50&q=" + random.choice(SEARCHED).encode()
+    else:
+        method, body = "POST", json.dumps({"name": f"CPU {time.time_ns()}-{number}", "artist": "A"}).encode()
+    headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench")]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    return scope, body
+
+
+async def call(app: ASGIApp, scope: dict[str, Any], body: bytes) -> int:
+    """The status `app` answers the request with."""
+    sent = False
+    status = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # the client stays: no disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def measure(app: ASGIApp, mode: str, count: int, songs: int, profile: cProfile.Profile | None) -> float:
+    """CPU µs a request of `mode`, over `count` requests after a warm-up."""
+
+    async def send_all(first: int, total: int) -> None:
+        for number in range(first, first + total):
+            status = await call(app, *request(mode, number, songs))
+            if status >= 400:
+                raise SystemExit(f"{mode}: answered {status}")
+
+    async with LifespanManager(app):
+        await send_all(0, 200)
+        started = time.process_time()
+        if profile is not None:
+            profile.enable()
+        share = count // IN_FLIGHT
+        await asyncio.gather(*(send_all(1000 + k * share, share) for k in range(IN_FLIGHT)))
+        if profile is not None:
+            profile.disable()
+        return (time.process_time() - started) / (share * IN_FLIGHT) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["get", "list", "search", "post"])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the floor and the service")
+    parser.add_argument("--songs", type=int, default=100_000, help="songs in the catalog (ids to ask for)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the service's last round")
+    args = parser.parse_args()
+    url = os.environ.get("BENCH_SERVE_DATABASE_URL", DEFAULT_URL)
+    os.environ.update(service_env(url) | {"REFERENCE_DSN": url})
+    from fastapi_app import app as floor  # it reads REFERENCE_DSN as it is imported
+
+    from app.main import create_app
+
+    results: dict[str, list[float]] = {"floor": [], "service": []}
+    profile = cProfile.Profile() if args.profile else None
+    # The service's logs go to a file, as a container's do: written, not shown.
+    with tempfile.TemporaryFile("w") as log, contextlib.redirect_stderr(log):
+        service = create_app()
+        for round_ in range(args.rounds):
+            results["floor"].append(asyncio.run(measure(floor, args.mode, args.requests, args.songs, None)))
+            last = round_ == args.rounds - 1
+            used = profile if last else None
+            results["service"].append(asyncio.run(measure(service, args.mode, args.requests, args.songs, used)))
+    floor_us, service_us = (sorted(runs)[len(runs) // 2] for runs in results.values())
+    ratio = service_us / floor_us
+    print(f"{args.mode}: floor {floor_us:.0f} µs CPU a request, service {service_us:.0f} µs ({ratio:.2f}x)")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+
+
+if __name__ == "__main__":
+    main()
