@@ -125,7 +125,7 @@ songs_changed = Counter(
 )
 searches = Counter(
     "songbook_search_queries",
-    "Searches (GET /songs?q=), by the deepest tier of relevance they had to query; none when no word can match.",
+    "Searches (GET /songs?q=), by the deepest tier of relevance they had to query; none for a query of no word.",
     ["tier"],
     registry=registry,
 )
