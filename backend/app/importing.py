@@ -48,8 +48,9 @@ from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
 BATCH_SIZE = 10_000
-# A bulk import of this many times more rows than the catalog holds builds the
-# secondary indexes once after its insert instead of keeping them row by row.
+# On SQLite, a bulk import of this many times more rows than the catalog holds
+# builds the secondary indexes once after its insert instead of keeping them row
+# by row (see _rebuilds_indexes).
 REBUILD_FACTOR = 10
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -360,7 +361,7 @@ class Import:
         c, now = staging.c, utcnow()
         if self._postgresql:
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
-        rebuild = self.bulk and await self._large_against_catalog()
+        rebuild = await self._rebuilds_indexes()
         if rebuild and self._postgresql:
             # No writer may slip in between the decisions and the insert, which has no
             # unique index to check it; readers still read (SQLite's lock is held already).
@@ -479,10 +480,17 @@ class Import:
     def _place(self, source: int, other_source: int, other_line: int) -> str:
         return f"line {other_line}" if source == other_source else f"{self.sources[other_source]}:{other_line}"
 
-    async def _large_against_catalog(self) -> bool:
-        enough = self._staged // REBUILD_FACTOR
-        if self._staged < BATCH_SIZE:
+    async def _rebuilds_indexes(self) -> bool:
+        """Whether the secondary indexes are built once after the insert rather than kept row by row.
+
+        Only for a bulk import of a batch or more. On SQLite readers read on while
+        the import writes: when it brings ten times the rows the catalog holds. On
+        PostgreSQL dropping an index locks readers out until the commit: only
+        into an empty catalog, where no reader can be kept from a song.
+        """
+        if not self.bulk or self._staged < BATCH_SIZE:
             return False
+        enough = 1 if self._postgresql else self._staged // REBUILD_FACTOR
         bounded = select(func.count()).select_from(select(song.c.id).limit(enough).subquery())
         return bool((await self.connection.execute(bounded)).scalar_one() < enough)
 
