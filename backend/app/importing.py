@@ -368,6 +368,10 @@ class Import:
             await self.connection.exec_driver_sql("LOCK TABLE song IN EXCLUSIVE MODE")
         await self._decide()
         await self._report_rejections()
+        if self._postgresql:
+            # From the staging table alone: before the insert, so that readers
+            # locked out by a rebuild of the indexes do not wait for it too.
+            await self._add_search_terms()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         if rebuild:
@@ -376,8 +380,6 @@ class Import:
             await self._build_indexes(indexes)
         else:
             inserted = await self._insert(new, now, returning=outcomes)
-        if self._postgresql:
-            await self._add_search_terms()
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
@@ -564,7 +566,7 @@ class Import:
         return inserted
 
     async def _add_search_terms(self) -> None:
-        """The words of the songs inserted or updated, into the vocabulary (what its trigger, deferred, would do)."""
+        """The words of the songs to insert or update, into the vocabulary (what its trigger, deferred, would do)."""
         await self.connection.execute(
             text(
                 "INSERT INTO search_term (term) SELECT DISTINCT word FROM import_staging AS s, "
