@@ -47,7 +47,7 @@ from app.folding import derived_columns
 from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
-BATCH_SIZE = 10_000
+BATCH_SIZE = 5_000
 # On SQLite, a bulk import of this many times more rows than the catalog holds
 # builds the secondary indexes once after its insert instead of keeping them row
 # by row (see _rebuilds_indexes).
