@@ -342,6 +342,10 @@ class Import:
             except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
                 # Raised by the driver itself, past SQLAlchemy: give it SQLAlchemy's shape.
                 raise OperationalError(f"COPY {staging.name}", None, exc) from exc
+            except asyncpg.InternalClientError as exc:
+                # A connection the server closed between two batches: asyncpg finds its
+                # goodbye unread and the protocol mid-operation. Lost all the same.
+                raise OperationalError(f"COPY {staging.name}", None, exc) from exc
             except asyncpg.PostgresError as exc:
                 raise DBAPIError(f"COPY {staging.name}", None, exc) from exc
         else:
