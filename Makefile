@@ -55,7 +55,8 @@ bench-queries: sync
 	$(RUN) python bench/queries.py $(BENCH_ARGS)
 
 # Bulk import and export of a million songs on PostgreSQL (BENCH_TRANSFER_DATABASE_URL,
-# dropped and made again) and SQLite, against psql's \copy of the same file.
+# dropped and made again) and SQLite, against psql's \copy of the same file; a second
+# million into the first beside psql's own insert; readers' latency meanwhile. About ten minutes.
 bench-transfer: sync
 	$(RUN) python bench/transfer.py $(BENCH_ARGS)
 

@@ -7,7 +7,15 @@ transaction: an import killed at any moment leaves nothing behind, and running
 it again does all of it, with no song doubled.
 """
 
+import asyncio
+import gc
+import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -39,7 +47,11 @@ from app.folding import derived_columns
 from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
-BATCH_SIZE = 20_000
+BATCH_SIZE = 5_000
+# On SQLite, a bulk import of this many times more rows than the catalog holds
+# builds the secondary indexes once after its insert instead of keeping them row
+# by row (see _rebuilds_indexes).
+REBUILD_FACTOR = 10
 SQLITE_CACHE_KIB = 32 * 1024
 
 
@@ -117,6 +129,53 @@ def validate(source: str, line: int, fields: dict[str, Any]) -> tuple[Any, ...] 
     )
 
 
+Staged = tuple[Any, ...] | Rejected
+
+
+def check_rows(source: str, rows: list[tuple[int, dict[str, Any] | None, str | None]]) -> list[Staged]:
+    """Each (line, fields, error) row ready to stage, or why it is rejected; in a worker process for large imports.
+
+    Plain tuples, not `RawRow`s: a dataclass with slots pickles several times slower.
+    """
+    return [
+        Rejected(source, line, error or "unreadable") if fields is None else validate(source, line, fields)
+        for line, fields, error in rows
+    ]
+
+
+def _plain(rows: list[RawRow]) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    return [(item.line, item.fields, item.error) for item in rows]
+
+
+def _start_worker() -> None:
+    """In a worker: no cyclic garbage collection (see _uncollected); the end of the worker with the import's process."""
+    gc.disable()
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    # Killed, the import's process cannot say it has gone.
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextmanager
+def _uncollected() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile.
+
+    The rows of a large import are millions of short-lived objects, none in a
+    cycle: the collector's passes over them found nothing and took a tenth or
+    more of the time. Reference counting still frees each batch.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
@@ -162,6 +221,23 @@ staging = Table(
 )
 song = Song.__table__  # type: ignore[attr-defined]
 
+# The song table's indexes but its primary key: the statement that drops each, and the one that makes it.
+_SECONDARY_INDEXES_POSTGRESQL = """
+    SELECT format('ALTER TABLE song DROP CONSTRAINT %I', conname),
+           format('ALTER TABLE song ADD CONSTRAINT %I %s', conname, pg_get_constraintdef(oid))
+    FROM pg_constraint WHERE conrelid = 'song'::regclass AND contype = 'u'
+    UNION ALL
+    SELECT format('DROP INDEX %s', indexrelid::regclass), pg_get_indexdef(indexrelid)
+    FROM pg_index
+    WHERE indrelid = 'song'::regclass AND NOT indisprimary
+      AND NOT EXISTS (SELECT FROM pg_constraint WHERE conindid = indexrelid)
+"""
+# SQLite's unique constraint is the table's own (its index has no SQL) and stays.
+_SECONDARY_INDEXES_SQLITE = """
+    SELECT 'DROP INDEX "' || name || '"', sql FROM sqlite_master
+    WHERE type = 'index' AND tbl_name = 'song' AND sql IS NOT NULL
+"""
+
 
 @dataclass
 class Import:
@@ -193,6 +269,10 @@ class Import:
                 await self.connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             await self.connection.exec_driver_sql("DROP TABLE IF EXISTS temp.import_staging")
             self._search_trigger = await self._suspend_search_trigger()
+        else:
+            # The vocabulary's trigger would copy every row into a transition table: the
+            # words are added once, from the staging table, by _add_search_terms.
+            await self.connection.exec_driver_sql("SELECT set_config('songbook.search_terms', 'deferred', true)")
         await self.connection.run_sync(lambda sync: staging.create(sync))
 
     def _reject(self, row: Rejected) -> None:
@@ -211,22 +291,44 @@ class Import:
             raise FileError(f"{source}: {exc}") from None
 
     async def _stage(self, source_index: int, rows: Iterable[RawRow]) -> None:
+        # The first batch is checked here; a larger input has the rest checked in
+        # a worker process, on the second core, while this one reads the next
+        # batch and stages the last. A small import never starts one.
+        batches = _batches(rows, BATCH_SIZE)
+        first = next(batches, None)
+        if first is None:
+            return
         source = self.sources[source_index]
-        for batch in _batches(rows, BATCH_SIZE):
-            records = []
-            for item in batch:
-                self.summary.read += 1
-                if item.fields is None:
-                    self._reject(Rejected(source, item.line, item.error or "unreadable"))
-                    continue
-                result = validate(source, item.line, item.fields)
-                if isinstance(result, Rejected):
-                    self._reject(result)
-                    continue
-                self._staged += 1
-                records.append((self._staged, source_index, item.line, *result))
-            if records:
-                await self._copy(records)
+        await self._keep(source_index, first, check_rows(source, _plain(first)))
+        if not self.bulk:
+            for batch in batches:
+                await self._keep(source_index, batch, check_rows(source, _plain(batch)))
+            return
+        loop = asyncio.get_running_loop()
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker) as worker, _uncollected():
+            checking: tuple[list[RawRow], asyncio.Future[list[Staged]]] | None = None
+            for batch in batches:
+                # Submitted before the previous batch is staged: both cores work at once.
+                submitted = batch, loop.run_in_executor(worker, check_rows, source, _plain(batch))
+                if checking is not None:
+                    await self._keep(source_index, checking[0], await checking[1])
+                checking = submitted
+            if checking is not None:
+                await self._keep(source_index, checking[0], await checking[1])
+
+    async def _keep(self, source_index: int, batch: list[RawRow], checked: list[Staged]) -> None:
+        """Counts a batch's rows, reports its rejected ones, and stages the others."""
+        records = []
+        for item, result in zip(batch, checked, strict=True):
+            self.summary.read += 1
+            if isinstance(result, Rejected):
+                self._reject(result)
+                continue
+            self._staged += 1
+            records.append((self._staged, source_index, item.line, *result))
+        if records:
+            await self._copy(records)
 
     async def _copy(self, records: list[tuple[Any, ...]]) -> None:
         columns = ["rank", "source", "line", *STAGED_COLUMNS]
@@ -239,6 +341,10 @@ class Import:
                 )
             except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
                 # Raised by the driver itself, past SQLAlchemy: give it SQLAlchemy's shape.
+                raise OperationalError(f"COPY {staging.name}", None, exc) from exc
+            except asyncpg.InternalClientError as exc:
+                # A connection the server closed between two batches: asyncpg finds its
+                # goodbye unread and the protocol mid-operation. Lost all the same.
                 raise OperationalError(f"COPY {staging.name}", None, exc) from exc
             except asyncpg.PostgresError as exc:
                 raise DBAPIError(f"COPY {staging.name}", None, exc) from exc
@@ -259,11 +365,25 @@ class Import:
         c, now = staging.c, utcnow()
         if self._postgresql:
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
+        rebuild = await self._rebuilds_indexes()
+        if rebuild and self._postgresql:
+            # No writer may slip in between the decisions and the insert, which has no
+            # unique index to check it; readers still read (SQLite's lock is held already).
+            await self.connection.exec_driver_sql("LOCK TABLE song IN EXCLUSIVE MODE")
         await self._decide()
         await self._report_rejections()
+        if self._postgresql:
+            # From the staging table alone: before the insert, so that readers
+            # locked out by a rebuild of the indexes do not wait for it too.
+            await self._add_search_terms()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
-        inserted = await self._insert(new, now, returning=outcomes)
+        if rebuild:
+            indexes = await self._drop_secondary_indexes()
+            inserted = await self._insert(new, now, returning=outcomes, checked=True)
+            await self._build_indexes(indexes)
+        else:
+            inserted = await self._insert(new, now, returning=outcomes)
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
@@ -366,7 +486,43 @@ class Import:
     def _place(self, source: int, other_source: int, other_line: int) -> str:
         return f"line {other_line}" if source == other_source else f"{self.sources[other_source]}:{other_line}"
 
-    async def _insert(self, new: Any, now: datetime, *, returning: bool) -> set[tuple[str, str]]:
+    async def _rebuilds_indexes(self) -> bool:
+        """Whether the secondary indexes are built once after the insert rather than kept row by row.
+
+        Only for a bulk import of a batch or more. On SQLite readers read on while
+        the import writes: when it brings ten times the rows the catalog holds. On
+        PostgreSQL dropping an index locks readers out until the commit: only
+        into an empty catalog, where no reader can be kept from a song.
+        """
+        if not self.bulk or self._staged < BATCH_SIZE:
+            return False
+        enough = 1 if self._postgresql else self._staged // REBUILD_FACTOR
+        bounded = select(func.count()).select_from(select(song.c.id).limit(enough).subquery())
+        return bool((await self.connection.execute(bounded)).scalar_one() < enough)
+
+    async def _drop_secondary_indexes(self) -> list[str]:
+        """Drops the song table's indexes but its primary key; the statements that make them again.
+
+        On PostgreSQL the unique pair's constraint goes too: the decisions, taken under
+        a lock that keeps writers out, have left only rows with new keys.
+        Readers of the table wait from here until the commit; on SQLite, they read on.
+        """
+        found = await self.connection.exec_driver_sql(
+            _SECONDARY_INDEXES_POSTGRESQL if self._postgresql else _SECONDARY_INDEXES_SQLITE
+        )
+        drops, makes = zip(*found.all(), strict=True) or ((), ())
+        for statement in drops:
+            await self.connection.exec_driver_sql(statement)
+        return list(makes)
+
+    async def _build_indexes(self, statements: list[str]) -> None:
+        if self._postgresql:
+            await self.connection.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+        for statement in statements:
+            await self.connection.exec_driver_sql(statement)
+
+    async def _insert(self, new: Any, now: datetime, *, returning: bool, checked: bool = False) -> set[tuple[str, str]]:
+        """Inserts the new rows; `checked`: no other writer can have added their keys since the decisions."""
         c = staging.c
         new_id: Any = c.id
         if self._postgresql:
@@ -395,9 +551,13 @@ class Import:
             func.coalesce(c.updated_at, c.created_at, now),
         ).where(new)
         insert = (postgresql.insert if self._postgresql else sqlite.insert)(song)
-        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank)).on_conflict_do_nothing(
-            index_elements=["name_key", "artist_key"]
-        )
+        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank))
+        if not checked:
+            statement = statement.on_conflict_do_nothing(index_elements=["name_key", "artist_key"])
+        # SQLite: the largest id before the insert, to tell the new songs by (see _index_for_search).
+        before = 0
+        if self._search_trigger is not None:
+            before = (await self.connection.execute(select(func.coalesce(func.max(song.c.id), 0)))).scalar_one()
         inserted: set[tuple[str, str]] = set()
         if returning:
             result = await self.connection.execute(statement.returning(song.c.name_key, song.c.artist_key))
@@ -406,8 +566,20 @@ class Import:
         else:
             self.summary.inserted = (await self.connection.execute(statement)).rowcount
         if self._search_trigger is not None:
-            await self._index_for_search()
+            await self._index_for_search(before)
         return inserted
+
+    async def _add_search_terms(self) -> None:
+        """The words of the songs to insert or update, into the vocabulary (what its trigger, deferred, would do)."""
+        await self.connection.execute(
+            text(
+                "INSERT INTO search_term (term) SELECT DISTINCT word FROM import_staging AS s, "
+                "unnest(string_to_array(s.name_search || ' ' || s.artist_search, ' ')) AS word "
+                "WHERE word <> '' AND s.same_as IS NULL AND s.rejection IS NULL "
+                "AND (s.song_id IS NULL OR :updating) ON CONFLICT DO NOTHING"
+            ),
+            {"updating": self.on_conflict is OnConflict.UPDATE},
+        )
 
     async def _suspend_search_trigger(self) -> str:
         # SQLite's search index trigger costs ten times more, row by row, than
@@ -421,14 +593,21 @@ class Import:
         await self.connection.exec_driver_sql("DROP TRIGGER song_search_insert")
         return str(trigger_sql)
 
-    async def _index_for_search(self) -> None:
+    async def _index_for_search(self, before: int) -> None:
         assert self._search_trigger is not None
-        # The write lock is held since the start: the rows with new keys are exactly those inserted.
-        await self.connection.exec_driver_sql(
-            "INSERT INTO song_search (rowid, name_search, artist_search) "
-            "SELECT song.id, song.name_search, song.artist_search FROM song JOIN temp.import_staging AS s "
-            "ON song.name_key = s.name_key AND song.artist_key = s.artist_key "
-            "WHERE s.song_id IS NULL AND s.same_as IS NULL AND s.rejection IS NULL"
+        # The write lock is held since the start: the new songs are those past the
+        # largest id before the insert, and those that brought a smaller id; read
+        # in id order, not looked up one by one by their keys (four times slower).
+        await self.connection.execute(
+            text(
+                "INSERT INTO song_search (rowid, name_search, artist_search) "
+                "SELECT id, name_search, artist_search FROM song WHERE id > :before "
+                "UNION ALL "
+                "SELECT song.id, song.name_search, song.artist_search FROM temp.import_staging AS s "
+                "JOIN song ON song.id = s.id "
+                "WHERE s.id <= :before AND s.song_id IS NULL AND s.same_as IS NULL AND s.rejection IS NULL"
+            ),
+            {"before": before},
         )
         await self.connection.exec_driver_sql(self._search_trigger)
         self._search_trigger = None

@@ -69,6 +69,11 @@ def search(url: URL, word: str) -> list[int]:
     return [row[0] for row in asyncio.run(_select(url, sql, word=word))]
 
 
+def query(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
+    """The rows of one statement."""
+    return asyncio.run(_select(url, sql, **parameters))
+
+
 async def _select(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
     engine = create_async_engine(url)
     if url.get_backend_name() == "sqlite":

@@ -3,13 +3,15 @@
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from tests.catalog import rows, search
+from app.importing import BATCH_SIZE
+from tests.catalog import query, rows, search
 
 runner = CliRunner()
 
@@ -261,3 +263,32 @@ def test_a_bulk_import_and_export_are_not_cut_by_the_statement_timeout(
     assert imported.exit_code == 0, imported.output
     assert exported.exit_code == 0, exported.output
     assert len(exported.stdout.splitlines()) == 5001
+
+
+def _indexes(url: URL) -> list[tuple[Any, ...]]:
+    if url.get_backend_name() == "postgresql":
+        sql = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'song' ORDER BY indexname"
+    else:
+        sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'song' ORDER BY name"
+    return query(url, sql)
+
+
+def test_a_large_import_into_an_empty_catalog_builds_its_indexes_and_vocabulary_once(
+    catalog: URL, tmp_path: Path
+) -> None:
+    before = _indexes(catalog)
+    count = 3 * BATCH_SIZE // 2  # more than a batch: checked in a worker process
+    lines = "".join(f"Song {i},Band {i % 100}\n" for i in range(count - 2))
+    songs = write(tmp_path / "songs.csv", "name,artist\n" + lines + "Song 7,Band 7\nZyzzyva,Band 1\n")
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 0, result.output
+    assert f"{count - 1:,} songs were added, 0 updated, 1 skipped" in result.stdout
+    assert _indexes(catalog) == before
+    assert search(catalog, "zyzzyva") == [count - 1]
+    if catalog.get_backend_name() == "postgresql":
+        assert query(catalog, "SELECT term FROM search_term WHERE term = 'zyzzyva'") == [("zyzzyva",)]
+    # The unique pair holds again: the same songs are all skipped.
+    again = runner.invoke(cli, ["import", songs])
+    assert f"0 songs were added, 0 updated, {count:,} skipped" in again.stdout
