@@ -289,10 +289,11 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
             first = asyncio.create_task(client.post(path, json=body, headers=key("slow")))
 
             async def inserting() -> bool:
-                # The first holds the key's advisory lock, and waits for the test's insert of the song.
+                # The first holds the key's advisory lock, and waits for the test's insert of the song: to
+                # write the song (a create), or first its words to the vocabulary (a batch, as an import).
                 waiting = (
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND query LIKE '%INSERT INTO song%'"
+                    "AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND query LIKE '%INSERT INTO%'"
                 )
                 async with db.engine.connect() as connection:
                     return bool((await connection.exec_driver_sql(waiting)).scalar_one())
