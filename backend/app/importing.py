@@ -364,7 +364,7 @@ class Import:
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         if rebuild:
             indexes = await self._drop_secondary_indexes()
-            inserted = await self._insert(new, now, returning=outcomes, checked=True)
+            inserted = await self._insert(new, now, returning=outcomes)
             await self._build_indexes(indexes)
         else:
             inserted = await self._insert(new, now, returning=outcomes)
@@ -497,8 +497,7 @@ class Import:
         for statement in statements:
             await self.connection.exec_driver_sql(statement)
 
-    async def _insert(self, new: Any, now: datetime, *, returning: bool, checked: bool = False) -> set[tuple[str, str]]:
-        """Inserts the new rows; `checked`: no other writer can have added their keys since the decisions."""
+    async def _insert(self, new: Any, now: datetime, *, returning: bool) -> set[tuple[str, str]]:
         c = staging.c
         new_id: Any = c.id
         if self._postgresql:
@@ -527,9 +526,9 @@ class Import:
             func.coalesce(c.updated_at, c.created_at, now),
         ).where(new)
         insert = (postgresql.insert if self._postgresql else sqlite.insert)(song)
-        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank))
-        if not checked:
-            statement = statement.on_conflict_do_nothing(index_elements=["name_key", "artist_key"])
+        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank)).on_conflict_do_nothing(
+            index_elements=["name_key", "artist_key"]
+        )
         # SQLite: the largest id before the insert, to tell the new songs by (see _index_for_search).
         before = 0
         if self._search_trigger is not None:

@@ -23,6 +23,15 @@ VOCABULARY = """
     WHERE word <> ''
     ON CONFLICT DO NOTHING;
 """
+# What the trigger does first now: nothing, in a transaction that adds the words itself.
+DEFERRED = "IF current_setting('songbook.search_terms', true) = 'deferred' THEN RETURN NULL; END IF;"
+
+
+def _replace_trigger_function(body: str) -> None:
+    op.execute(
+        "CREATE OR REPLACE FUNCTION song_search_terms() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN {body} RETURN NULL; END $$"
+    )
 
 
 def upgrade() -> None:
@@ -32,32 +41,11 @@ def upgrade() -> None:
     table of a million rows cost it more than the words themselves. SQLite's
     vocabulary is the full-text index's own: nothing to change there.
     """
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    op.execute(
-        f"""
-        CREATE OR REPLACE FUNCTION song_search_terms() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF current_setting('songbook.search_terms', true) = 'deferred' THEN
-                RETURN NULL;
-            END IF;
-            {VOCABULARY}
-            RETURN NULL;
-        END $$
-        """
-    )
+    if op.get_bind().dialect.name == "postgresql":
+        _replace_trigger_function(DEFERRED + VOCABULARY)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    op.execute(
-        f"""
-        CREATE OR REPLACE FUNCTION song_search_terms() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            {VOCABULARY}
-            RETURN NULL;
-        END $$
-        """
-    )
+    if op.get_bind().dialect.name == "postgresql":
+        _replace_trigger_function(VOCABULARY)
