@@ -446,6 +446,7 @@ class Database:
         return pools
 
     async def close(self) -> None:
+        await self.near_words.close()
         if self.replicas is not None:
             await self.replicas.close()
         if self.pool is not None:

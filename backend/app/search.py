@@ -28,8 +28,12 @@ carry a fingerprint of the words it looks for: when added songs change them,
 the walk is told to start again rather than skip or repeat songs.
 """
 
+import asyncio
+import contextvars
+import functools
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -69,7 +73,12 @@ TRIGRAM_SIMILARITY = 0.2
 # A word new to the catalog is offered as the correction of a misspelling this long
 # after it came, at most (typed right, it is found at once).
 NEAR_WORDS_SECONDS = 10.0
+# Searched again this long after they were looked up, a word's near words are looked up
+# anew in the background, and it keeps being answered from what is kept meanwhile.
+REFRESH_AFTER = 0.8
 NEAR_WORDS_KEPT = 10_000  # query words; the least recently used go first
+
+logger = logging.getLogger(__name__)
 
 
 class NearWords:
@@ -81,18 +90,68 @@ class NearWords:
     word. They are kept `NEAR_WORDS_SECONDS`, so that a new word becomes a
     correction within that time; the words that a query word starts, which make
     the first tier, are never kept.
+
+    A word searched again in the last fifth of that time is looked up anew in
+    the background (refresh-ahead), while the searches go on with what is kept:
+    a word searched often never makes a search wait for its look-up, and what is
+    kept is never older than `NEAR_WORDS_SECONDS`.
     """
 
     def __init__(
         self, seconds: float = NEAR_WORDS_SECONDS, size: int = NEAR_WORDS_KEPT, clock: Callable[[], float] = monotonic
     ) -> None:
-        self._known: TTLCache[str, list[tuple[str, float]]] = TTLCache(maxsize=size, ttl=seconds, timer=clock)
+        self._known: TTLCache[str, tuple[list[tuple[str, float]], float]] = TTLCache(
+            maxsize=size, ttl=seconds, timer=clock
+        )
+        self._clock = clock
+        self._refresh_after = seconds * REFRESH_AFTER
+        self._refreshing: set[str] = set()
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     def get(self, word: str) -> list[tuple[str, float]] | None:
-        return self._known.get(word)
+        kept = self._known.get(word)
+        return None if kept is None else kept[0]
 
     def keep(self, word: str, near: list[tuple[str, float]]) -> None:
-        self._known[word] = near
+        self._known[word] = (near, self._clock())
+
+    def refresh(self, words: list[str], look_up: Callable[[list[str]], Awaitable[object]]) -> None:
+        """Has `look_up` (which keeps what it finds) look anew, in the background, for those of `words` kept
+        long enough, unless it already is."""
+        now = self._clock()
+        due = [
+            word
+            for word in words
+            if word not in self._refreshing
+            and (kept := self._known.get(word)) is not None
+            and now - kept[1] >= self._refresh_after
+        ]
+        if not due:
+            return
+        self._refreshing.update(due)
+        # In a context of its own: not the request's (its log records, its transaction, its replica).
+        task = asyncio.get_running_loop().create_task(self._refresh(due, look_up), context=contextvars.Context())
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, words: list[str], look_up: Callable[[list[str]], Awaitable[object]]) -> None:
+        try:
+            await look_up(words)
+        except Exception:
+            # What was kept expires in its time, and the next search of the word looks it up itself.
+            logger.warning("looking up the near words of %s anew failed", words, exc_info=True)
+        finally:
+            self._refreshing.difference_update(words)
+
+    async def settle(self) -> None:
+        """Waits for the look-ups under way."""
+        await asyncio.gather(*self._refreshes)
+
+    async def close(self) -> None:
+        """Stops the look-ups under way (the database is closing)."""
+        for task in self._refreshes:
+            task.cancel()
+        await asyncio.gather(*self._refreshes, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -131,10 +190,8 @@ async def plan(db: "Database", query: str) -> Search:
     known = {word: db.near_words.get(word) for word in words}
     unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
     if unknown:
-        candidates = await (_postgres_nearest(db, unknown) if postgres else _sqlite_vocabulary(db, unknown))
-        for word in unknown:
-            known[word] = _near(word, candidates[word])
-            db.near_words.keep(word, known[word] or [])
+        known |= await _look_up(db, unknown)
+    db.near_words.refresh([word for word in words if word not in unknown], functools.partial(_look_up, db))
     found = [_word(word, known[word] or []) for word in words]
     return Search(
         queries=(
@@ -144,6 +201,15 @@ async def plan(db: "Database", query: str) -> Search:
         ),
         postgres=postgres,
     )
+
+
+async def _look_up(db: "Database", words: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """The catalog's words close to each of `words`, kept in `db.near_words`: one statement."""
+    candidates = await (_postgres_nearest(db, words) if db.dialect == "postgresql" else _sqlite_vocabulary(db, words))
+    found = {word: _near(word, candidates[word]) for word in words}
+    for word, near in found.items():
+        db.near_words.keep(word, near)
+    return found
 
 
 def _starting(word: _Word, postgres: bool) -> list[str]:

@@ -174,3 +174,28 @@ async def test_a_new_word_corrects_misspellings_once_the_near_words_kept_are_old
     assert [song["name"] for song in kept.json()] == ["Beautifool"]
     assert typed_right.json()[0]["name"] == "Beautiful"  # the words a query word starts are never kept
     assert [song["name"] for song in later.json()] == ["Beautiful", "Beautifool"]
+
+
+async def test_near_words_searched_again_late_in_their_time_are_looked_up_anew_in_the_background(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    now = [0.0]
+    near_words = app.state.database.near_words = NearWords(seconds=10, clock=lambda: now[0])
+    await client.post("/songs", json={"name": "Beautifool", "artist": "Someone"})
+    await client.get("/songs?q=beautifull")
+    await client.post("/songs", json={"name": "Beautiful", "artist": "Someone Else"})
+
+    now[0] = 7.9
+    early = await client.get("/songs?q=beautifull")
+    await near_words.settle()
+    now[0] = 8.0
+    late = await client.get("/songs?q=beautifull")  # answered from what is kept; the look-up starts
+    await near_words.settle()
+    refreshed = await client.get("/songs?q=beautifull")
+    now[0] = 17.9
+    still_kept = near_words.get("beautifull")
+
+    assert [song["name"] for song in early.json()] == ["Beautifool"]
+    assert [song["name"] for song in late.json()] == ["Beautifool"]
+    assert [song["name"] for song in refreshed.json()] == ["Beautiful", "Beautifool"]
+    assert still_kept is not None and "beautiful" in dict(still_kept)  # kept from 8.0, not expired at 10
