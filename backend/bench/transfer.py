@@ -10,6 +10,11 @@ catalog:
 - PostgreSQL only: `psql -c "\\copy"` of the first file into a bare table of
   the same columns (name, artist, year), the median of --copies runs: the
   ceiling that any importer of this file into this server is measured against;
+- PostgreSQL only: psql's own `INSERT INTO song ... SELECT ... FROM staging`
+  of the songs the import below added into the same empty catalog (a copy
+  made before the import), once keeping the indexes row by row, once dropping
+  the secondary ones first and building them after in its transaction: what
+  PostgreSQL itself reaches into this schema on this machine;
 - `songbook import FIRST`, into the empty catalog: rows per second over the
   whole command's wall-clock time (target 50,000), the command's peak resident
   memory (RSS), and the peak of its and its worker process's proportional
@@ -182,15 +187,28 @@ async def recreate_database(url: str, template: str | None = None) -> None:
         await engine.dispose()
 
 
+async def _drop_database(url: str) -> None:
+    target = async_url(url)
+    engine = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
 def libpq(url: str) -> str:
     return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def psql_insert(url: str, catalog_url: str, first_new_id: int) -> tuple[int, float]:
+def psql_insert(url: str, catalog_url: str, first_new_id: int, *, rebuild: bool = False) -> tuple[int, float]:
     """psql's own insert into a copy of the catalog, from a staging table: rows and seconds.
 
     The staging table holds, untimed, the songs `songbook import` added to the
     catalog of `catalog_url` (ids from `first_new_id`), with their derived columns.
+    With `rebuild`, the insert drops the secondary indexes first and builds them
+    after, in its transaction: what PostgreSQL reaches when it need not keep them
+    row by row (and readers of the table wait for it meanwhile).
     """
     psql = shutil.which("psql") or "psql"
     staged = DATA / "bench-staging.csv"
@@ -209,7 +227,41 @@ def psql_insert(url: str, catalog_url: str, first_new_id: int) -> tuple[int, flo
     rows = sum(1 for _ in staged.open())
     staged.unlink()
     insert = f"INSERT INTO song ({columns}) SELECT {columns} FROM staging ON CONFLICT (name_key, artist_key) DO NOTHING"
-    return rows, run([psql, "-q", "-X", "-d", libpq(url), "-c", insert], url=url).seconds
+    if not rebuild:
+        return rows, run([psql, "-q", "-X", "-d", libpq(url), "-c", insert], url=url).seconds
+    drop, build = _secondary_indexes(psql, url)
+    # Without the unique index ON CONFLICT has nothing to check against: the staged songs are all new.
+    insert = f"INSERT INTO song ({columns}) SELECT {columns} FROM staging"
+    script = ["BEGIN", *drop, insert, *build, "COMMIT"]
+    return rows, run(
+        [psql, "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", libpq(url), "-c", "; ".join(script)], url=url
+    ).seconds
+
+
+def _secondary_indexes(psql: str, url: str) -> tuple[list[str], list[str]]:
+    """The statements that drop the song table's indexes but its primary key, and those that build them again."""
+    query = (
+        "SELECT coalesce(con.conname, ''), index.indexname, index.indexdef, "
+        "coalesce(pg_get_constraintdef(con.oid), '') FROM pg_indexes AS index "
+        "LEFT JOIN pg_constraint AS con ON con.conname = index.indexname AND con.contype = 'u' "
+        "WHERE index.tablename = 'song' AND index.indexname <> 'pk_song'"
+    )
+    listed = subprocess.run(
+        [psql, "-q", "-X", "-A", "-t", "-F", "\t", "-d", libpq(url), "-c", query],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    drop, build = [], []
+    for line in listed.splitlines():
+        constraint, index, index_definition, constraint_definition = line.split("\t")
+        if constraint:
+            drop.append(f"ALTER TABLE song DROP CONSTRAINT {constraint}")
+            build.append(f"ALTER TABLE song ADD CONSTRAINT {constraint} {constraint_definition}")
+        else:
+            drop.append(f"DROP INDEX {index}")
+            build.append(index_definition)
+    return drop, build
 
 
 def psql_copy(url: str, path: Path, runs: int) -> float | None:
@@ -273,11 +325,24 @@ def main() -> None:
             Path(async_url(url).database or "").unlink(missing_ok=True)
             copy_seconds = None
         run([SONGBOOK, "migrate"], url=url)
+        empty = None
+        if name == "PostgreSQL":  # the empty, migrated catalog, for psql's own inserts below
+            empty = str(async_url(url).set(database=f"{async_url(url).database}_reference"))
+            asyncio.run(recreate_database(empty, template=async_url(url).database))
         with readers(url, args.count, args.readers) as reads:
             imported = run([SONGBOOK, "import", str(path)], url=url)
         print(f"  {'what':<34}{'rows/s':>10}{'seconds':>9}{'RSS MB':>10}{'PSS MB':>10}   target", flush=True)
         if copy_seconds is not None:
             row("psql \\copy, bare table", args.count, copy_seconds)
+        if empty is not None:
+            template = str(async_url(empty).set(database=f"{async_url(url).database}_empty"))
+            asyncio.run(recreate_database(template, template=async_url(empty).database))
+            rows, seconds = psql_insert(empty, url, first_new_id=1)
+            row("psql insert, indexes kept", rows, seconds)
+            asyncio.run(recreate_database(empty, template=async_url(template).database))
+            rows, seconds = psql_insert(empty, url, first_new_id=1, rebuild=True)
+            row("psql insert, indexes built after", rows, seconds)
+            asyncio.run(_drop_database(template))
         row("songbook import, empty catalog", args.count, imported, "50,000 rows/s; memory under 200 MB")
         for file_format in ("csv", "ndjson"):
             output = DATA / f"bench-export.{file_format}"
