@@ -9,8 +9,10 @@ worker), the reference (`reference_app.py`: bare ASGI) and the framework's
 floor (`fastapi_app.py`: the same routes as plain FastAPI routes), each with
 one uvicorn worker and a pool of the same size, and drives each with wrk at
 --connections connections, route by route, alternating them --rounds times.
-It prints the median requests/s, p50 and p99 latency and errors of each, its
-share of the reference's requests/s, and the service's targets (issue 15):
+It prints the median requests/s, p50 and p99 latency and errors of each, the
+CPU time its server process spends a request (from /proc: one uvicorn worker
+uses a whole core under this load, so requests/s follow it), its share of
+the reference's requests/s, and the service's targets (issue 15):
 each hot route at least 0.9 of the floor's requests/s; the typo-tolerant
 search at least 0.5 of the reference's plain prefix full-text query, with a
 p99 within 1.2 times the floor's (the same plain query). The service
@@ -90,6 +92,14 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = 0.0  # the server process's CPU time (user and system) a request
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used, user and system, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -153,7 +163,9 @@ def uvicorn(app: str, port: int) -> list[str]:
     return [*command, "--no-access-log", "--log-level", "warning"]
 
 
-def wrk(port: int, mode: str, seconds: int, connections: int, env: dict[str, str]) -> Run:
+def wrk(port: int, mode: str, seconds: int, connections: int, env: dict[str, str], pid: int | None = None) -> Run:
+    """A wrk run against `port`; with the `pid` of the server, its CPU time a request too."""
+    used = cpu_seconds(pid) if pid is not None else 0.0
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}"],
         env={**os.environ, **env, "BENCH_MODE": mode},
@@ -162,11 +174,13 @@ def wrk(port: int, mode: str, seconds: int, connections: int, env: dict[str, str
         check=True,
     ).stdout
     report = json.loads(output.strip().splitlines()[-1])
+    used = cpu_seconds(pid) - used if pid is not None else 0.0
     return Run(
         report["requests"] / report["seconds"],
         report["p50_ms"],
         report["p99_ms"],
         report["status_errors"] + report["socket_errors"],
+        used / max(report["requests"], 1) * 1e6,
     )
 
 
@@ -176,6 +190,7 @@ def median_run(runs: list[Run]) -> Run:
         statistics.median(run.p50_ms for run in runs),
         statistics.median(run.p99_ms for run in runs),
         sum(run.errors for run in runs),
+        statistics.median(run.cpu_us for run in runs),
     )
 
 
@@ -244,11 +259,16 @@ def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference
     ports["unkeyed"] = ports["service"]
     with (
         running(service(ports["service"]), service_env(url), "/readyz", ports["service"]) as server,
-        running(service(ports["quiet"]), service_env(url, quiet=True), "/readyz", ports["quiet"]),
-        running(uvicorn("reference_app:app", ports["reference"]), reference_env, "/songs/1", ports["reference"]),
-        running(uvicorn("fastapi_app:app", ports["fastapi"]), reference_env, "/songs/1", ports["fastapi"]),
+        running(service(ports["quiet"]), service_env(url, quiet=True), "/readyz", ports["quiet"]) as quiet,
+        running(uvicorn("reference_app:app", ports["reference"]), reference_env, "/songs/1", ports["reference"]) as ref,
+        running(uvicorn("fastapi_app:app", ports["fastapi"]), reference_env, "/songs/1", ports["fastapi"]) as floor,
     ):
-        print(f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   of ref.   targets")
+        pids = {"service": server.pid, "unkeyed": server.pid, "quiet": quiet.pid, "reference": ref.pid}
+        pids["fastapi"] = floor.pid
+        print(
+            f"\n{'route':<36} {'app':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs':>7}"
+            "   of ref.   targets"
+        )
         for route in [route for route in ROUTES if args.only is None or args.only in route.name]:
             apps = [which for which in APPS if which in route.modes]
             for which in apps:
@@ -256,7 +276,8 @@ def measure(url: str, args: argparse.Namespace, loads: dict[str, str], reference
             runs: dict[str, list[Run]] = {which: [] for which in apps}
             for _ in range(args.rounds):
                 for which in apps:
-                    runs[which].append(wrk(ports[which], route.modes[which], args.seconds, args.connections, loads))
+                    run = wrk(ports[which], route.modes[which], args.seconds, args.connections, loads, pids[which])
+                    runs[which].append(run)
             report_route(route, {which: median_run(app_runs) for which, app_runs in runs.items()})
         print(flush=True)
         if args.only is None:
@@ -284,7 +305,7 @@ def report_route(route: Route, medians: dict[str, Run]) -> None:
     for which, run in medians.items():
         print(
             f"{route.name if which == 'reference' else '':<36} {which:<10} {run.requests_per_second:>8,.0f} "
-            f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7}",
+            f"{run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.errors:>7} {run.cpu_us:>7.0f}",
             end="",
         )
         if which == "unkeyed":
