@@ -358,8 +358,6 @@ class Import:
         rebuild = await self._rebuilds_indexes()
         await self._decide()
         await self._report_rejections()
-        if self._postgresql:
-            await self._add_search_terms()  # from the staging table alone
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         if rebuild:
@@ -368,6 +366,10 @@ class Import:
             await self._build_indexes(indexes)
         else:
             inserted = await self._insert(new, now, returning=outcomes)
+        if self._postgresql:
+            # After the songs, as the trigger does: a create that brings a word new to the catalog
+            # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
+            await self._add_search_terms()
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
@@ -487,11 +489,10 @@ class Import:
 
     async def _drop_secondary_indexes(self) -> list[str]:
         """Drops the song table's secondary indexes (SQLite); the statements that make them again."""
-        found = await self.connection.exec_driver_sql(_SECONDARY_INDEXES)
-        drops, makes = zip(*found.all(), strict=True) or ((), ())
-        for statement in drops:
-            await self.connection.exec_driver_sql(statement)
-        return list(makes)
+        found: list[tuple[str, str]] = [tuple(row) for row in await self.connection.exec_driver_sql(_SECONDARY_INDEXES)]
+        for drop, _ in found:
+            await self.connection.exec_driver_sql(drop)
+        return [make for _, make in found]
 
     async def _build_indexes(self, statements: list[str]) -> None:
         for statement in statements:
@@ -551,7 +552,8 @@ class Import:
                 "INSERT INTO search_term (term) SELECT DISTINCT word FROM import_staging AS s, "
                 "unnest(string_to_array(s.name_search || ' ' || s.artist_search, ' ')) AS word "
                 "WHERE word <> '' AND s.same_as IS NULL AND s.rejection IS NULL "
-                "AND (s.song_id IS NULL OR :updating) ON CONFLICT DO NOTHING"
+                # In order, as the trigger adds them: two writers' words never wait for each other in a circle.
+                "AND (s.song_id IS NULL OR :updating) ORDER BY word ON CONFLICT DO NOTHING"
             ),
             {"updating": self.on_conflict is OnConflict.UPDATE},
         )
