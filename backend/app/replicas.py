@@ -171,6 +171,11 @@ class _Request:
 _current: ContextVar[_Request | None] = ContextVar("songbook_reads", default=None)
 
 
+def read_anywhere() -> None:
+    """Lets the reads of the current context go to a replica, as a GET's do: for work done in the background."""
+    _current.set(_Request(to_replica=True))
+
+
 class Replicas:
     """The read replicas of one process, the task that polls how far each has replayed, and the choice of one."""
 

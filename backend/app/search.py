@@ -55,6 +55,7 @@ from sqlalchemy import (
 )
 from sqlmodel import col, select
 
+from app import replicas
 from app.folding import search_fold
 from app.models import Song
 
@@ -105,8 +106,7 @@ class NearWords:
         )
         self._clock = clock
         self._refresh_after = seconds * REFRESH_AFTER
-        self._refreshing: set[str] = set()
-        self._refreshes: set[asyncio.Task[None]] = set()
+        self._refreshing: asyncio.Task[None] | None = None
 
     def get(self, word: str) -> list[tuple[str, float]] | None:
         kept = self._known.get(word)
@@ -117,22 +117,21 @@ class NearWords:
 
     def refresh(self, words: list[str], look_up: Callable[[list[str]], Awaitable[object]]) -> None:
         """Has `look_up` (which keeps what it finds) look anew, in the background, for those of `words` kept
-        long enough, unless it already is."""
+        long enough: one look-up at a time, the words due meanwhile left to the searches after it."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
         now = self._clock()
         due = [
             word
             for word in words
-            if word not in self._refreshing
-            and (kept := self._known.get(word)) is not None
-            and now - kept[1] >= self._refresh_after
+            if (kept := self._known.get(word)) is not None and now - kept[1] >= self._refresh_after
         ]
         if not due:
             return
-        self._refreshing.update(due)
-        # In a context of its own: not the request's (its log records, its transaction, its replica).
-        task = asyncio.get_running_loop().create_task(self._refresh(due, look_up), context=contextvars.Context())
-        self._refreshes.add(task)
-        task.add_done_callback(self._refreshes.discard)
+        # In a context of its own, not the request's (its log records, its transaction), reading where a GET reads.
+        context = contextvars.Context()
+        context.run(replicas.read_anywhere)
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh(due, look_up), context=context)
 
     async def _refresh(self, words: list[str], look_up: Callable[[list[str]], Awaitable[object]]) -> None:
         try:
@@ -140,18 +139,17 @@ class NearWords:
         except Exception:
             # What was kept expires in its time, and the next search of the word looks it up itself.
             logger.warning("looking up the near words of %s anew failed", words, exc_info=True)
-        finally:
-            self._refreshing.difference_update(words)
 
     async def settle(self) -> None:
-        """Waits for the look-ups under way."""
-        await asyncio.gather(*self._refreshes)
+        """Waits for the look-up under way, if any."""
+        if self._refreshing is not None:
+            await self._refreshing
 
     async def close(self) -> None:
-        """Stops the look-ups under way (the database is closing)."""
-        for task in self._refreshes:
-            task.cancel()
-        await asyncio.gather(*self._refreshes, return_exceptions=True)
+        """Stops the look-up under way (the database is closing)."""
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
 
 
 @dataclass(frozen=True)
