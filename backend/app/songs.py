@@ -6,6 +6,7 @@ once (`Database.fetch`, the hot paths), or a unit of work on a session
 """
 
 import functools
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
@@ -68,12 +69,21 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
     col(Song.name_key) == bindparam("name_key"), col(Song.artist_key) == bindparam("artist_key")
 )
 _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
-# Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time.
+# Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
 ID_BLOCK = 32
+SET_ASIDE_SECONDS = 1.0
 _NEXT_ID = func.nextval(literal_column("pg_get_serial_sequence('song', 'id')"))
 _BLOCK = func.generate_series(literal_column("1"), bindparam("count"))
 _SET_ASIDE_IDS = sa.select(_NEXT_ID.label("id")).select_from(_BLOCK)
-_set_aside: "weakref.WeakKeyDictionary[Database, deque[int]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _SetAside:
+    ids: deque[int]
+    taken: float  # when, by the monotonic clock
+
+
+_set_aside: "weakref.WeakKeyDictionary[Database, _SetAside]" = weakref.WeakKeyDictionary()
 
 
 # Counted once the change is made: a replayed answer counts nothing.
@@ -106,16 +116,25 @@ async def new_song(*, db: Database, song_in: SongCreate) -> dict[str, Any] | Non
 
     None on SQLite, where the insert gives the id. The ids are taken from the
     table's sequence ID_BLOCK at a time: a block costs one statement; the ids
-    of a block a process does not use are never used.
+    of a block a process does not use are never used. A block is used for
+    SET_ASIDE_SECONDS at most: songs created further apart than that have ids
+    in the order they were created, whichever process made them, and an id an
+    import brought, or a sequence set back by a restore, is not handed out for longer.
     """
     if db.dialect != "postgresql":
         return None
-    ids = _set_aside.setdefault(db, deque())
-    if not ids:
-        ids.extend(row["id"] for row in await db.fetch(_SET_ASIDE_IDS, {"count": ID_BLOCK}, write=True))
+    block = _set_aside.get(db)
+    if block is None or not block.ids or time.monotonic() - block.taken > SET_ASIDE_SECONDS:
+        taken = time.monotonic()
+        rows = await db.fetch(_SET_ASIDE_IDS, {"count": ID_BLOCK}, write=True)
+        block = _set_aside[db] = _SetAside(deque(row["id"] for row in rows), taken)
     now = utcnow()
     values = song_in.model_dump()
-    return values | derived_columns(values) | {"id": ids.popleft(), "version": 1, "created_at": now, "updated_at": now}
+    return (
+        values
+        | derived_columns(values)
+        | {"id": block.ids.popleft(), "version": 1, "created_at": now, "updated_at": now}
+    )
 
 
 def song_of(row: Mapping[str, Any]) -> SongRow:

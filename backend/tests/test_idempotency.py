@@ -90,6 +90,19 @@ async def test_a_keyed_create_whose_set_aside_id_an_import_took_gets_another(
     assert await count_songs(client) == 3
 
 
+async def test_songs_created_further_apart_than_a_set_aside_block_lasts_have_ids_in_creation_order(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(songs, "SET_ASIDE_SECONDS", 0.0)  # every keyed create older than its block
+
+    keyed = await client.post("/songs", json=SONG, headers=key("first"))
+    plain = await client.post("/songs", json={"name": "Plain", "artist": "X"})
+    keyed_again = await client.post("/songs", json={"name": "Keyed", "artist": "Y"}, headers=key("second"))
+
+    # Without the bound, the second keyed create took the next id of the first's block, below the plain one's.
+    assert keyed.json()["id"] < plain.json()["id"] < keyed_again.json()["id"]
+
+
 async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncClient) -> None:
     async with client_for(app, await make_key(app, "write")) as other:
         mine = await client.post("/songs", json=SONG, headers=key("same"))
