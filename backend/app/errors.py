@@ -200,6 +200,10 @@ class MaxErrorsExceeded(Exception):
     """More rows were rejected than allowed: the import stopped and wrote nothing."""
 
 
+class ImportRaced(Exception):
+    """A song written while an import ran took an id that one of its rows brings: the import wrote nothing."""
+
+
 def problem_response(
     status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
 ) -> JSONResponse:

@@ -39,10 +39,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.errors import FileError, MaxErrorsExceeded
+from app.errors import FileError, ImportRaced, MaxErrorsExceeded
 from app.folding import derived_columns
 from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
@@ -535,12 +535,20 @@ class Import:
         if self._search_trigger is not None:
             before = (await self.connection.execute(select(func.coalesce(func.max(song.c.id), 0)))).scalar_one()
         inserted: set[tuple[str, str]] = set()
-        if returning:
-            result = await self.connection.execute(statement.returning(song.c.name_key, song.c.artist_key))
-            inserted = {(name_key, artist_key) for name_key, artist_key in result}
-            self.summary.inserted = len(inserted)
-        else:
-            self.summary.inserted = (await self.connection.execute(statement)).rowcount
+        try:
+            if returning:
+                result = await self.connection.execute(statement.returning(song.c.name_key, song.c.artist_key))
+                inserted = {(name_key, artist_key) for name_key, artist_key in result}
+                self.summary.inserted = len(inserted)
+            else:
+                self.summary.inserted = (await self.connection.execute(statement)).rowcount
+        except IntegrityError:
+            # _decide found every id a row brings free; a song written since took one (on PostgreSQL,
+            # where writers go on during an import: a keyed create's id, set aside beforehand).
+            raise ImportRaced(
+                "a song added while the import ran took an id that a row brings; run the import again: "
+                "that row will be rejected"
+            ) from None
         if self._search_trigger is not None:
             await self._index_for_search(before)
         return inserted

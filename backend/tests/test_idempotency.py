@@ -15,14 +15,17 @@ from sqlalchemy import insert, update
 from app import idempotency, songs
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
+from app.errors import ImportRaced
 from app.folding import derived_columns
 from app.formats import RawRow
+from app.importing import Rejected
 from app.main import create_app
 from app.models import IdempotencyRecord, Song, utcnow
 from tests.conftest import client_for, make_key
 from tests.test_metrics import scrape, value
 
 SONG = {"name": "Halo", "artist": "Beyoncé", "year": 2008}
+SONG_2 = {"name": "Creep", "artist": "Radiohead"}
 
 
 def key(value: str) -> dict[str, str]:
@@ -101,6 +104,31 @@ async def test_songs_created_further_apart_than_a_set_aside_block_lasts_have_ids
 
     # Without the bound, the second keyed create took the next id of the first's block, below the plain one's.
     assert keyed.json()["id"] < plain.json()["id"] < keyed_again.json()["id"]
+
+
+async def test_an_import_whose_id_a_song_written_meanwhile_took_writes_nothing_and_says_so(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite's import holds the write lock from its start: no song is written meanwhile")
+    taken = (await client.post("/songs", json=SONG)).json()["id"] + 100
+    brought = [("export", [RawRow(2, {"id": taken, "name": "Brought", "artist": "X"})])]
+    # As a keyed create writes an id it set aside: the row is not there when the import looks.
+    async with db.engine.connect() as meanwhile:
+        await meanwhile.begin()
+        await meanwhile.execute(insert(Song).values({"id": taken} | SONG_2 | derived_columns(SONG_2)))
+        importing = asyncio.create_task(songs.import_songs(db=db, sources=brought, bulk=False))
+        await wait_for(lambda: inserts_waiting(db), "the import waiting for the song written meanwhile")
+        await meanwhile.commit()
+    with pytest.raises(ImportRaced, match="run the import again"):
+        await importing
+    rejected: list[Rejected] = []
+    again = await songs.import_songs(db=db, sources=brought, rejected=rejected.append, bulk=False)
+
+    assert (await client.get(f"/songs/{taken}")).json()["name"] == SONG_2["name"]
+    assert [row.reason for row in rejected] == [f"id {taken} is another song's"]
+    assert (again.inserted, again.rejected) == (0, 1)
+    assert await count_songs(client) == 2
 
 
 async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -244,6 +272,16 @@ async def holding_song_inserts(db: Database) -> AsyncIterator[None]:
         await connection.rollback()
 
 
+async def inserts_waiting(db: Database) -> bool:
+    """Whether an insert waits for another transaction's row (PostgreSQL)."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND query LIKE '%INSERT INTO%'"
+    )
+    async with db.engine.connect() as connection:
+        return bool((await connection.exec_driver_sql(waiting)).scalar_one())
+
+
 async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + 10
     while not await condition():
@@ -301,17 +339,8 @@ async def test_a_retry_on_another_instance_while_the_first_is_running_is_409_at_
         async with holding_song_inserts(db):
             first = asyncio.create_task(client.post(path, json=body, headers=key("slow")))
 
-            async def inserting() -> bool:
-                # The first holds the key's advisory lock, and waits for the test's insert of the song: to
-                # write the song (a create), or first its words to the vocabulary (a batch, as an import).
-                waiting = (
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND query LIKE '%INSERT INTO%'"
-                )
-                async with db.engine.connect() as connection:
-                    return bool((await connection.exec_driver_sql(waiting)).scalar_one())
-
-            await wait_for(inserting, "the first request's insert waiting")
+            # The first holds the key's advisory lock, and waits for the test's insert of the song to write it.
+            await wait_for(lambda: inserts_waiting(db), "the first request's insert waiting")
             started = time.monotonic()
             retry = await other.post(path, json=body, headers=key("slow"))
             waited = time.monotonic() - started

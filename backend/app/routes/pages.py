@@ -36,6 +36,7 @@ from app.errors import (
     DuplicateSong,
     FileError,
     Forbidden,
+    ImportRaced,
     InvalidParameter,
     MaxErrorsExceeded,
     NotFound,
@@ -505,7 +506,7 @@ class _ImportRun:
                     yield "applying" if applying else "reading"
             try:
                 self.summary = work.result()
-            except (FileError, MaxErrorsExceeded) as exc:
+            except (FileError, MaxErrorsExceeded, ImportRaced) as exc:
                 self.failure = f"{exc}; nothing was imported."
             except AppError as exc:
                 self.failure = f"{exc.detail} Nothing was imported."
