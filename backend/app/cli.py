@@ -20,7 +20,7 @@ from app import db, keys, logs, metrics, schema, songs
 from app import seed as seeding
 from app.config import Settings, load_settings
 from app.db import Database
-from app.errors import AppError, FileError, ImportRaced, MaxErrorsExceeded, SettingsError
+from app.errors import AppError, FileError, ImportAborted, MaxErrorsExceeded, SettingsError
 from app.formats import Format, RawRow, format_of, read_rows
 from app.importing import OnConflict, Rejected, Summary
 from app.models import ApiKeyCreate, ApiKeyPublic, Scope, SongQuery
@@ -170,7 +170,7 @@ def import_songs(
     console = Console(stderr=True, soft_wrap=True)
     try:
         summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run))
-    except (FileError, MaxErrorsExceeded, ImportRaced) as exc:
+    except (FileError, MaxErrorsExceeded, ImportAborted) as exc:
         raise _fail(f"{exc}; nothing was imported") from None
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot import into {_where(settings)}: {_reason(exc)}; nothing was imported") from None

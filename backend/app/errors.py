@@ -200,8 +200,8 @@ class MaxErrorsExceeded(Exception):
     """More rows were rejected than allowed: the import stopped and wrote nothing."""
 
 
-class ImportRaced(Exception):
-    """A song written while an import ran took an id that one of its rows brings: the import wrote nothing."""
+class ImportAborted(Exception):
+    """An import stopped before it finished, for the reason its message gives: it wrote nothing."""
 
 
 def problem_response(

@@ -61,7 +61,8 @@ def read_rows(stream: IO[bytes], file_format: Format) -> Iterator[RawRow]:
     try:
         yield from (_read_csv(text) if file_format is Format.CSV else _read_json_array(text))
     finally:
-        text.detach()  # the caller's stream stays the caller's to close
+        if not text.closed:  # closed already when the caller gave up on the rows first (interrupted)
+            text.detach()  # the caller's stream stays the caller's to close
 
 
 def _read_csv(text: IO[str]) -> Iterator[RawRow]:

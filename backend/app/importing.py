@@ -11,10 +11,12 @@ import asyncio
 import gc
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.errors import FileError, ImportRaced, MaxErrorsExceeded
+from app.errors import FileError, ImportAborted, MaxErrorsExceeded
 from app.folding import derived_columns
 from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
@@ -150,6 +152,8 @@ def _plain(rows: list[RawRow]) -> list[tuple[int, dict[str, Any] | None, str | N
 def _start_worker() -> None:
     """In a worker: no cyclic garbage collection (see _uncollected); the end of the worker with the import's process."""
     gc.disable()
+    # Ctrl-C is the import's to handle: it ends its worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:
@@ -174,6 +178,12 @@ def _uncollected() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _forget(future: "asyncio.Future[Any]") -> None:
+    """Retrieves a future's exception, if any, that nothing awaits any more (else asyncio logs it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -298,14 +308,21 @@ class Import:
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker) as worker, _uncollected():
             checking: tuple[list[RawRow], asyncio.Future[list[Staged]]] | None = None
-            for batch in batches:
-                # Submitted before the previous batch is staged: both cores work at once.
-                submitted = batch, loop.run_in_executor(worker, check_rows, source, _plain(batch))
+            try:
+                for batch in batches:
+                    # Submitted before the previous batch is staged: both cores work at once.
+                    submitted = batch, loop.run_in_executor(worker, check_rows, source, _plain(batch))
+                    previous, checking = checking, submitted
+                    if previous is not None:
+                        await self._keep(source_index, previous[0], await previous[1])
                 if checking is not None:
-                    await self._keep(source_index, checking[0], await checking[1])
-                checking = submitted
-            if checking is not None:
-                await self._keep(source_index, checking[0], await checking[1])
+                    previous, checking = checking, None
+                    await self._keep(source_index, previous[0], await previous[1])
+            except BrokenProcessPool:
+                raise ImportAborted("the process that checks the rows ended (out of memory?)") from None
+            finally:
+                if checking is not None:  # stopped with a batch still being checked: its end is no one's
+                    checking[1].add_done_callback(_forget)
 
     async def _keep(self, source_index: int, batch: list[RawRow], checked: list[Staged]) -> None:
         """Counts a batch's rows, reports its rejected ones, and stages the others."""
@@ -545,7 +562,7 @@ class Import:
         except IntegrityError:
             # _decide found every id a row brings free; a song written since took one (on PostgreSQL,
             # where writers go on during an import: a keyed create's id, set aside beforehand).
-            raise ImportRaced(
+            raise ImportAborted(
                 "a song added while the import ran took an id that a row brings; run the import again: "
                 "that row will be rejected"
             ) from None

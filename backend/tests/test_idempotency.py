@@ -15,7 +15,7 @@ from sqlalchemy import insert, update
 from app import idempotency, songs
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
-from app.errors import ImportRaced
+from app.errors import ImportAborted
 from app.folding import derived_columns
 from app.formats import RawRow
 from app.importing import Rejected
@@ -120,7 +120,7 @@ async def test_an_import_whose_id_a_song_written_meanwhile_took_writes_nothing_a
         importing = asyncio.create_task(songs.import_songs(db=db, sources=brought, bulk=False))
         await wait_for(lambda: inserts_waiting(db), "the import waiting for the song written meanwhile")
         await meanwhile.commit()
-    with pytest.raises(ImportRaced, match="run the import again"):
+    with pytest.raises(ImportAborted, match="run the import again"):
         await importing
     rejected: list[Rejected] = []
     again = await songs.import_songs(db=db, sources=brought, rejected=rejected.append, bulk=False)

@@ -106,3 +106,53 @@ def test_a_connection_lost_mid_import_is_a_clear_message(catalog: URL) -> None:
     assert stderr.rstrip().endswith("nothing was imported")
     assert "Traceback" not in stderr
     assert rows(catalog) == []
+
+
+def _workers(pid: int) -> list[int]:
+    """The processes `pid` spawned to work for it (not multiprocessing's resource tracker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        found = [int(child) for child in children.read().split()]
+    return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
+    with start_import() as process:
+        assert process.stdin is not None
+        # A first batch is checked in the import's process, the next ones in its worker.
+        process.stdin.write(HEADER + "".join(LINES[: ROWS - 1000]))
+        process.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not (workers := _workers(process.pid)):
+            assert time.monotonic() < deadline, "the import never started its worker"
+            time.sleep(0.1)
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        _, stderr = process.communicate("".join(LINES[ROWS - 1000 :]), timeout=60)
+
+    assert process.returncode == 1
+    assert "the process that checks the rows ended (out of memory?); nothing was imported" in stderr
+    assert "Traceback" not in stderr
+    assert rows(catalog) == []
+
+
+def test_ctrl_c_is_one_clear_message(catalog: URL) -> None:
+    # In a session of its own, so that the interrupt reaches the import's process group, as a terminal's does.
+    with subprocess.Popen(
+        [SONGBOOK, "import", "--format", "csv", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        assert process.stdin is not None
+        process.stdin.write(HEADER + "".join(LINES[: ROWS - 1000]))
+        process.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _workers(process.pid):
+            assert time.monotonic() < deadline, "the import never started its worker"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 1
+    assert stderr == "songbook: interrupted; nothing was imported\n"
+    assert rows(catalog) == []

@@ -36,7 +36,7 @@ from app.errors import (
     DuplicateSong,
     FileError,
     Forbidden,
-    ImportRaced,
+    ImportAborted,
     InvalidParameter,
     MaxErrorsExceeded,
     NotFound,
@@ -506,7 +506,7 @@ class _ImportRun:
                     yield "applying" if applying else "reading"
             try:
                 self.summary = work.result()
-            except (FileError, MaxErrorsExceeded, ImportRaced) as exc:
+            except (FileError, MaxErrorsExceeded, ImportAborted) as exc:
                 self.failure = f"{exc}; nothing was imported."
             except AppError as exc:
                 self.failure = f"{exc.detail} Nothing was imported."
