@@ -265,7 +265,6 @@ class Import:
     _staged: int = 0  # rows staged so far, the rank of the last
     _rejected_by_rule: int = 0
     _search_trigger: str | None = None
-    _ids_brought: bool = False  # some staged row brings an id
 
     @property
     def _postgresql(self) -> bool:
@@ -337,7 +336,6 @@ class Import:
                 continue
             self._staged += 1
             records.append((self._staged, source_index, item.line, *result))
-        self._ids_brought = self._ids_brought or any(record[3] is not None for record in records)
         if records:
             await self._copy(records)
 
@@ -377,7 +375,7 @@ class Import:
         if self._postgresql:
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
         rebuild = await self._rebuilds_indexes()
-        await self._decide(outcomes=outcomes)
+        await self._decide()
         await self._report_rejections()
         if self._postgresql:
             await self._add_search_terms()  # from the staging table alone
@@ -394,7 +392,7 @@ class Import:
             return {}
         return await self._outcomes(inserted, updated)
 
-    async def _decide(self, *, outcomes: bool) -> None:
+    async def _decide(self) -> None:
         """Marks each staged row: the catalog's song it names, the row that stands for its song, its rejection."""
         c = staging.c
         # 1. The rows that name a song of the catalog.
@@ -404,22 +402,18 @@ class Import:
             .values(song_id=song.c.id)
         )
         # 2. Rows naming the same song: the first stands for all (the last, to update).
-        # Under `skip`, when no row brings an id and no row's fate is asked for, the
-        # insert's own conflict check, in input order, keeps the first all the same:
-        # this sorts every staged row (2 s of a million-row import).
-        if self.on_conflict is not OnConflict.SKIP or outcomes or self._ids_brought:
-            chosen = func.max(c.rank) if self.on_conflict is OnConflict.UPDATE else func.min(c.rank)
-            groups = (
-                select(c.name_key, c.artist_key, chosen.label("rank"))
-                .group_by(c.name_key, c.artist_key)
-                .having(func.count() > 1)
-                .subquery()
-            )
-            await self.connection.execute(
-                update(staging)
-                .where(c.name_key == groups.c.name_key, c.artist_key == groups.c.artist_key, c.rank != groups.c.rank)
-                .values(same_as=groups.c.rank)
-            )
+        chosen = func.max(c.rank) if self.on_conflict is OnConflict.UPDATE else func.min(c.rank)
+        groups = (
+            select(c.name_key, c.artist_key, chosen.label("rank"))
+            .group_by(c.name_key, c.artist_key)
+            .having(func.count() > 1)
+            .subquery()
+        )
+        await self.connection.execute(
+            update(staging)
+            .where(c.name_key == groups.c.name_key, c.artist_key == groups.c.artist_key, c.rank != groups.c.rank)
+            .values(same_as=groups.c.rank)
+        )
         if self.on_conflict is OnConflict.ERROR:
             await self.connection.execute(
                 update(staging).where(or_(c.song_id.is_not(None), c.same_as.is_not(None))).values(rejection="duplicate")
