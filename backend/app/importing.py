@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from itertools import islice
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import asyncpg
 import pydantic
-from pydantic import AwareDatetime, ConfigDict
+from pydantic import AwareDatetime, TypeAdapter
 from sqlalchemy import (
     Column,
     Integer,
@@ -43,9 +43,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from typing_extensions import TypedDict  # pydantic needs its TypedDict before Python 3.12
 
 from app.errors import FileError, ImportAborted, MaxErrorsExceeded
-from app.folding import derived_columns
+from app.folding import search_fold, song_key
 from app.formats import RawRow
 from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
@@ -65,17 +66,22 @@ class OnConflict(StrEnum):
     ERROR = "error"  # the row is rejected
 
 
-class ImportedSong(pydantic.BaseModel):
-    """One song of an import: the fields of `SongCreate`, and the id and timestamps an export carries."""
+class ImportedSong(TypedDict):
+    """One song of an import: the fields of `SongCreate`, and the id and timestamps an export carries.
 
-    model_config = ConfigDict(extra="ignore")
+    A TypedDict, not a model: a batch is validated in one call (`_validate`), by
+    pydantic's own loop, with no model built per row. Other fields are ignored.
+    """
 
     name: SongText
     artist: SongText
-    year: ReleaseYear | None = None
-    id: Annotated[int, pydantic.Field(ge=1, le=2**31 - 1)] | None = None
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
+    year: NotRequired[ReleaseYear | None]
+    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=2**31 - 1)] | None]
+    created_at: NotRequired[AwareDatetime | None]
+    updated_at: NotRequired[AwareDatetime | None]
+
+
+_SONGS = TypeAdapter(list[ImportedSong])
 
 
 @dataclass(slots=True)
@@ -109,28 +115,6 @@ class Outcome:
     id: int
 
 
-def validate(source: str, line: int, fields: dict[str, Any]) -> tuple[Any, ...] | Rejected:
-    """A row ready to stage, or why it is rejected."""
-    try:
-        row = ImportedSong.model_validate(fields)
-    except pydantic.ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'row'}: {error['msg']}" for error in exc.errors())
-        return Rejected(source, line, reasons)
-    derived = derived_columns({"name": row.name, "artist": row.artist})
-    return (
-        row.id,
-        row.name,
-        row.artist,
-        row.year,
-        derived["name_key"],
-        derived["artist_key"],
-        derived["name_search"],
-        derived["artist_search"],
-        row.created_at,
-        row.updated_at,
-    )
-
-
 Staged = tuple[Any, ...] | Rejected
 
 
@@ -139,10 +123,45 @@ def check_rows(source: str, rows: list[tuple[int, dict[str, Any] | None, str | N
 
     Plain tuples, not `RawRow`s: a dataclass with slots pickles several times slower.
     """
-    return [
-        Rejected(source, line, error or "unreadable") if fields is None else validate(source, line, fields)
-        for line, fields, error in rows
-    ]
+    validated = iter(_validate([fields for _, fields, _ in rows if fields is not None]))
+    staged: list[Staged] = []
+    for line, fields, error in rows:
+        song = (error or "unreadable") if fields is None else next(validated)
+        staged.append(Rejected(source, line, song) if isinstance(song, str) else _staged(song))
+    return staged
+
+
+def _validate(rows: list[dict[str, Any]]) -> list[ImportedSong | str]:
+    """Each row validated, or why it is not valid.
+
+    The whole batch in one call (half the time of a model validated row by row);
+    if some rows fail, the others are validated again without them.
+    """
+    try:
+        return list(_SONGS.validate_python(rows))
+    except pydantic.ValidationError as exc:
+        reasons: dict[int, list[str]] = {}
+        for error in exc.errors():
+            index, *loc = error["loc"]
+            reasons.setdefault(int(index), []).append(f"{'.'.join(map(str, loc)) or 'row'}: {error['msg']}")
+    valid = iter(_SONGS.validate_python([row for index, row in enumerate(rows) if index not in reasons]))
+    return ["; ".join(reasons[index]) if index in reasons else next(valid) for index in range(len(rows))]
+
+
+def _staged(song: ImportedSong) -> tuple[Any, ...]:
+    name, artist = song["name"], song["artist"]
+    return (
+        song.get("id"),
+        name,
+        artist,
+        song.get("year"),
+        song_key(name),
+        song_key(artist),
+        search_fold(name),
+        search_fold(artist),
+        song.get("created_at"),
+        song.get("updated_at"),
+    )
 
 
 def _plain(rows: list[RawRow]) -> list[tuple[int, dict[str, Any] | None, str | None]]:
