@@ -149,6 +149,7 @@ def _validate(rows: list[dict[str, Any]]) -> list[ImportedSong | str]:
 
 
 def _staged(song: ImportedSong) -> tuple[Any, ...]:
+    """A valid row as staged, with the keys and search texts `folding.derived_columns` gives (without its dict)."""
     name, artist = song["name"], song["artist"]
     return (
         song.get("id"),

@@ -74,8 +74,8 @@ TRIGRAM_SIMILARITY = 0.2
 # A word new to the catalog is offered as the correction of a misspelling this long
 # after it came, at most (typed right, it is found at once).
 NEAR_WORDS_SECONDS = 10.0
-# Searched again this long after they were looked up, a word's near words are looked up
-# anew in the background, and it keeps being answered from what is kept meanwhile.
+# Searched again once this share of their time has passed, a word's near words are looked
+# up anew in the background, and it keeps being answered from what is kept meanwhile.
 REFRESH_AFTER = 0.8
 NEAR_WORDS_KEPT = 10_000  # query words; the least recently used go first
 
@@ -202,7 +202,7 @@ async def plan(db: "Database", query: str) -> Search:
 
 
 async def _look_up(db: "Database", words: list[str]) -> dict[str, list[tuple[str, float]]]:
-    """The catalog's words close to each of `words`, kept in `db.near_words`: one statement."""
+    """The catalog's words close to each of `words`, kept in `db.near_words`: one statement on PostgreSQL."""
     candidates = await (_postgres_nearest(db, words) if db.dialect == "postgresql" else _sqlite_vocabulary(db, words))
     found = {word: _near(word, candidates[word]) for word in words}
     for word, near in found.items():
