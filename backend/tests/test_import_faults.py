@@ -115,6 +115,21 @@ def _workers(pid: int) -> list[int]:
     return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _idle(pids: list[int]) -> None:
+    """Waits until the processes have used no CPU for a while (all their input done)."""
+    deadline = time.monotonic() + 30
+    last = None
+    while (ticks := [_cpu_ticks(pid) for pid in pids]) != last:
+        assert time.monotonic() < deadline, "the import never finished the rows it was given"
+        last = ticks
+        time.sleep(0.5)
+
+
 def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
     with start_import() as process:
         assert process.stdin is not None
@@ -125,7 +140,10 @@ def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
         while not (workers := _workers(process.pid)):
             assert time.monotonic() < deadline, "the import never started its worker"
             time.sleep(0.1)
-        os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        # Killed between two batches, as the kernel's OOM killer would. Not while it sends a batch back:
+        # the process pool then waits for the rest of the message for ever (CPython's ProcessPoolExecutor).
+        _idle([process.pid, workers[0]])
+        os.kill(workers[0], signal.SIGKILL)
         _, stderr = process.communicate("".join(LINES[ROWS - 1000 :]), timeout=60)
 
     assert process.returncode == 1
