@@ -206,6 +206,7 @@ async def _import(
                 max_errors=max_errors,
                 dry_run=dry_run,
                 applying=lambda summary: progress.finish(f"applying {summary.read:,} rows..."),
+                bulk=True,  # the command's process is the import's alone
             )
 
 
@@ -316,7 +317,7 @@ def seed(
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     async with db.connect(settings, long_running=True) as database:
         rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
-        summary = await songs.import_songs(db=database, sources=[("seed", rows)])
+        summary = await songs.import_songs(db=database, sources=[("seed", rows)], bulk=True)
         await database.analyze()
     return summary
 

@@ -397,12 +397,9 @@ class Import:
         await self._report_rejections()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
-        if rebuild:
-            indexes = await self._drop_secondary_indexes()
-            inserted = await self._insert(new, now, returning=outcomes)
-            await self._build_indexes(indexes)
-        else:
-            inserted = await self._insert(new, now, returning=outcomes)
+        indexes = await self._drop_secondary_indexes() if rebuild else []
+        inserted = await self._insert(new, now, returning=outcomes)
+        await self._build_indexes(indexes)
         if self._postgresql:
             # After the songs, as the trigger does: a create that brings a word new to the catalog
             # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).

@@ -298,15 +298,15 @@ async def import_songs(
     max_errors: int | None = None,
     dry_run: bool = False,
     applying: Callable[[Summary], None] = lambda summary: None,
-    bulk: bool = True,
+    bulk: bool = False,
 ) -> Summary:
     """Imports the rows of each (name, rows) source in one transaction: all of them, or (killed or failed) none.
 
     `rejected` is told of each row left out as soon as it is known, and
     `applying` when every row is staged; `dry_run` rolls it all back. `bulk`
-    for a process that runs the import alone (the CLI): it may check the rows
-    in a worker process, turn the garbage collector off and use more memory
-    (`Import.bulk`); not inside the server, whose requests share the process.
+    only for a process that runs the import alone (the CLI): it may check the
+    rows in a worker process, turn the garbage collector off and use more memory
+    (`Import.bulk`); never inside the server, whose requests share the process.
     """
     async with db.transaction(write=True) as transaction:
         job = Import(await transaction.connection(), on_conflict, rejected=rejected, max_errors=max_errors, bulk=bulk)

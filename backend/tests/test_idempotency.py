@@ -117,13 +117,13 @@ async def test_an_import_whose_id_a_song_written_meanwhile_took_writes_nothing_a
     async with db.engine.connect() as meanwhile:
         await meanwhile.begin()
         await meanwhile.execute(insert(Song).values({"id": taken} | SONG_2 | derived_columns(SONG_2)))
-        importing = asyncio.create_task(songs.import_songs(db=db, sources=brought, bulk=False))
+        importing = asyncio.create_task(songs.import_songs(db=db, sources=brought))
         await wait_for(lambda: inserts_waiting(db), "the import waiting for the song written meanwhile")
         await meanwhile.commit()
     with pytest.raises(ImportAborted, match="run the import again"):
         await importing
     rejected: list[Rejected] = []
-    again = await songs.import_songs(db=db, sources=brought, rejected=rejected.append, bulk=False)
+    again = await songs.import_songs(db=db, sources=brought, rejected=rejected.append)
 
     assert (await client.get(f"/songs/{taken}")).json()["name"] == SONG_2["name"]
     assert [row.reason for row in rejected] == [f"id {taken} is another song's"]

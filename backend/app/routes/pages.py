@@ -496,7 +496,6 @@ class _ImportRun:
                 on_conflict=self.on_conflict,
                 rejected=self._reject,
                 applying=note_applying,
-                bulk=False,  # inside the server: no worker process, the collector on
             )
         )
         try:
