@@ -130,6 +130,10 @@ def _idle(pids: list[int]) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11, 7),
+    reason="CPython's process pool can wait for ever for a worker killed between two batches (seen on 3.11.2)",
+)
 def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
     with start_import() as process:
         assert process.stdin is not None
