@@ -8,20 +8,18 @@ it again does all of it, with no song doubled.
 """
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing
-import os
 import signal
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from itertools import islice
+from multiprocessing.connection import Connection
 from typing import Annotated, Any, Literal, NotRequired
 
 import asyncpg
@@ -169,20 +167,69 @@ def _plain(rows: list[RawRow]) -> list[tuple[int, dict[str, Any] | None, str | N
     return [(item.line, item.fields, item.error) for item in rows]
 
 
-def _start_worker() -> None:
-    """In a worker: no cyclic garbage collection (see _uncollected); the end of the worker with the import's process."""
+class _Checker:
+    """The worker process that checks a large import's rows, on the second core, and the two pipes to it.
+
+    Not a `ProcessPoolExecutor`: killed (out of memory) while it sent a batch
+    back, the pool's worker left the import waiting for the rest of the
+    message for ever. Here only the worker holds its ends of the pipes, so its
+    end, at any moment, is an end of file for the import; and the import's end
+    is one for the worker, which then ends too.
+    """
+
+    def __init__(self) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        requests, self._requests = spawn.Pipe(duplex=False)
+        self._results, results = spawn.Pipe(duplex=False)
+        self._process = spawn.Process(target=_check_batches, args=(requests, results), daemon=True)
+        self._process.start()
+        requests.close()
+        results.close()
+        # A thread each way: the batches go and come back in order, and the event loop never waits.
+        self._sending = ThreadPoolExecutor(1, thread_name_prefix="import-send")
+        self._receiving = ThreadPoolExecutor(1, thread_name_prefix="import-receive")
+
+    def check(
+        self, source: str, rows: list[tuple[int, dict[str, Any] | None, str | None]]
+    ) -> "asyncio.Future[list[Staged]]":
+        """`check_rows(source, rows)`, done by the worker."""
+        loop = asyncio.get_running_loop()
+        # A failed send is seen as the worker's end, by the receive.
+        loop.run_in_executor(self._sending, self._requests.send, (source, rows)).add_done_callback(_forget)
+        return loop.run_in_executor(self._receiving, self._receive)
+
+    def _receive(self) -> list[Staged]:
+        try:
+            checked: list[Staged] | BaseException = self._results.recv()
+        except (EOFError, OSError):
+            raise ImportAborted("the process that checks the rows ended (out of memory?)") from None
+        if isinstance(checked, BaseException):
+            raise checked
+        return checked
+
+    def close(self) -> None:
+        """Ends the worker, whatever it is doing: it holds nothing of the import's."""
+        self._process.kill()
+        self._process.join()
+        self._sending.shutdown()
+        self._receiving.shutdown()
+        self._requests.close()
+        self._results.close()
+
+
+def _check_batches(requests: Connection, results: Connection) -> None:
+    """The worker: checks each batch it is sent, until the import's process is gone."""
+    # No cyclic garbage collection (see _uncollected); Ctrl-C is the import's to handle: it ends its worker.
     gc.disable()
-    # Ctrl-C is the import's to handle: it ends its worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    # Killed, the import's process cannot say it has gone.
-    threading.Thread(target=watch, daemon=True).start()
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            source, rows = requests.recv()
+            try:
+                checked: list[Staged] | Exception = check_rows(source, rows)
+            except Exception as exc:  # a bug: the import's process raises it
+                checked = exc
+            results.send(checked)
 
 
 @contextmanager
@@ -324,22 +371,18 @@ class Import:
             for batch in batches:
                 await self._keep(source_index, batch, check_rows(source, _plain(batch)))
             return
-        loop = asyncio.get_running_loop()
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker) as worker, _uncollected():
+        with contextlib.closing(_Checker()) as worker, _uncollected():
             checking: tuple[list[RawRow], asyncio.Future[list[Staged]]] | None = None
             try:
                 for batch in batches:
                     # Submitted before the previous batch is staged: both cores work at once.
-                    submitted = batch, loop.run_in_executor(worker, check_rows, source, _plain(batch))
+                    submitted = batch, worker.check(source, _plain(batch))
                     previous, checking = checking, submitted
                     if previous is not None:
                         await self._keep(source_index, previous[0], await previous[1])
                 if checking is not None:
                     previous, checking = checking, None
                     await self._keep(source_index, previous[0], await previous[1])
-            except BrokenProcessPool:
-                raise ImportAborted("the process that checks the rows ended (out of memory?)") from None
             finally:
                 if checking is not None:  # stopped with a batch still being checked: its end is no one's
                     checking[1].add_done_callback(_forget)

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.importing import BATCH_SIZE
 from tests.catalog import rows
 
 SONGBOOK = str(Path(sys.executable).parent / "songbook")
@@ -130,11 +131,8 @@ def _idle(pids: list[int]) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11, 7),
-    reason="CPython's process pool can wait for ever for a worker killed between two batches (seen on 3.11.2)",
-)
-def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
+@pytest.mark.parametrize("moment", ["starting", "between two batches", "checking a batch"])
+def test_the_row_checker_ending_is_a_clear_message(catalog: URL, moment: str) -> None:
     with start_import() as process:
         assert process.stdin is not None
         # A first batch is checked in the import's process, the next ones in its worker.
@@ -143,10 +141,14 @@ def test_the_row_checker_ending_is_a_clear_message(catalog: URL) -> None:
         deadline = time.monotonic() + 30
         while not (workers := _workers(process.pid)):
             assert time.monotonic() < deadline, "the import never started its worker"
-            time.sleep(0.1)
-        # Killed between two batches, as the kernel's OOM killer would. Not while it sends a batch back:
-        # the process pool then waits for the rest of the message for ever (CPython's ProcessPoolExecutor).
-        _idle([process.pid, workers[0]])
+            time.sleep(0.01)
+        if moment != "starting":
+            _idle([process.pid, workers[0]])
+        if moment == "checking a batch":
+            process.stdin.write("".join(f"More {i},Band {i % 97},\n" for i in range(2 * BATCH_SIZE)))
+            process.stdin.flush()
+            time.sleep(0.05)  # read, sent, and being checked or sent back
+        # As the kernel's OOM killer would, at any moment.
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = process.communicate("".join(LINES[ROWS - 1000 :]), timeout=60)
 
