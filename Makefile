@@ -9,7 +9,7 @@ RUN := cd backend && $(UV) run --locked
 # app's import took 3.1 s instead of 2.0 on a loaded machine).
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: run key test lint typecheck pytest sync check-docker bench bench-telemetry bench-cpu bench-queries bench-transfer clean
+.PHONY: run key test lint typecheck pytest screenshots sync check-docker bench bench-telemetry bench-cpu bench-queries bench-transfer clean
 
 # Without the dev tools: a laptop that only runs the service installs only what it needs.
 run: $(UV)
@@ -35,6 +35,11 @@ typecheck: sync
 
 pytest: sync
 	$(RUN) pytest $(PYTEST_ARGS)
+
+# The page's screenshots in docs/screenshots/, made again by the browser tests (which otherwise
+# keep theirs in a temporary folder).
+screenshots: sync
+	cd backend && SONGBOOK_SCREENSHOTS=$(CURDIR)/docs/screenshots $(UV) run --locked pytest tests/test_browser.py
 
 # Requests/s of the hot routes as a share of a bare ASGI app's over asyncpg, beside plain
 # FastAPI routes, on PostgreSQL (BENCH_SERVE_DATABASE_URL); with wrk. About eight minutes.

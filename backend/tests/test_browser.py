@@ -1,12 +1,15 @@
 """The web page in a real browser: Debian's Chromium, driven by Playwright, against a real `songbook serve`.
 
 Nothing here downloads a browser: without `/usr/bin/chromium` (apt-get install
-chromium) these tests are skipped, and say so. Each saves screenshots in
-docs/screenshots/ (390 and 1280 px wide for the main views).
+chromium) these tests are skipped, and say so. Each saves screenshots (390 and
+1280 px wide for the main views) in a temporary folder; `make screenshots` makes
+those of docs/screenshots/ again (SONGBOOK_SCREENSHOTS names the folder).
 """
 
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("SONGBOOK_SCREENSHOTS") or Path(tempfile.gettempdir()) / "songbook-screenshots")
 WIDE, NARROW = 1280, 390
 
 
