@@ -313,33 +313,54 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 # The server ended the connection (shut down, crashed, or was told to), would not take it yet, or
 # no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+# The database not there, or not in time; asyncpg's InternalClientError is a connection
+# that died under it while idle.
+NOT_ANSWERING = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.InternalClientError,
+)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    metrics.database_errors.labels(type(orig).__name__).inc()
+    unavailable = database_unavailable(exc)
+    if unavailable is None:
+        return _failed(request)
+    logger.warning("database unavailable: %s", type(orig).__name__)
+    return error_response(unavailable)
+
+
+def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """The 503 a database's error stands for when the database failed (gone, restarting, too slow), as the API
+    answers it; None when the service did (a statement it should not have sent): a 500, logged."""
+    if isinstance(exc, NOT_ANSWERING):
+        return DatabaseUnavailable("The database is not answering; try again shortly.")
     # Through SQLAlchemy: the connection was lost mid-statement (SQLAlchemy drops the
     # pool's others with it), or the statement gave up. From asyncpg itself (the hot
     # paths' pool): the statement gave up, or the server closed the connection.
     if isinstance(exc, sa_exc.DBAPIError):
         transient, orig = exc.connection_invalidated, exc.orig
-    else:
+    elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         # asyncpg's own InterfaceError is a closed connection or pool; its subclasses
         # (bad data, configuration) are the service's faults, not the database's.
         transient = isinstance(exc, asyncpg.PostgresConnectionError) or type(exc) is asyncpg.InterfaceError
         orig = exc
+    else:
+        return None
     sqlstate = str(getattr(orig, "sqlstate", "") or "")
-    metrics.database_errors.labels(type(orig).__name__).inc()
     if transient or sqlstate in LOST_SQLSTATES or sqlstate.startswith("08"):
-        logger.warning("database unavailable: %s", type(orig).__name__)
-        return error_response(
-            DatabaseUnavailable(
-                "The connection to the database was lost, or its server no longer takes writes"
-                " (a restart, a failover); try again shortly."
-            )
+        return DatabaseUnavailable(
+            "The connection to the database was lost, or its server no longer takes writes"
+            " (a restart, a failover); try again shortly."
         )
     if sqlstate in TRANSIENT_SQLSTATES:
-        logger.warning("database unavailable: %s", type(orig).__name__)
-        return error_response(DatabaseUnavailable("The database took too long to answer; try again shortly."))
-    return _failed(request)
+        return DatabaseUnavailable("The database took too long to answer; try again shortly.")
+    return None
 
 
 def _failed(request: Request) -> JSONResponse:
@@ -369,17 +390,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for exc_class in (
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        sa_exc.TimeoutError,
-        ConnectionError,
-        TimeoutError,
-    ):
+    for exc_class in NOT_ANSWERING:
         app.add_exception_handler(exc_class, _database_unavailable)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(asyncpg.InterfaceError, _database_error)
-    # asyncpg's, for a connection that died under it while idle: the database went away.
-    app.add_exception_handler(asyncpg.InternalClientError, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)

@@ -462,6 +462,25 @@ async def test_a_broken_file_imports_nothing(app: FastAPI, person: httpx.AsyncCl
     assert (await person.get("/songs")).json() == []
 
 
+async def test_an_import_failed_by_the_service_says_so_and_is_logged(
+    app: FastAPI, person: httpx.AsyncClient, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite's errors here are OperationalErrors: the database not answering, as the API says")
+    await signed_in(app, person)
+    # A statement the service should not have sent, as a bug would: its vocabulary gone.
+    await execute(db, "ALTER TABLE search_term RENAME TO search_term_gone")
+    try:
+        answer = await upload(person, "songs.csv", b"name,artist\nYesterday,The Beatles\n")
+    finally:
+        await execute(db, "ALTER TABLE search_term_gone RENAME TO search_term")
+
+    assert "The import failed by a fault of the service (it is logged); nothing was imported." in unescape(answer.text)
+    assert "not answering" not in answer.text
+    assert [record.exc_info is not None for record in caplog.records if "the import of" in record.message] == [True]
+    assert (await person.get("/songs")).json() == []
+
+
 async def test_an_upload_needs_a_file_of_a_known_format(app: FastAPI, person: httpx.AsyncClient) -> None:
     await signed_in(app, person)
 

@@ -12,6 +12,7 @@ renders the problem the API would answer, with the same status, as a page.
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +42,7 @@ from app.errors import (
     MaxErrorsExceeded,
     NotFound,
     PreconditionFailed,
+    database_unavailable,
 )
 from app.errors import Unauthorized as KeyRefused
 from app.formats import Format, RawRow, format_of, read_rows
@@ -50,6 +52,8 @@ from app.models import ArtistQuery, Scope, SongCreate, SongQuery, SongRow
 from app.routes.links import check_page_size
 from app.routes.songs import export_response
 from app.web import Sessions, WebSession, get_sessions
+
+logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent.parent
 STATIC_DIR = HERE / "static"
@@ -509,8 +513,12 @@ class _ImportRun:
                 self.failure = f"{exc}; nothing was imported."
             except AppError as exc:
                 self.failure = f"{exc.detail} Nothing was imported."
-            except DATABASE_ERRORS:
-                self.failure = "The database is not answering; nothing was imported. Try again shortly."
+            except DATABASE_ERRORS as exc:
+                if (unavailable := database_unavailable(exc)) is not None:
+                    self.failure = f"{unavailable.detail} Nothing was imported."
+                else:
+                    logger.exception("the import of %s failed", self.name)
+                    self.failure = "The import failed by a fault of the service (it is logged); nothing was imported."
             yield "done" if self.summary else "failed"
         finally:
             work.cancel()  # the reader went away: the import's transaction is rolled back
