@@ -54,6 +54,7 @@ BATCH_SIZE = 5_000
 # by row (see _rebuilds_indexes).
 REBUILD_FACTOR = 10
 SQLITE_CACHE_KIB = 32 * 1024
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
 
 class OnConflict(StrEnum):
@@ -619,9 +620,12 @@ class Import:
                 self.summary.inserted = len(inserted)
             else:
                 self.summary.inserted = (await self.connection.execute(statement)).rowcount
-        except IntegrityError:
+        except IntegrityError as exc:
             # _decide found every id a row brings free; a song written since took one (on PostgreSQL,
-            # where writers go on during an import: a keyed create's id, set aside beforehand).
+            # where writers go on during an import: a keyed create's id, set aside beforehand). Any
+            # other refusal is no race, but a fault: as it is.
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
             raise ImportAborted(
                 "a song added while the import ran took an id that a row brings; run the import again: "
                 "that row will be rejected"

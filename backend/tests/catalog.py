@@ -69,6 +69,20 @@ def search(url: URL, word: str) -> list[int]:
     return [row[0] for row in asyncio.run(_select(url, sql, word=word))]
 
 
+def alter(url: URL, sql: str) -> None:
+    """One statement that changes the database, committed: what a bug or an operator might do."""
+    asyncio.run(_alter(url, sql))
+
+
+async def _alter(url: URL, sql: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
 def query(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
     """The rows of one statement."""
     return asyncio.run(_select(url, sql, **parameters))

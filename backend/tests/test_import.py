@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 from app.cli import cli
 from app.importing import BATCH_SIZE
-from tests.catalog import query, rows, search
+from tests.catalog import alter, query, rows, search
 
 runner = CliRunner()
 
@@ -263,6 +263,30 @@ def test_a_bulk_import_and_export_are_not_cut_by_the_statement_timeout(
     assert imported.exit_code == 0, imported.output
     assert exported.exit_code == 0, exported.output
     assert len(exported.stdout.splitlines()) == 5001
+
+
+def test_a_row_the_database_refuses_is_not_mistaken_for_a_race(catalog: URL, tmp_path: Path) -> None:
+    # A rule of the database's that the rows' checks do not know, as a schema ahead of the code would have.
+    if catalog.get_backend_name() == "postgresql":
+        refuse = "ALTER TABLE song ADD CONSTRAINT ck_test_refused CHECK (name <> 'Refused')"
+        allow = "ALTER TABLE song DROP CONSTRAINT ck_test_refused"
+    else:
+        refuse = (
+            "CREATE TRIGGER test_refused BEFORE INSERT ON song WHEN NEW.name = 'Refused' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        allow = "DROP TRIGGER test_refused"
+    alter(catalog, refuse)
+    try:
+        result = runner.invoke(cli, ["import", write(tmp_path / "songs.csv", "name,artist\nFine,Band\nRefused,Band\n")])
+    finally:
+        alter(catalog, allow)
+
+    assert result.exit_code == 1
+    assert "cannot import into" in result.stderr
+    assert result.stderr.rstrip().endswith("nothing was imported")
+    assert "took an id" not in result.stderr
+    assert rows(catalog) == []
 
 
 def _indexes(url: URL) -> list[tuple[Any, ...]]:
