@@ -5,13 +5,15 @@ once (`Database.fetch`, the hot paths), or a unit of work on a session
 (`Database.transaction`). Callers see neither.
 """
 
+import asyncio
 import functools
+import math
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -79,8 +81,14 @@ _SET_ASIDE_IDS = sa.select(_NEXT_ID.label("id")).select_from(_BLOCK)
 
 @dataclass
 class _SetAside:
-    ids: deque[int]
-    taken: float  # when, by the monotonic clock
+    """A process's ids set aside, for one database; one request at a time takes a new block under `refill`."""
+
+    ids: deque[int] = field(default_factory=deque)
+    taken: float = -math.inf  # when, by the monotonic clock
+    refill: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def usable(self) -> bool:
+        return bool(self.ids) and time.monotonic() - self.taken <= SET_ASIDE_SECONDS
 
 
 _set_aside: "weakref.WeakKeyDictionary[Database, _SetAside]" = weakref.WeakKeyDictionary()
@@ -123,11 +131,15 @@ async def new_song(*, db: Database, song_in: SongCreate) -> dict[str, Any] | Non
     """
     if db.dialect != "postgresql":
         return None
-    block = _set_aside.get(db)
-    if block is None or not block.ids or time.monotonic() - block.taken > SET_ASIDE_SECONDS:
-        taken = time.monotonic()
-        rows = await db.fetch(_SET_ASIDE_IDS, {"count": ID_BLOCK}, write=True)
-        block = _set_aside[db] = _SetAside(deque(row["id"] for row in rows), taken)
+    block = _set_aside.setdefault(db, _SetAside())
+    if not block.usable():
+        # The requests that find the block used up wait for the one that takes the next: each taking its own,
+        # 32 creates in flight threw most of each block away, a statement a request or so.
+        async with block.refill:
+            if not block.usable():
+                taken = time.monotonic()
+                rows = await db.fetch(_SET_ASIDE_IDS, {"count": ID_BLOCK}, write=True)
+                block.ids, block.taken = deque(row["id"] for row in rows), taken
     now = utcnow()
     values = song_in.model_dump()
     return (
