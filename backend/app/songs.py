@@ -131,7 +131,9 @@ async def new_song(*, db: Database, song_in: SongCreate) -> dict[str, Any] | Non
     """
     if db.dialect != "postgresql":
         return None
-    block = _set_aside.setdefault(db, _SetAside())
+    block = _set_aside.get(db)
+    if block is None:
+        block = _set_aside[db] = _SetAside()
     if not block.usable():
         # The requests that find the block used up wait for the one that takes the next: each taking its own,
         # 32 creates in flight threw most of each block away, a statement a request or so.
