@@ -303,7 +303,7 @@ def _field_error(error: Any) -> FieldError:
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", type(exc).__name__)
     metrics.database_errors.labels(type(exc).__name__).inc()
-    return error_response(DatabaseUnavailable("The database is not answering; try again shortly."))
+    return error_response(DatabaseUnavailable(NOT_ANSWERING_DETAIL))
 
 
 # PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
@@ -315,6 +315,7 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 # The database not there, or not in time; asyncpg's InternalClientError is a connection
 # that died under it while idle.
+NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
 NOT_ANSWERING = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
@@ -339,7 +340,7 @@ def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
     """The 503 a database's error stands for when the database failed (gone, restarting, too slow), as the API
     answers it; None when the service did (a statement it should not have sent): a 500, logged."""
     if isinstance(exc, NOT_ANSWERING):
-        return DatabaseUnavailable("The database is not answering; try again shortly.")
+        return DatabaseUnavailable(NOT_ANSWERING_DETAIL)
     # Through SQLAlchemy: the connection was lost mid-statement (SQLAlchemy drops the
     # pool's others with it), or the statement gave up. From asyncpg itself (the hot
     # paths' pool): the statement gave up, or the server closed the connection.

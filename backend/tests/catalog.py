@@ -57,7 +57,7 @@ def rows(url: URL) -> list[tuple[int, str, str, int | None]]:
 
 def full_rows(url: URL) -> list[tuple[Any, ...]]:
     """Every song as (id, name, artist, year, created_at, updated_at), in id order."""
-    return asyncio.run(_select(url, "SELECT id, name, artist, year, created_at, updated_at FROM song ORDER BY id"))
+    return asyncio.run(_execute(url, "SELECT id, name, artist, year, created_at, updated_at FROM song ORDER BY id"))
 
 
 def search(url: URL, word: str) -> list[int]:
@@ -66,34 +66,28 @@ def search(url: URL, word: str) -> list[int]:
         sql = "SELECT id FROM song WHERE search_vector @@ to_tsquery('simple', :word) ORDER BY id"
     else:
         sql = "SELECT rowid FROM song_search WHERE song_search MATCH :word ORDER BY rowid"
-    return [row[0] for row in asyncio.run(_select(url, sql, word=word))]
+    return [row[0] for row in asyncio.run(_execute(url, sql, {"word": word}))]
 
 
 def alter(url: URL, sql: str) -> None:
     """One statement that changes the database, committed: what a bug or an operator might do."""
-    asyncio.run(_alter(url, sql))
-
-
-async def _alter(url: URL, sql: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(sql))
-    finally:
-        await engine.dispose()
+    asyncio.run(_execute(url, sql, commit=True))
 
 
 def query(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
     """The rows of one statement."""
-    return asyncio.run(_select(url, sql, **parameters))
+    return asyncio.run(_execute(url, sql, parameters))
 
 
-async def _select(url: URL, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
+async def _execute(
+    url: URL, sql: str, parameters: dict[str, object] | None = None, *, commit: bool = False
+) -> list[tuple[Any, ...]]:
     engine = create_async_engine(url)
     if url.get_backend_name() == "sqlite":
         configure_sqlite(engine)
     try:
-        async with engine.connect() as connection:
-            return [tuple(row) for row in await connection.execute(text(sql), parameters)]
+        async with engine.begin() if commit else engine.connect() as connection:
+            result = await connection.execute(text(sql), parameters or {})
+            return [tuple(row) for row in result] if result.returns_rows else []
     finally:
         await engine.dispose()
