@@ -81,3 +81,21 @@ async def test_a_read_cancelled_on_the_session_path_leaves_no_connection_mid_ope
     async with asyncio.timeout(5):
         rows = await database.read(lambda transaction: transaction.fetch(BACKEND_PID))
     assert rows[0]["pid"] > 0
+
+
+async def test_a_read_waits_for_a_turn_at_most_the_pools_bound(
+    database: db.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "POOL_TIMEOUT_SECONDS", 0.5)
+    sleep = sa.text("SELECT pg_sleep(3)")
+    holding = [asyncio.create_task(database.fetch(sleep, {})) for _ in range(2)]  # every turn of the pool
+    await asyncio.sleep(0.3)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await database.fetch(BACKEND_PID, {})
+    assert 0.4 < loop.time() - started < 2
+
+    await asyncio.gather(*holding)
+    assert await pid(database) > 0  # turns free again: no bound to wait for
