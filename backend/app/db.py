@@ -95,9 +95,11 @@ def lost_connection(exc: BaseException) -> bool:
             return True
         exc = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else exc
     # asyncpg's InternalClientError: a connection the server closed while it sat idle (its goodbye read
-    # first) refuses the statement before sending it.
+    # first) refuses the statement before sending it. Its plain InterfaceError (not a subclass: those are
+    # bad data or configuration) is a connection it knows closed already, refusing to be used.
     lost = (*LOST_CONNECTION, asyncpg.InternalClientError)
-    return isinstance(exc, lost) and not isinstance(exc, TimeoutError)
+    closed = type(exc) is asyncpg.InterfaceError
+    return (isinstance(exc, lost) or closed) and not isinstance(exc, TimeoutError)
 
 
 class Database:
@@ -239,8 +241,9 @@ class Database:
                     self.replicas.wrote()
             try:
                 yield Transaction(session)
-            except (*LOST_CONNECTION, asyncpg.InternalClientError):
-                await _drop_connection(session)
+            except READ_AGAIN_ERRORS as exc:
+                if _lost_past_sqlalchemy(exc):
+                    await _drop_connection(session)
                 raise
             if write:
                 await session.commit()
@@ -711,7 +714,13 @@ class _AtomicOnEngine(Atomic):
         # The session's own savepoint inside the block's transaction: its commit releases it.
         database = self.database
         async with database._sessionmaker(bind=self.connection, join_transaction_mode="create_savepoint") as session:
-            yield Transaction(session)
+            try:
+                yield Transaction(session)
+            except READ_AGAIN_ERRORS as exc:
+                if _lost_past_sqlalchemy(exc):
+                    # Dropped, as `Database.transaction` drops its own: no savepoint rolled back on it.
+                    await self.connection.invalidate()
+                raise
             if write:
                 await session.commit()
 
@@ -772,6 +781,15 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
     )
     event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
     return engine
+
+
+def _lost_past_sqlalchemy(exc: BaseException) -> bool:
+    """Whether `exc` is a connection that died under the driver, called directly (a COPY), where SQLAlchemy
+    did not see it fail: raised as it is, or given SQLAlchemy's shape by the caller (an import's staging)."""
+    if isinstance(exc, DBAPIError):
+        return not exc.connection_invalidated and lost_connection(exc)
+    # A timeout too: the driver may have been left mid-operation.
+    return lost_connection(exc) or isinstance(exc, TimeoutError)
 
 
 async def _drop_connection(session: AsyncSession) -> None:

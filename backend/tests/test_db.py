@@ -1,17 +1,23 @@
 """The `Database` on PostgreSQL: the hot paths' pool, a URL of several servers, cancelled reads."""
 
 import asyncio
+import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from app import db
 from app.config import Settings
 from app.errors import NoWritableDatabase
+from app.formats import RawRow
+from app.importing import Import, OnConflict
 from tests.server import free_port
+from tests.test_idempotency import wait_for
 
 BACKEND_PID = sa.select(sa.func.pg_backend_pid().label("pid"))
 
@@ -99,3 +105,38 @@ async def test_a_read_waits_for_a_turn_at_most_the_pools_bound(
 
     await asyncio.gather(*holding)
     assert await pid(database) > 0  # turns free again: no bound to wait for
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+async def test_a_batch_whose_connection_died_before_its_copy_gives_the_connection_back(
+    database: db.Database, settings: Settings, keyed: bool
+) -> None:
+    """A batch's rows go in by COPY on the driver, past SQLAlchemy: a connection that died under it is
+    dropped and given back to the pool, not rolled back on and left to the garbage collector. A keyed
+    batch runs in an atomic block on a session (`Database.atomic`), a plain one in a transaction."""
+    with pytest.raises(OperationalError):  # noqa: PT012 (the block is the batch)
+        async with (
+            database.atomic(lock=1, on_session=True) if keyed else contextlib.nullcontext(),
+            database.transaction(write=True) as transaction,
+        ):
+            connection = await transaction.connection()
+            backend = (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+            job = Import(connection, OnConflict.SKIP)
+            await job.start()
+            await ended(settings, backend)
+            await job.stage("body", [RawRow(0, {"name": "Song", "artist": "Artist"})])
+    gc.collect()  # a connection left to it would be a warning, an error in these tests
+
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await pid(database) > 0
+
+
+async def ended(settings: Settings, backend: int) -> None:
+    """Ends the server's `backend`, as a restart would, from another connection, and waits until it is gone."""
+    async with db.connect(settings) as other:
+        await other.fetch(sa.text(f"SELECT pg_terminate_backend({int(backend)})"), {})
+
+        async def gone() -> bool:
+            return not await other.fetch(sa.text(f"SELECT FROM pg_stat_activity WHERE pid = {int(backend)}"), {})
+
+        await wait_for(gone, "the backend gone")
