@@ -719,7 +719,8 @@ class _AtomicOnEngine(Atomic):
             except READ_AGAIN_ERRORS as exc:
                 if _lost_past_sqlalchemy(exc):
                     # Dropped, as `Database.transaction` drops its own: no savepoint rolled back on it.
-                    await self.connection.invalidate()
+                    with contextlib.suppress(*DATABASE_ERRORS):
+                        await self.connection.invalidate()
                 raise
             if write:
                 await session.commit()
