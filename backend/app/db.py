@@ -95,10 +95,10 @@ def lost_connection(exc: BaseException) -> bool:
             return True
         exc = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else exc
     # asyncpg's InternalClientError: a connection the server closed while it sat idle (its goodbye read
-    # first) refuses the statement before sending it. Its plain InterfaceError (not a subclass: those are
-    # bad data or configuration) is a connection it knows closed already, refusing to be used.
+    # first) refuses the statement before sending it. An InterfaceError that says "connection is closed"
+    # (SQLAlchemy's own rule) is one it knows closed already, refusing to be used.
     lost = (*LOST_CONNECTION, asyncpg.InternalClientError)
-    closed = type(exc) is asyncpg.InterfaceError
+    closed = isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
     return (isinstance(exc, lost) or closed) and not isinstance(exc, TimeoutError)
 
 
@@ -160,7 +160,7 @@ class Database:
         sent = False
         try:
             # As `_connection` does, written out: its generator costs about a tenth of a small read (py-spy).
-            async with turn_bound(self._turns) as wait, self._turns, self.pool.acquire() as connection:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
                 wait.reschedule(None)
                 sent = True
                 rows: list[Mapping[str, Any]] = await _fetch(connection, sql, values)
@@ -208,7 +208,7 @@ class Database:
         """The rows from `replica`; None if it failed, for the primary to answer."""
         assert self.replicas is not None
         try:
-            async with turn_bound(replica.turns) as wait, replica.turns, replica.pool.acquire() as held:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, replica.turns, replica.pool.acquire() as held:
                 wait.reschedule(None)
                 rows = await _fetch(held, sql, values)
             replica.reads.inc()
@@ -342,7 +342,7 @@ class Database:
         if self.replicas is not None:
             self.replicas.wrote()  # its answer tells where the primary was, for reads that must see it
         if self.pool is not None and not on_session:
-            async with turn_bound(self._turns) as wait, self._turns, self.pool.acquire() as connection:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
                 wait.reschedule(None)
                 unit = _AtomicOnPool(self, asyncio.current_task(), connection)
                 async with _running(unit, lock):
@@ -356,7 +356,9 @@ class Database:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         assert self.pool is not None
-        async with turn_bound(self._turns) as wait, self._turns, self.pool.acquire() as connection:
+        # A connection is waited for as long as the engine's pool would, then a 503. Not
+        # with acquire(timeout=...): before Python 3.12 that makes a task per request.
+        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self._turns, self.pool.acquire() as connection:
             wait.reschedule(None)  # the statement has timeouts of its own
             yield connection
 
@@ -473,7 +475,7 @@ class Anywhere:
     turns: asyncio.Semaphore
 
     async def fetch(self, sql: str, values: Sequence[Any]) -> list[Mapping[str, Any]]:
-        async with turn_bound(self.turns) as wait, self.turns:
+        async with asyncio.timeout(POOL_TIMEOUT_SECONDS) as wait, self.turns:
             wait.reschedule(None)  # the connection and the statement have timeouts of their own
             connection = await self.connect()
             try:
@@ -492,34 +494,6 @@ class _Rows:
     """Rows a replica answered (an empty list of them is an answer too)."""
 
     rows: list[Mapping[str, Any]]
-
-
-def turn_bound(turns: asyncio.Semaphore) -> "asyncio.Timeout | _NoWait":
-    """What bounds the wait for one of `turns`, and for the pool's connection that goes with it: a 503
-    after POOL_TIMEOUT_SECONDS, as the engine's pool would (not `acquire(timeout=)`: before Python
-    3.12 that makes a task per request).
-
-    With a turn free there is nothing to wait for: a free turn is a free connection, or a new one,
-    which has a timeout of its own. `asyncio.timeout` would then cost about 4 µs a request for nothing
-    (two `get_running_loop` calls, each a system call on 3.11, and a timer set and cancelled).
-    """
-    return asyncio.timeout(POOL_TIMEOUT_SECONDS) if turns.locked() else NO_WAIT
-
-
-class _NoWait:
-    """`asyncio.timeout` where nothing will wait."""
-
-    async def __aenter__(self) -> "_NoWait":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-    def reschedule(self, when: float | None) -> None:
-        return None
-
-
-NO_WAIT = _NoWait()
 
 
 class _Turns(asyncio.Semaphore):
@@ -789,8 +763,8 @@ def _lost_past_sqlalchemy(exc: BaseException) -> bool:
     did not see it fail: raised as it is, or given SQLAlchemy's shape by the caller (an import's staging)."""
     if isinstance(exc, DBAPIError):
         return not exc.connection_invalidated and lost_connection(exc)
-    # A timeout too: the driver may have been left mid-operation.
-    return lost_connection(exc) or isinstance(exc, TimeoutError)
+    # Raised as it is: as before, any OSError of the driver's (a timeout included) drops the connection.
+    return isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError)) or lost_connection(exc)
 
 
 async def _drop_connection(session: AsyncSession) -> None:

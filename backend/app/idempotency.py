@@ -68,9 +68,7 @@ _in_flight: set[tuple[int, int, str]] = set()
 
 def _fingerprint(request: Request, payload: Any) -> str:
     query = sorted(request.query_params.multi_items())
-    # The scope's path, as `request.url.path` gives it for these routes, without building the whole URL
-    # (about 5 µs a request).
-    request_as_sent = {"method": request.method, "path": request.scope["path"], "query": query, "body": payload}
+    request_as_sent = {"method": request.method, "path": request.url.path, "query": query, "body": payload}
     canonical = json.dumps(request_as_sent, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

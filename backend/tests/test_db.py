@@ -104,7 +104,7 @@ async def test_a_read_waits_for_a_turn_at_most_the_pools_bound(
     assert 0.4 < loop.time() - started < 2
 
     await asyncio.gather(*holding)
-    assert await pid(database) > 0  # turns free again: no bound to wait for
+    assert await pid(database) > 0  # the turns free again, reads are answered
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
