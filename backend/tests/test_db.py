@@ -1,4 +1,5 @@
-"""The `Database` on PostgreSQL: the hot paths' pool, a URL of several servers, cancelled reads."""
+"""The `Database` on PostgreSQL: the hot paths' pool and its wait, a URL of several servers, cancelled
+reads, and connections that died under a COPY."""
 
 import asyncio
 import contextlib
