@@ -692,9 +692,7 @@ class _AtomicOnEngine(Atomic):
                 yield Transaction(session)
             except READ_AGAIN_ERRORS as exc:
                 if _lost_past_sqlalchemy(exc):
-                    # Dropped, as `Database.transaction` drops its own: no savepoint rolled back on it.
-                    with contextlib.suppress(*DATABASE_ERRORS):
-                        await self.connection.invalidate()
+                    await _drop_connection(session)  # the block's: no savepoint rolled back on it
                 raise
             if write:
                 await session.commit()

@@ -313,9 +313,9 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 # The server ended the connection (shut down, crashed, or was told to), would not take it yet, or
 # no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
 # The database not there, or not in time; asyncpg's InternalClientError is a connection
 # that died under it while idle.
-NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
 NOT_ANSWERING = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
