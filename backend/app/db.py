@@ -22,7 +22,9 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -35,9 +37,9 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, QueuePool
 from sqlalchemy.sql import Executable, Select, TextClause
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -753,7 +755,34 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
         pool_pre_ping=True,
     )
     event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
+    _losses[engine.sync_engine] = losses = _LostPastSqlalchemy()
+    event.listen(engine.sync_engine, "connect", losses.connect)
+    event.listen(engine.sync_engine, "checkout", losses.checkout)
     return engine
+
+
+class _LostPastSqlalchemy:
+    """When a connection of an engine last died under the driver, called directly (a COPY): a pooled
+    connection from before then is dropped as it is handed out, and the pool's older ones with it.
+
+    For a connection it sees die, SQLAlchemy drops the pool's older ones with it: what ended one (a
+    restart, a failover, a pooler's restart) likely ended the others, some perhaps only a moment
+    later, after the pool's check. The hot paths' pool does the same (`Database.fetch`).
+    """
+
+    def __init__(self) -> None:
+        self.lost_at = -math.inf  # time.monotonic()
+
+    def connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CONNECTED_AT] = time.monotonic()
+
+    def checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        if record.info[_CONNECTED_AT] < self.lost_at:
+            raise InvalidatePoolError("a connection died under the driver, called directly")
+
+
+_CONNECTED_AT = "songbook_connected_at"
+_losses: "weakref.WeakKeyDictionary[sa.Engine, _LostPastSqlalchemy]" = weakref.WeakKeyDictionary()
 
 
 def _lost_past_sqlalchemy(exc: BaseException) -> bool:
@@ -769,8 +798,11 @@ async def _drop_connection(session: AsyncSession) -> None:
     """Invalidates the connection of a session whose driver, called directly (a COPY), found it dead.
 
     SQLAlchemy never saw it fail: closing the session would roll back on it,
-    fail, and leave it to the garbage collector.
+    fail, and leave it to the garbage collector. The pool's other connections from
+    before it are dropped as SQLAlchemy drops them for a loss it sees (`_LostPastSqlalchemy`).
     """
+    if (losses := _losses.get(session.get_bind().engine)) is not None:
+        losses.lost_at = time.monotonic()
     if session.in_transaction():
         with contextlib.suppress(*DATABASE_ERRORS):
             await (await session.connection()).invalidate()

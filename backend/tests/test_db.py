@@ -115,6 +115,28 @@ async def test_a_batch_whose_connection_died_before_its_copy_gives_the_connectio
     """A batch's rows go in by COPY on the driver, past SQLAlchemy: a connection that died under it is
     dropped and given back to the pool, not rolled back on and left to the garbage collector. A keyed
     batch runs in an atomic block on a session (`Database.atomic`), a plain one in a transaction."""
+    await batch_that_dies(database, settings, keyed=keyed)
+    gc.collect()  # a connection left to it would be a warning, an error in these tests
+
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await pid(database) > 0
+
+
+async def test_a_connection_that_died_under_the_driver_retires_the_pools_others(
+    database: db.Database, settings: Settings
+) -> None:
+    """What ended one connection (a restart, a failover) likely ended the pool's others, some perhaps a
+    moment after the pool's check of them: once a COPY's connection died, the pool hands out new ones,
+    as it does after a loss SQLAlchemy sees itself."""
+    async with database.transaction() as first, database.transaction() as second:
+        pooled = {await session_pid(first), await session_pid(second)}
+    await batch_that_dies(database, settings, keyed=False)
+
+    assert await database.read(session_pid) not in pooled
+
+
+async def batch_that_dies(database: db.Database, settings: Settings, *, keyed: bool) -> None:
+    """A batch whose backend is ended between its start and its COPY: it fails."""
     with pytest.raises(OperationalError):  # noqa: PT012 (the block is the batch)
         async with (
             database.atomic(lock=1, on_session=True) if keyed else contextlib.nullcontext(),
@@ -126,10 +148,11 @@ async def test_a_batch_whose_connection_died_before_its_copy_gives_the_connectio
             await job.start()
             await ended(settings, backend)
             await job.stage("body", [RawRow(0, {"name": "Song", "artist": "Artist"})])
-    gc.collect()  # a connection left to it would be a warning, an error in these tests
 
-    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert await pid(database) > 0
+
+async def session_pid(transaction: db.Transaction) -> int:
+    rows = await transaction.fetch(BACKEND_PID)
+    return int(rows[0]["pid"])
 
 
 async def ended(settings: Settings, backend: int) -> None:
