@@ -301,7 +301,7 @@ def _field_error(error: Any) -> FieldError:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", type(exc).__name__)
+    logger.warning("database unavailable: %s", _driver_says(exc))
     metrics.database_errors.labels(type(exc).__name__).inc()
     return error_response(DatabaseUnavailable(NOT_ANSWERING_DETAIL))
 
@@ -332,8 +332,17 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     unavailable = database_unavailable(exc)
     if unavailable is None:
         return _failed(request)
-    logger.warning("database unavailable: %s", type(orig).__name__)
+    logger.warning("database unavailable: %s", _driver_says(exc))
     return error_response(unavailable)
+
+
+def _driver_says(exc: BaseException) -> str:
+    """The driver's error under `exc` and the first line of its message, for the log (not the client):
+    SQLAlchemy's wrapper of asyncpg's errors is one class, `Error`, for most of them."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig.__cause__ or exc.orig
+    message = str(exc).partition("\n")[0]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
