@@ -364,12 +364,18 @@ class ApiKeyCreated(ApiKeyPublic):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """A write sent with an `Idempotency-Key`, and the answer it got: replayed to a retry of it."""
+    """A write sent with an `Idempotency-Key`, and the answer it got: replayed to a retry of it.
+
+    `api_key_id` names the key that sent it, without a foreign key: PostgreSQL's check of one locks
+    the key's row on every keyed write, and writes of one key in flight at once then each made a
+    MultiXact of all the others (migration d3f8a1b6c9e2). A record is written only for a key just
+    checked; keys are revoked, never deleted; and a record expires whatever its key.
+    """
 
     __tablename__ = "idempotency_key"
     __table_args__ = (Index("ix_idempotency_key_expires_at", "expires_at"),)
 
-    api_key_id: int = Field(foreign_key="api_key.id", primary_key=True, ondelete="CASCADE")
+    api_key_id: int = Field(primary_key=True)
     key: str = Field(max_length=255, primary_key=True)
     request_hash: str = Field(max_length=64)
     # None while the first request is being answered.
