@@ -37,9 +37,10 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import Executable, Select, TextClause
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -245,7 +246,7 @@ class Database:
                 yield Transaction(session)
             except READ_AGAIN_ERRORS as exc:
                 if _lost_past_sqlalchemy(exc):
-                    await _drop_connection(session)
+                    await _drop_connection(session, exc)
                 raise
             if write:
                 await session.commit()
@@ -694,7 +695,7 @@ class _AtomicOnEngine(Atomic):
                 yield Transaction(session)
             except READ_AGAIN_ERRORS as exc:
                 if _lost_past_sqlalchemy(exc):
-                    await _drop_connection(session)  # the block's: no savepoint rolled back on it
+                    await _drop_connection(session, exc)  # the block's: no savepoint rolled back on it
                 raise
             if write:
                 await session.commit()
@@ -755,15 +756,16 @@ def _create_engine(settings: Settings, connector: "_Connector") -> AsyncEngine:
         pool_pre_ping=True,
     )
     event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
-    _losses[engine.sync_engine] = losses = _LostPastSqlalchemy()
+    _losses[engine.sync_engine] = losses = _DriverLosses()
     event.listen(engine.sync_engine, "connect", losses.connect)
     event.listen(engine.sync_engine, "checkout", losses.checkout)
     return engine
 
 
-class _LostPastSqlalchemy:
+class _DriverLosses:
     """When a connection of an engine last died under the driver, called directly (a COPY): a pooled
-    connection from before then is dropped as it is handed out, and the pool's older ones with it.
+    connection from before then is dropped as it is handed out, and with it every connection the pool
+    opened before that checkout.
 
     For a connection it sees die, SQLAlchemy drops the pool's older ones with it: what ended one (a
     restart, a failover, a pooler's restart) likely ended the others, some perhaps only a moment
@@ -773,16 +775,18 @@ class _LostPastSqlalchemy:
     def __init__(self) -> None:
         self.lost_at = -math.inf  # time.monotonic()
 
-    def connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    def connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info[_CONNECTED_AT] = time.monotonic()
 
-    def checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    def checkout(
+        self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
         if record.info[_CONNECTED_AT] < self.lost_at:
             raise InvalidatePoolError("a connection died under the driver, called directly")
 
 
 _CONNECTED_AT = "songbook_connected_at"
-_losses: "weakref.WeakKeyDictionary[sa.Engine, _LostPastSqlalchemy]" = weakref.WeakKeyDictionary()
+_losses: "weakref.WeakKeyDictionary[sa.Engine, _DriverLosses]" = weakref.WeakKeyDictionary()
 
 
 def _lost_past_sqlalchemy(exc: BaseException) -> bool:
@@ -794,14 +798,15 @@ def _lost_past_sqlalchemy(exc: BaseException) -> bool:
     return isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError)) or lost_connection(exc)
 
 
-async def _drop_connection(session: AsyncSession) -> None:
+async def _drop_connection(session: AsyncSession, exc: BaseException) -> None:
     """Invalidates the connection of a session whose driver, called directly (a COPY), found it dead.
 
     SQLAlchemy never saw it fail: closing the session would roll back on it,
-    fail, and leave it to the garbage collector. The pool's other connections from
-    before it are dropped as SQLAlchemy drops them for a loss it sees (`_LostPastSqlalchemy`).
+    fail, and leave it to the garbage collector. If it was lost (not a timeout: a
+    server too slow to answer has its other connections still), the pool's others
+    from before it are dropped, as SQLAlchemy drops them for a loss it sees (`_DriverLosses`).
     """
-    if (losses := _losses.get(session.get_bind().engine)) is not None:
+    if lost_connection(exc) and (losses := _losses.get(session.get_bind().engine)) is not None:
         losses.lost_at = time.monotonic()
     if session.in_transaction():
         with contextlib.suppress(*DATABASE_ERRORS):

@@ -128,11 +128,26 @@ async def test_a_connection_that_died_under_the_driver_retires_the_pools_others(
     """What ended one connection (a restart, a failover) likely ended the pool's others, some perhaps a
     moment after the pool's check of them: once a COPY's connection died, the pool hands out new ones,
     as it does after a loss SQLAlchemy sees itself."""
-    async with database.transaction() as first, database.transaction() as second:
-        pooled = {await session_pid(first), await session_pid(second)}
+    pooled = await session_pids(database)
     await batch_that_dies(database, settings, keyed=False)
 
-    assert await database.read(session_pid) not in pooled
+    assert not await session_pids(database) & pooled
+
+
+async def test_a_connection_dropped_for_a_timeout_leaves_the_pools_others(database: db.Database) -> None:
+    """A server too slow to answer still has its other connections: only the one dropped is replaced."""
+    pooled = await session_pids(database)
+    async with database.transaction() as transaction:
+        dropped = await session_pid(transaction)
+        await db._drop_connection(transaction.session, TimeoutError())
+
+    assert await session_pids(database) & pooled == pooled - {dropped}
+
+
+async def session_pids(database: db.Database) -> set[int]:
+    """The backends of the pool's two connections, both held at once."""
+    async with database.transaction() as first, database.transaction() as second:
+        return {await session_pid(first), await session_pid(second)}
 
 
 async def batch_that_dies(database: db.Database, settings: Settings, *, keyed: bool) -> None:
