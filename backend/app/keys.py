@@ -16,12 +16,12 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, delete, update
 from sqlmodel import col
 
 from app.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database
 from app.errors import DuplicateKeyName, NotFound
-from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, Scope, utcnow
+from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdempotencyRecord, Scope, utcnow
 
 KEY_PREFIX = "sb_"
 LAST_USED_EVERY_SECONDS = 60.0  # how often a key's last use is written, at most, per process
@@ -55,6 +55,7 @@ _INSERT_KEY = (
     .values({name: bindparam(name) for name in ("name", "scope", "prefix", "secret_hash", "created_at")})
     .returning(*_PUBLIC_COLUMNS)
 )
+_FORGET_RECORDS = delete(IdempotencyRecord).where(col(IdempotencyRecord.api_key_id) == bindparam("key_id"))
 _LIST_KEYS = sa.select(*_PUBLIC_COLUMNS).order_by(col(ApiKey.id))
 _GET_KEY = sa.select(*_PUBLIC_COLUMNS).where(col(ApiKey.id) == bindparam("key_id"))
 _FIND_KEY_ID = sa.select(col(ApiKey.id)).where(col(ApiKey.name) == bindparam("name"))
@@ -78,7 +79,11 @@ async def create_key(*, db: Database, key_in: ApiKeyCreate) -> ApiKeyCreated:
         "created_at": utcnow(),
     }
     try:
-        created = await db.fetch(_INSERT_KEY, row, write=True)
+        async with db.transaction(write=True) as transaction:
+            created = await transaction.fetch(_INSERT_KEY, row)
+            # SQLite gives a new key the id of the newest if that was deleted (by hand: keys are revoked,
+            # not deleted): the records of that key are not the new one's.
+            await transaction.fetch(_FORGET_RECORDS, {"key_id": created[0]["id"]})
     except INTEGRITY_ERRORS:
         raise DuplicateKeyName(f"A key is named {key_in.name!r} already.") from None
     return ApiKeyCreated.model_validate(dict(created[0]) | {"key": key})

@@ -366,9 +366,9 @@ class ApiKeyCreated(ApiKeyPublic):
 class IdempotencyRecord(SQLModel, table=True):
     """A write sent with an `Idempotency-Key`, and the answer it got: replayed to a retry of it.
 
-    `api_key_id` names the key that sent it, without a foreign key: PostgreSQL's check of one locks
-    the key's row on every keyed write, and writes of one key in flight at once then each made a
-    MultiXact of all the others (migration d3f8a1b6c9e2). A record is written only for a key just
+    `api_key_id` names the key that sent it, without a foreign key: PostgreSQL's check of one would
+    lock the key's row on every keyed write, and writes of one key in flight at once would each make
+    a MultiXact of all the others (migration d3f8a1b6c9e2). A record is written only for a key just
     checked; keys are revoked, never deleted; and a record expires whatever its key.
     """
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, update
+from sqlmodel import col
 
-from app import idempotency, songs
+from app import idempotency, keys, songs
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
 from app.errors import ImportAborted
@@ -20,7 +21,7 @@ from app.folding import derived_columns
 from app.formats import RawRow
 from app.importing import Rejected
 from app.main import create_app
-from app.models import IdempotencyRecord, Song, utcnow
+from app.models import ApiKey, ApiKeyCreate, IdempotencyRecord, Song, utcnow
 from tests.conftest import client_for, make_key
 from tests.test_metrics import scrape, value
 
@@ -150,6 +151,25 @@ async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncCli
 
     assert (mine.status_code, theirs.status_code) == (201, 201)
     assert await count_songs(client) == 2
+
+
+async def test_a_new_key_has_no_answers_of_a_deleted_key_whose_id_it_took(app: FastAPI) -> None:
+    """Keys are revoked, not deleted; one deleted by hand leaves its answers, and SQLite gives its id to
+    the next key made: they are not that key's."""
+    database: Database = app.state.database
+    gone = await keys.create_key(db=database, key_in=ApiKeyCreate(name="gone", scope="write"))
+    async with client_for(app, gone.key) as client:
+        assert (await client.post("/songs", json=SONG, headers=key("same"))).status_code == 201
+    async with database.transaction(write=True) as transaction:
+        await transaction.fetch(delete(ApiKey).where(col(ApiKey.id) == gone.id))
+
+    new = await keys.create_key(db=database, key_in=ApiKeyCreate(name="new", scope="write"))
+    async with client_for(app, new.key) as client:
+        answer = await client.post("/songs", json=SONG_2, headers=key("same"))
+
+    assert new.id == gone.id or database.dialect == "postgresql"  # PostgreSQL never gives an id twice
+    assert answer.status_code == 201
+    assert "idempotent-replayed" not in answer.headers
 
 
 async def test_simultaneous_requests_with_one_key_create_one_song(client: httpx.AsyncClient) -> None:

@@ -121,3 +121,30 @@ def test_upgrade_refuses_songs_that_would_break_the_new_constraints(empty_databa
 
     with pytest.raises(RuntimeError, match="songs 1 and 2 are the same song"):
         schema.upgrade(empty_database)
+
+
+def test_the_foreign_key_of_idempotency_records_comes_back_without_the_records_of_keys_gone(
+    empty_database: URL,
+) -> None:
+    config = schema.alembic_config(empty_database)
+    command.upgrade(config, "head")
+    record = "{}, 'k', 'hash', '2026-12-02 00:00:00+00:00', '2026-12-03 00:00:00+00:00'"
+    query(
+        empty_database,
+        "INSERT INTO api_key (name, scope, prefix, secret_hash, created_at) VALUES "
+        "('kept', 'write', 'p', 'h', '2026-12-02 00:00:00+00:00')",
+    )
+    [(kept,)] = query(empty_database, "SELECT id FROM api_key")
+    assert isinstance(kept, int)
+    for api_key_id in (kept, kept + 1):
+        query(
+            empty_database,
+            "INSERT INTO idempotency_key (api_key_id, key, request_hash, claimed_at, expires_at) "
+            f"VALUES ({record.format(api_key_id)})",
+        )
+
+    command.downgrade(config, "c7e2a9d4b1f6")  # the revision before the foreign key was dropped
+    left = query(empty_database, "SELECT api_key_id FROM idempotency_key")
+    command.upgrade(config, "head")
+
+    assert left == [(kept,)]
