@@ -301,7 +301,7 @@ def _field_error(error: Any) -> FieldError:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", _driver_says(exc))
+    logger.warning("database unavailable: %s", driver_says(exc))
     metrics.database_errors.labels(type(exc).__name__).inc()
     return error_response(DatabaseUnavailable(NOT_ANSWERING_DETAIL))
 
@@ -332,12 +332,12 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     unavailable = database_unavailable(exc)
     if unavailable is None:
         return _failed(request)
-    logger.warning("database unavailable: %s", _driver_says(exc))
+    logger.warning("database unavailable: %s", driver_says(exc))
     return error_response(unavailable)
 
 
-def _driver_says(exc: BaseException) -> str:
-    """The driver's error under `exc` and the first line of its message, for the log (not the client):
+def driver_says(exc: BaseException) -> str:
+    """The driver's error under `exc` and the first line of its message, for logs (never the client):
     SQLAlchemy's wrapper of asyncpg's errors is one class, `Error`, for most of them."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         exc = exc.orig.__cause__ or exc.orig

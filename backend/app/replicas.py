@@ -67,6 +67,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.config import Settings
+from app.errors import driver_says
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class Replicas:
         """A read on `replica` failed (and goes to the primary); one that `lost` its connection leaves it out."""
         if lost:
             replica.fresh_as_of = NEVER
-        logger.warning("read replica %s failed a read (%s): the primary answers it", replica.name, type(exc).__name__)
+        logger.warning("read replica %s failed a read (%s): the primary answers it", replica.name, driver_says(exc))
 
     async def written_lsn(self) -> int | None:
         """The primary's LSN now: a token for the answer of a request that wrote. None if it does not answer."""
@@ -220,7 +221,7 @@ class Replicas:
             async with asyncio.timeout(LSN_TIMEOUT_SECONDS):
                 return int(await self._primary.fetchval(PRIMARY_LSN))
         except _POLL_ERRORS as exc:
-            logger.warning("no %s token: the primary did not tell its LSN (%s)", HEADER, type(exc).__name__)
+            logger.warning("no %s token: the primary did not tell its LSN (%s)", HEADER, driver_says(exc))
             return None
 
     def start(self) -> None:
