@@ -8,7 +8,9 @@ requests in flight at once, and prints the process's CPU time per request:
 what the app and the driver cost, apart from uvicorn and PostgreSQL, so that
 small differences show through the noise of a shared machine. `--profile`
 prints cProfile's busiest functions of the service's run: where its time
-goes beyond the floor's.
+goes beyond the floor's. `post-key` measures the service alone: a create
+with a write key and an `Idempotency-Key` against one with the key only
+(what the idempotency costs), and profiles the keyed one.
 """
 
 import argparse
@@ -31,13 +33,13 @@ from starlette.types import ASGIApp, Message
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from serve import DEFAULT_URL, service_env  # noqa: E402
+from serve import DEFAULT_URL, make_key, service_env  # noqa: E402
 
 SEARCHED = ["love", "night", "blue", "heart", "dream", "fire", "rain", "song", "moon", "road"]
 IN_FLIGHT = 8
 
 
-def request(mode: str, number: int, songs: int) -> tuple[dict[str, Any], bytes]:
+def request(mode: str, number: int, songs: int, key: str = "") -> tuple[dict[str, Any], bytes]:
     """The ASGI scope and body of one request of `mode`, as `bench/wrk/songbook.lua` sends it."""
     method, path, query, body = "GET", "/songs", b"", b""
     if mode == "get":
@@ -51,6 +53,10 @@ def request(mode: str, number: int, songs: int) -> tuple[dict[str, Any], bytes]:
     headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench")]
     if body:
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if mode in ("post-auth", "post-key"):
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    if mode == "post-key":
+        headers.append((b"idempotency-key", f"cpu-{time.time_ns()}-{number}".encode()))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -90,12 +96,14 @@ async def call(app: ASGIApp, scope: dict[str, Any], body: bytes) -> int:
     return status
 
 
-async def measure(app: ASGIApp, mode: str, count: int, songs: int, profile: cProfile.Profile | None) -> float:
+async def measure(
+    app: ASGIApp, mode: str, count: int, songs: int, profile: cProfile.Profile | None, key: str = ""
+) -> float:
     """CPU µs a request of `mode`, over `count` requests after a warm-up."""
 
     async def send_all(first: int, total: int) -> None:
         for number in range(first, first + total):
-            status = await call(app, *request(mode, number, songs))
+            status = await call(app, *request(mode, number, songs, key))
             if status >= 400:
                 raise SystemExit(f"{mode}: answered {status}")
 
@@ -113,11 +121,11 @@ async def measure(app: ASGIApp, mode: str, count: int, songs: int, profile: cPro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["get", "list", "search", "post"])
+    parser.add_argument("mode", choices=["get", "list", "search", "post", "post-key"])
     parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the floor and the service")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two sides")
     parser.add_argument("--songs", type=int, default=100_000, help="songs in the catalog (ids to ask for)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the service's last round")
+    parser.add_argument("--profile", action="store_true", help="cProfile the second side's last round")
     args = parser.parse_args()
     url = os.environ.get("BENCH_SERVE_DATABASE_URL", DEFAULT_URL)
     os.environ.update(service_env(url) | {"REFERENCE_DSN": url})
@@ -125,19 +133,24 @@ def main() -> None:
 
     from app.main import create_app
 
-    results: dict[str, list[float]] = {"floor": [], "service": []}
+    # The two sides of each round: (name, app, mode); post-key is the service against itself.
+    sides: list[tuple[str, ASGIApp, str]]
+    key = make_key(url) if args.mode == "post-key" else ""
     profile = cProfile.Profile() if args.profile else None
     # The service's logs go to a file, as a container's do: written, not shown.
     with tempfile.TemporaryFile("w") as log, contextlib.redirect_stderr(log):
         service = create_app()
+        if args.mode == "post-key":
+            sides = [("key only", service, "post-auth"), ("keyed", service, "post-key")]
+        else:
+            sides = [("floor", floor, args.mode), ("service", service, args.mode)]
+        results: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         for round_ in range(args.rounds):
-            results["floor"].append(asyncio.run(measure(floor, args.mode, args.requests, args.songs, None)))
-            last = round_ == args.rounds - 1
-            used = profile if last else None
-            results["service"].append(asyncio.run(measure(service, args.mode, args.requests, args.songs, used)))
-    floor_us, service_us = (sorted(runs)[len(runs) // 2] for runs in results.values())
-    ratio = service_us / floor_us
-    print(f"{args.mode}: floor {floor_us:.0f} µs CPU a request, service {service_us:.0f} µs ({ratio:.2f}x)")
+            for name, app, mode in sides:
+                used = profile if round_ == args.rounds - 1 and name == sides[-1][0] else None
+                results[name].append(asyncio.run(measure(app, mode, args.requests, args.songs, used, key)))
+    (base_name, base_us), (name, us) = ((name, sorted(runs)[len(runs) // 2]) for name, runs in results.items())
+    print(f"{args.mode}: {base_name} {base_us:.0f} µs CPU a request, {name} {us:.0f} µs ({us / base_us:.2f}x)")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
 

@@ -126,6 +126,18 @@ def service_env(url: str, *, quiet: bool = False) -> dict[str, str]:
     }
 
 
+def make_key(url: str) -> str:
+    """A new write key of the bench catalog (named `bench-...`: `forget_writes` deletes it)."""
+    return subprocess.run(
+        [str(BIN / "songbook"), "keys", "create", "--name", f"bench-{time.time_ns()}", "--scope", "write"],
+        cwd=BACKEND,
+        env=service_env(url),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+
+
 def wait_ready(base: str, path: str, process: subprocess.Popen[bytes], timeout: float = 30) -> float:
     """Seconds until `path` answers 200."""
     started = time.perf_counter()
@@ -235,15 +247,7 @@ def main() -> None:
     asyncio.run(create_database(url))
     asyncio.run(forget_writes(url, keep=args.count))  # of a run cut short
     max_id = prepare(url, args.count)
-    key = subprocess.run(
-        [str(BIN / "songbook"), "keys", "create", "--name", f"bench-{time.time_ns()}", "--scope", "write"],
-        cwd=BACKEND,
-        env=service_env(url),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[0]
-    loads = {"SONGS_N": str(max_id), "BENCH_KEY": key}
+    loads = {"SONGS_N": str(max_id), "BENCH_KEY": make_key(url)}
     reference_env = {**os.environ, "REFERENCE_DSN": url, "REFERENCE_POOL": str(POOL_SIZE), "PYTHONPATH": str(BACKEND)}
 
     try:
