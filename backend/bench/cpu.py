@@ -133,17 +133,17 @@ def main() -> None:
 
     from app.main import create_app
 
-    # The two sides of each round: (name, app, mode); post-key is the service against itself.
-    sides: list[tuple[str, ASGIApp, str]]
     key = make_key(url) if args.mode == "post-key" else ""
     profile = cProfile.Profile() if args.profile else None
     # The service's logs go to a file, as a container's do: written, not shown.
     with tempfile.TemporaryFile("w") as log, contextlib.redirect_stderr(log):
         service = create_app()
-        if args.mode == "post-key":
-            sides = [("key only", service, "post-auth"), ("keyed", service, "post-key")]
-        else:
-            sides = [("floor", floor, args.mode), ("service", service, args.mode)]
+        # The two sides of each round: (name, app, mode); post-key is the service against itself.
+        sides: list[tuple[str, ASGIApp, str]] = (
+            [("key only", service, "post-auth"), ("keyed", service, "post-key")]
+            if args.mode == "post-key"
+            else [("floor", floor, args.mode), ("service", service, args.mode)]
+        )
         results: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         for round_ in range(args.rounds):
             for name, app, mode in sides:
