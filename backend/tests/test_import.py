@@ -203,6 +203,33 @@ def test_max_errors_stops_and_imports_nothing(catalog: URL, tmp_path: Path) -> N
     assert [name for _, name, _, _ in rows(catalog)] == ["Good", "Also good"]
 
 
+@pytest.mark.parametrize("on_conflict", ["skip", "update"])
+def test_a_song_whose_first_row_is_refused_its_id_comes_from_its_next_row(
+    catalog: URL, tmp_path: Path, on_conflict: str
+) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", "id,name,artist\n1,Creep,Radiohead\n")])
+    # Line 2's id is another song's, line 5's is line 4's: each is refused, and its song is added
+    # by the row after it, which brings no id.
+    songs = write(
+        tmp_path / "b.csv",
+        "id,name,artist,year\n1,Yesterday,The Beatles,1965\n,Yesterday,The Beatles,1965\n"
+        "7,Halo,Beyoncé,\n7,Help,The Beatles,\n,Help,The Beatles,\n",
+    )
+
+    result = runner.invoke(cli, ["import", "--on-conflict", on_conflict, songs])
+
+    assert result.exit_code == 3, result.output
+    assert rejections(result) == [
+        f"{songs}:2: id 1 is another song's",
+        f"{songs}:5: id 7 is given to an earlier row too",
+    ]
+    assert "3 songs were added, 0 updated, 0 skipped as already there, 2 rejected" in result.stdout
+    ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
+    assert ids.keys() == {"Creep", "Yesterday", "Halo", "Help"}
+    assert ids["Halo"] == 7
+    assert search(catalog, "yesterday") == [ids["Yesterday"]]
+
+
 def test_dry_run_reports_what_would_happen_and_writes_nothing(catalog: URL, tmp_path: Path) -> None:
     runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
 
