@@ -70,6 +70,8 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
     header = next(reader, None)
     if header is None:
         return
+    if _UNDECODABLE.search("".join(header)):
+        raise FileError("line 1: the header is not UTF-8; save the file as UTF-8")
     names = [name.strip().lower() for name in header]
     if missing := [name for name in REQUIRED if name not in names]:
         raise FileError(f"line 1: the header has no {' and no '.join(missing)} column (it has: {', '.join(names)})")
@@ -82,8 +84,9 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield RawRow(line, None, f"not valid CSV: {exc}")
-            continue
+            # A field past the csv module's limit: the reader stops inside it and would take
+            # the rest of the field for rows of their own. Nothing after it can be trusted.
+            raise FileError(f"line {line}: not valid CSV: {exc}") from None
         if not values:
             continue  # a blank line
         if _UNDECODABLE.search("".join(values)):
@@ -160,18 +163,30 @@ def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
     while True:
         at_next_token()
         start_line = line
+        # The first error in the element, where it is: an element cut off by the buffer's end fails
+        # further on once more is read; one that is not JSON fails there, however much is read (but
+        # for a string not ended yet, which fails where it starts until its end is read).
+        first_error: tuple[str, int] | None = None
         while True:
             try:
                 value, end = decoder.raw_decode(buffer, position)
                 break
             except json.JSONDecodeError as exc:
+                error = (exc.msg, exc.pos - position)
+                first_error = first_error or error
                 more = "" if eof else text.read(65536)
                 if not more:
                     raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
                 if len(buffer) - position > _JSON_ELEMENT_MAX:
+                    if error == first_error and not exc.msg.startswith("Unterminated string"):
+                        raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
                     raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB") from None
                 buffer = buffer[position:] + more
                 position = 0
+            except (RecursionError, ValueError) as exc:
+                # Nested past Python's recursion limit, or an integer of more digits than int() takes.
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+                raise FileError(f"line {start_line}: not valid JSON: {reason}") from None
         element = buffer[position:end]
         line += element.count("\n")
         position = end

@@ -134,6 +134,68 @@ def test_a_file_that_is_not_songs_fails_the_whole_import(catalog: URL, tmp_path:
     assert rows(catalog) == []
 
 
+def test_a_csv_field_past_the_readers_limit_fails_the_import_instead_of_becoming_rows(
+    catalog: URL, tmp_path: Path
+) -> None:
+    # The reader stops inside the field: what follows its first line is no row of the file.
+    songs = write(
+        tmp_path / "songs.csv",
+        'name,artist,year\nA,B,2000\n"' + "x" * 140_000 + '\nstill the same field",C,2001\nD,E,2002\n',
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 1
+    assert f"{songs}: line 3: not valid CSV: field larger than field limit" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert rows(catalog) == []
+
+
+ELEMENT = b'{"name": "Halo", "artist": "Beyonc\\u00e9"}'
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "nested.json",
+            b'[{"name": "a", "artist": "b", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]",
+            "line 1: not valid JSON: nested too deeply",
+        ),
+        (
+            "digits.json",
+            b'[{"name": "a", "artist": "b", "year": ' + b"9" * 5000 + b"}]",
+            "line 1: not valid JSON: Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+        # Read on past the 1 MiB an element may take, a syntax error is still told as one,
+        (
+            "bad-then-long.json",
+            b"[" + ELEMENT + b',\n{"name": x},\n' + b",\n".join([ELEMENT] * 40_000) + b"]",
+            "line 2: not valid JSON: Expecting value",
+        ),
+        # and an element that long, as too long.
+        (
+            "long.json",
+            b"[" + ELEMENT + b',\n{"name": "' + b"y" * 2_000_000 + b'"}]',
+            "line 2: an element of the array is larger than 1 MiB",
+        ),
+        ("latin-1.csv", "titre,artiste,année\nA,B,2000\n".encode("latin-1"), "line 1: the header is not UTF-8"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_named_with_its_line_and_reason(
+    catalog: URL, tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    songs = write(tmp_path / name, content)
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 1
+    assert f"{songs}: {message}" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert "Traceback" not in result.output
+    assert rows(catalog) == []
+
+
 SONGS = "name,artist,year\nYesterday,The Beatles,1965\nHalo,Beyoncé,2008\n"
 AGAIN = "name,artist,year\nYESTERDAY,the beatles,1966\nCreep,Radiohead,1992\nyesterday,The Beatles,\n"
 
