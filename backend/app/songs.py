@@ -72,6 +72,7 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
 )
 _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
 # Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
+ID_MAX = 2**31 - 1  # the song table's ids are 32-bit integers
 ID_BLOCK = 32
 SET_ASIDE_SECONDS = 1.0
 _NEXT_ID = func.nextval(literal_column("pg_get_serial_sequence('song', 'id')"))
@@ -163,6 +164,7 @@ def count_created() -> None:
 
 async def get_song(*, db: Database, song_id: int) -> SongRow:
     """Gets a song by its id."""
+    _check_id(song_id)
     rows = await db.fetch(_GET_SONG, {"song_id": song_id})
     if not rows:
         raise _not_found(song_id)
@@ -188,6 +190,7 @@ async def replace_song(
 
 async def delete_song(*, db: Database, song_id: int, versions: Collection[int] | None = None) -> None:
     """Removes a song from the catalog; with `versions`, only if it is at one of them."""
+    _check_id(song_id)
     accepted = _version_values(versions)
     deleted = await db.fetch(_delete_statement(_count(versions)), {"song_id": song_id} | accepted, write=True)
     if not deleted:
@@ -196,6 +199,7 @@ async def delete_song(*, db: Database, song_id: int, versions: Collection[int] |
 
 
 async def _write(db: Database, song_id: int, values: dict[str, Any], versions: Collection[int] | None) -> SongRow:
+    _check_id(song_id)
     if not values:
         current = await get_song(db=db, song_id=song_id)
         if versions is not None and current["version"] not in versions:
@@ -265,6 +269,12 @@ async def _raise_if_duplicate(db: Database, *, name_key: str, artist_key: str) -
     found = await db.fetch(_FIND_SONG_ID, {"name_key": name_key, "artist_key": artist_key})
     if found:
         raise DuplicateSong(found[0]["id"])
+
+
+def _check_id(song_id: int) -> None:
+    """Not found, for an id no song can have (the pages' URLs take any number; the API's, only these)."""
+    if not 1 <= song_id <= ID_MAX:
+        raise _not_found(song_id)
 
 
 def _not_found(song_id: int) -> NotFound:

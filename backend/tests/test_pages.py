@@ -211,6 +211,18 @@ async def test_the_export_links_carry_the_search(person: httpx.AsyncClient, db: 
     assert [json.loads(line)["name"] for line in ndjson.text.splitlines()] == ["Wonderwall"]
 
 
+async def test_an_export_link_with_invalid_filters_is_refused_as_the_api_refuses_them(
+    person: httpx.AsyncClient,
+) -> None:
+    for query in ["year=abc", "q=%01", "artist=" + "x" * 300]:
+        answer = await person.get(f"/ui/export.csv?{query}")
+
+        assert answer.status_code == 422, query
+        assert answer.headers["content-type"].startswith("text/html")
+        field = query.split("=")[0]
+        assert f'<p class="error">{field}: ' in answer.text, query  # the field, and what is wrong with it
+
+
 async def test_the_artists_view_counts_filters_and_links(person: httpx.AsyncClient, db: Database) -> None:
     for number in range(3):
         await make_song(db, name=f"Song {number}", artist="Björk")
@@ -236,7 +248,8 @@ async def test_a_song_page_shows_its_fields_and_the_way_back(person: httpx.Async
 
 
 async def test_a_missing_song_or_page_is_a_404_page(person: httpx.AsyncClient) -> None:
-    for path in ["/ui/songs/999", "/ui/nothing", "/ui/songs/abc"]:
+    # Past any id (the page's URL takes any number): a 404 as well.
+    for path in ["/ui/songs/999", "/ui/nothing", "/ui/songs/abc", f"/ui/songs/{2**31}", "/ui/songs/" + "9" * 20]:
         page = await person.get(path)
 
         assert page.status_code == 404, path
@@ -350,6 +363,18 @@ async def test_adding_a_song_shows_every_error_at_its_field(app: FastAPI, person
     assert 'value="' + "x" * 201 + '"' in answer.text  # what the person typed is kept
 
 
+async def test_a_year_of_other_digits_is_an_error_at_its_field(app: FastAPI, person: httpx.AsyncClient) -> None:
+    await signed_in(app, person)
+
+    for year in ["1965\u00b2", "\u0661\u0669\u0666\u0665", "9" * 5000]:
+        form = {"token": await token(person, "/"), "name": "Yesterday", "artist": "The Beatles", "year": year}
+        answer = await person.post("/ui/songs/new", data=form)
+
+        assert answer.status_code == 422, year
+        assert re.search(r'id="year"[^>]*aria-invalid="true"', answer.text, re.DOTALL), year
+    assert (await person.get("/songs")).json() == []
+
+
 async def test_a_duplicate_links_to_the_song_there(app: FastAPI, person: httpx.AsyncClient, db: Database) -> None:
     song = await make_song(db, name="Yesterday", artist="The Beatles")
     await signed_in(app, person)
@@ -458,6 +483,16 @@ async def test_a_broken_file_imports_nothing(app: FastAPI, person: httpx.AsyncCl
     answer = await upload(person, "songs.json", f"[{rows}, {{broken".encode())
 
     assert "nothing was imported" in answer.text
+    assert 'id="import-failed"' in answer.text
+    assert (await person.get("/songs")).json() == []
+
+
+async def test_a_file_whose_header_is_not_utf8_is_named_as_such(app: FastAPI, person: httpx.AsyncClient) -> None:
+    await signed_in(app, person)
+
+    answer = await upload(person, "songs.csv", "titre,artiste,année\nA,B,2000\n".encode("latin-1"))
+
+    assert "line 1: the header is not UTF-8" in answer.text
     assert 'id="import-failed"' in answer.text
     assert (await person.get("/songs")).json() == []
 

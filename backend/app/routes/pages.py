@@ -49,7 +49,7 @@ from app.formats import Format, RawRow, format_of, read_rows
 from app.importing import OnConflict, Rejected, Summary
 from app.keys import Caller
 from app.models import ArtistQuery, Scope, SongCreate, SongQuery, SongRow
-from app.routes.links import check_page_size
+from app.routes.links import check_page_size, validate_query
 from app.routes.songs import export_response
 from app.web import Sessions, WebSession, get_sessions
 
@@ -274,7 +274,8 @@ async def export(request: Request, file_format: Literal["csv", "ndjson"], visit:
     """Every song of a search, as a file: `GET /songs` with `Accept: text/csv` (or NDJSON), for a link."""
     visit.require("read")
     values = _search_values(request.query_params.multi_items())
-    query = SongQuery.model_validate({name: value for name, value in values.items() if name != "count"})
+    # A link edited by hand is refused as the API refuses its query: 422, each field named.
+    query = validate_query(SongQuery, {name: value for name, value in values.items() if name != "count"})
     return await export_response(request, visit.db, query, Format(file_format))
 
 
@@ -597,7 +598,9 @@ def _song_values(form: FormData) -> dict[str, str]:
 def _song_input(values: dict[str, str]) -> dict[str, Any]:
     """The form's fields as `SongCreate` takes them: a year of digits is a number, an empty one none."""
     year = values["year"].strip()
-    return {"name": values["name"], "artist": values["artist"], "year": int(year) if year.isdigit() else year or None}
+    # ASCII digits: str.isdigit() takes others too ("²"), which int() refuses; a longer number is no year.
+    number = year.isascii() and year.isdigit() and len(year) <= 9
+    return {"name": values["name"], "artist": values["artist"], "year": int(year) if number else year or None}
 
 
 def _shown(song: SongRow) -> dict[str, str]:
@@ -607,7 +610,7 @@ def _shown(song: SongRow) -> dict[str, str]:
 def _version(form: FormData) -> int:
     """The version of the song the person saw (the form's hidden field); 0 matches none."""
     value = str(form.get("version", ""))
-    return int(value) if value.isdigit() and len(value) <= 9 else 0
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
 
 
 def _field_errors(exc: ValidationError) -> dict[str, str]:

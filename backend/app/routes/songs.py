@@ -29,7 +29,7 @@ router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(
 READ, WRITE = require("read"), require("write")
 SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
 
-SongId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The song's id.")]
+SongId = Annotated[int, Path(ge=1, le=songs.ID_MAX, description="The song's id.")]
 
 
 class _SongIdSegment(Convertor[str]):
