@@ -11,7 +11,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,7 +24,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
 
 from app import exporting, metrics, search
-from app.db import INTEGRITY_ERRORS, Database, Transaction
+from app.db import INTEGRITY_ERRORS, Database, Statement, Transaction
 from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound, PreconditionFailed
 from app.folding import derived_columns, search_fold, song_key
 from app.formats import Format, RawRow
@@ -74,6 +74,7 @@ _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song
 # Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
 ID_MAX = 2**31 - 1  # the song table's ids are 32-bit integers
 ID_BLOCK = 32
+WRITE_ATTEMPTS = 3  # a write whose duplicate went meanwhile is made again, this many times in all
 SET_ASIDE_SECONDS = 1.0
 _NEXT_ID = func.nextval(literal_column("pg_get_serial_sequence('song', 'id')"))
 _BLOCK = func.generate_series(literal_column("1"), bindparam("count"))
@@ -110,12 +111,11 @@ async def create_song(*, db: Database, song_in: SongCreate) -> SongRow:
     now = utcnow()
     values = song_in.model_dump()
     row = values | derived_columns(values) | {"version": 1, "created_at": now, "updated_at": now}
-    try:
-        created = await db.fetch(_INSERT_SONG, row, write=True)
-    except INTEGRITY_ERRORS:
-        # The one constraint valid input can break: a song with the same keys is there.
-        await _raise_if_duplicate(db, name_key=row["name_key"], artist_key=row["artist_key"])
-        raise
+
+    async def keys() -> tuple[str, str]:
+        return row["name_key"], row["artist_key"]
+
+    created = await _write_unless_duplicate(db, _INSERT_SONG, row, keys)
     _created.inc()
     return _song_row(created[0])
 
@@ -210,13 +210,13 @@ async def _write(db: Database, song_id: int, values: dict[str, Any], versions: C
     changed = values | derived_columns(values)
     params = {f"new_{name}": value for name, value in changed.items()} | _version_values(versions)
     statement = _update_statement(tuple(sorted(changed)), _count(versions))
-    try:
-        rows = await db.fetch(statement, params | {"song_id": song_id, "now": utcnow()}, write=True)
-    except INTEGRITY_ERRORS:
+
+    async def keys() -> tuple[str, str]:
         current = await get_song(db=db, song_id=song_id)
         merged = {"name": current["name"], "artist": current["artist"]} | values
-        await _raise_if_duplicate(db, name_key=song_key(merged["name"]), artist_key=song_key(merged["artist"]))
-        raise
+        return song_key(merged["name"]), song_key(merged["artist"])
+
+    rows = await _write_unless_duplicate(db, statement, params | {"song_id": song_id, "now": utcnow()}, keys)
     if not rows:
         raise await _why_not_written(db, song_id)
     _updated.inc()
@@ -263,6 +263,26 @@ def _version_values(versions: Collection[int] | None) -> dict[str, int]:
 async def _why_not_written(db: Database, song_id: int) -> NotFound | PreconditionFailed:
     rows = await db.fetch(_VERSION_OF, {"song_id": song_id})
     return PreconditionFailed(song_id, etag(rows[0]["version"])) if rows else _not_found(song_id)
+
+
+async def _write_unless_duplicate(
+    db: Database, statement: Statement, params: Mapping[str, Any], keys: Callable[[], Awaitable[tuple[str, str]]]
+) -> Sequence[Mapping[str, Any]]:
+    """The rows of a write that makes a song `keys()` names; `DuplicateSong` if another song has those keys.
+
+    The one constraint valid input can break is that pair of keys. A song that
+    broke it may be gone by the time it is looked up (deleted or renamed just
+    after): the write is then made again, as it may now go through.
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return await db.fetch(statement, params, write=True)
+        except INTEGRITY_ERRORS:
+            name_key, artist_key = await keys()
+            await _raise_if_duplicate(db, name_key=name_key, artist_key=artist_key)
+            if attempt == WRITE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _raise_if_duplicate(db: Database, *, name_key: str, artist_key: str) -> None:

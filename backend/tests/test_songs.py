@@ -3,10 +3,12 @@
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from pydantic import TypeAdapter
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from app import songs
 from app.db import Database
 from app.models import Song, SongPublic
 from tests.factories import make_song
@@ -152,6 +154,35 @@ async def test_patch_that_makes_a_duplicate_is_a_409(client: httpx.AsyncClient, 
     assert response.status_code == 409
     assert response.json()["existing_id"] == existing["id"]
     assert (await client.get(f"/songs/{song['id']}")).json()["name"] == "Help"
+
+
+async def test_a_write_whose_duplicate_went_just_after_is_made_again_not_a_500(
+    client: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each write collides with a song that another request deletes just after, before the
+    # write can look it up: the write goes through on its next try.
+    taken = await make_song(db, name="Help!", artist="The Beatles")
+    other = await make_song(db, name="Yesterday", artist="The Beatles")
+    look_up = songs._raise_if_duplicate
+
+    async def deleted_meanwhile(db: Database, *, name_key: str, artist_key: str) -> None:
+        await songs.delete_song(db=db, song_id=(await look_up_id(db, name_key, artist_key)))
+        await look_up(db, name_key=name_key, artist_key=artist_key)
+
+    monkeypatch.setattr(songs, "_raise_if_duplicate", deleted_meanwhile)
+
+    created = await client.post("/songs", json={"name": "Help!", "artist": "The Beatles"})
+    renamed = await client.patch(f"/songs/{other['id']}", json={"name": "Help!"})
+
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] != taken["id"]
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "Help!"
+
+
+async def look_up_id(db: Database, name_key: str, artist_key: str) -> int:
+    found = await db.fetch(songs._FIND_SONG_ID, {"name_key": name_key, "artist_key": artist_key})
+    return int(found[0]["id"])
 
 
 async def test_patch_renaming_a_song_keeps_its_uniqueness_key(client: httpx.AsyncClient, db: Database) -> None:
