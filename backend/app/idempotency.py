@@ -10,7 +10,8 @@ PostgreSQL a transaction-scoped advisory lock on the key (on SQLite writers
 take turns: another process's retry waits for the first and replays it); a
 retry that finds the key taken but answered (by another retry) replays the
 answer. The same key with another request is a 422. Answers are kept for
-`idempotency_ttl_seconds`.
+`idempotency_ttl_seconds`. Writes let through without an API key share one
+set of keys (`NO_API_KEY`).
 
 A write known in full before it is made (a create whose id is set aside,
 `Foreseen`) is kept with its answer in one statement on PostgreSQL: the
@@ -60,6 +61,7 @@ REPLAYED_HEADERS = ("location", "etag", "content-type")
 # A record without an answer was a claim of the version before one transaction; this old, its
 # request died: a retry may take it over.
 ABANDONED_AFTER = timedelta(minutes=2)
+NO_API_KEY = 0  # the records of writes made without an API key: no key has this id
 PRUNE_EVERY = 100  # keyed writes, on average; then expired answers are deleted
 
 # (database, API key id, Idempotency-Key) of the requests being answered in this process.
@@ -110,14 +112,16 @@ async def run_once(
     keyed request, gives the write in full before it is made, if it can.
     """
     key = request.headers.get(HEADER)
-    if key is None or caller is None:
+    if key is None:
         return await _answer(write)
     if not _VALID_KEY.fullmatch(key):
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
+    # Writes let through without an API key (SONGBOOK_REQUIRE_WRITE_KEY=false) share one set of keys.
+    caller_id = caller.key_id if caller is not None else NO_API_KEY
     fingerprint = _fingerprint(request, payload)
     ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
-    this = {"caller_id": caller.key_id, "idempotency_key": key}
-    in_flight = (id(db), caller.key_id, key)
+    this = {"caller_id": caller_id, "idempotency_key": key}
+    in_flight = (id(db), caller_id, key)
     if in_flight in _in_flight:
         return await _replay_if_answered(db, this, fingerprint)
     _in_flight.add(in_flight)
@@ -130,8 +134,8 @@ async def run_once(
             answered = await _foreseen_once(db, foreseen, this=this, fingerprint=fingerprint, ttl=ttl_seconds)
             if answered is not None:
                 return answered
-        async with db.atomic(lock=lock_for(caller.key_id, key), on_session=on_session) as unit:
-            return await _once(unit, write, caller_id=caller.key_id, key=key, fingerprint=fingerprint, ttl=ttl_seconds)
+        async with db.atomic(lock=lock_for(caller_id, key), on_session=on_session) as unit:
+            return await _once(unit, write, caller_id=caller_id, key=key, fingerprint=fingerprint, ttl=ttl_seconds)
     except Locked:
         return await _replay_if_answered(db, this, fingerprint)
     finally:

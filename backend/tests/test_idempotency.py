@@ -153,6 +153,29 @@ async def test_keys_belong_to_their_api_key(app: FastAPI, client: httpx.AsyncCli
     assert await count_songs(client) == 2
 
 
+async def test_writes_let_through_without_an_api_key_are_idempotent_too(
+    app: FastAPI, anonymous: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    app.state.settings.require_write_key = False
+
+    first = await anonymous.post("/songs", json=SONG, headers=key("k1"))
+    retry = await anonymous.post("/songs", json=SONG, headers=key("k1"))
+    batch = [await anonymous.post("/songs/batch", json=[SONG_2], headers=key("k2")) for _ in range(2)]
+    malformed = await anonymous.post("/songs", json=SONG_2, headers=key("a key with spaces"))
+    keyed = await client.post("/songs", json=SONG, headers=key("k1"))  # another set of keys: an API key's
+
+    assert first.status_code == 201
+    assert retry.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert [answer.json() for answer in batch] == [batch[0].json()] * 2
+    assert batch[1].headers["idempotent-replayed"] == "true"
+    assert malformed.status_code == 422
+    assert keyed.status_code == 409  # the song is there: not a replay of the keyless answer
+    assert "idempotent-replayed" not in keyed.headers
+    assert await count_songs(client) == 2
+
+
 async def test_a_new_key_has_no_answers_of_a_deleted_key_whose_id_it_took(app: FastAPI) -> None:
     """Keys are revoked, not deleted; one deleted by hand leaves its answers, and SQLite gives its id to
     the next key made: they are not that key's."""
