@@ -20,7 +20,7 @@ from app import db, keys, logs, metrics, schema, songs
 from app import seed as seeding
 from app.config import Settings, load_settings
 from app.db import Database
-from app.errors import AppError, FileError, ImportAborted, MaxErrorsExceeded, SettingsError
+from app.errors import AppError, FileError, ImportAborted, InvalidParameter, MaxErrorsExceeded, SettingsError
 from app.formats import Format, RawRow, format_of, read_rows
 from app.importing import OnConflict, Rejected, Summary
 from app.models import ApiKeyCreate, ApiKeyPublic, Scope, SongQuery
@@ -256,7 +256,7 @@ def export_songs(
     try:
         query = SongQuery(artist=artist, name=name, year=year, year_from=year_from, year_to=year_to, q=q)
     except ValidationError as exc:
-        raise _fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise _fail("; ".join(_option("-".join(map(str, e["loc"])), e["msg"]) for e in exc.errors())) from None
     try:
         chosen = file_format or (format_of(output) if output != "-" else Format.CSV)
     except FileError as exc:
@@ -268,7 +268,13 @@ def export_songs(
         count = asyncio.run(_export(settings, query, chosen, output))
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
-    except (*db.DATABASE_ERRORS, AppError) as exc:
+    except InvalidParameter as exc:  # options the query refuses together (--year-from after --year-to)
+        raise _fail(
+            "; ".join(_option(error["field"], error["message"]) for error in exc.extensions["errors"])
+        ) from None
+    except AppError as exc:
+        raise _fail(exc.detail) from None
+    except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot export from {_where(settings)}: {_reason(exc)}") from None
     elapsed = time.perf_counter() - started
     typer.echo(f"exported {count:,} songs in {elapsed:.1f} s ({count / elapsed:,.0f} songs/s)", err=True)
@@ -292,8 +298,12 @@ def _create(name: str) -> Iterator[IO[bytes]]:
         return
     # Written beside the target and renamed into place: an export that fails leaves no half file.
     partial = Path(f"{name}.partial")
-    with open(partial, "wb") as stream:
-        yield stream
+    try:
+        with open(partial, "wb") as stream:
+            yield stream
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(name)
 
 
@@ -379,6 +389,11 @@ async def _current_revisions(settings: Settings) -> set[str]:
 
 def _where(settings: Settings) -> str:
     return settings.sqlalchemy_url.render_as_string(hide_password=True)
+
+
+def _option(field: str, message: str) -> str:
+    """What is wrong with a query's field, told of the option that gives it."""
+    return f"--{field.replace('_', '-')}: {message}"
 
 
 def _reason(exc: BaseException) -> str:

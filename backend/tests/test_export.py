@@ -71,6 +71,25 @@ def test_csv_export_to_standard_output_quotes_what_needs_quoting(catalog: URL, t
     assert len(lines) == 7
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--year-from", "2000", "--year-to", "1990"], "--year-from: must not be after year_to (1990)"),
+        (["--year-from", "200"], "--year-from: Input should be greater than or equal to 1860"),
+    ],
+)
+def test_an_export_the_options_refuse_says_which_and_leaves_no_file(
+    catalog: URL, tmp_path: Path, options: list[str], message: str
+) -> None:
+    output = tmp_path / "songs.csv"
+
+    result = runner.invoke(cli, ["export", "-o", str(output), *options])
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"songbook: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ndjson_export_is_filtered_like_the_listing(catalog: URL, tmp_path: Path) -> None:
     import_catalog(tmp_path)
 
