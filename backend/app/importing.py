@@ -442,7 +442,10 @@ class Import:
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         indexes = await self._drop_secondary_indexes() if rebuild else []
+        expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
         inserted = await self._insert(new, now, returning=outcomes)
+        if self.summary.inserted < expected:
+            await self._refuse_added_meanwhile(new, inserted if outcomes else None)
         await self._build_indexes(indexes)
         if self._postgresql:
             # After the songs, as the trigger does: a create that brings a word new to the catalog
@@ -643,6 +646,33 @@ class Import:
         if self._search_trigger is not None:
             await self._index_for_search(before)
         return inserted
+
+    async def _count(self, where: Any) -> int:
+        return int((await self.connection.execute(select(func.count()).where(where))).scalar_one())
+
+    async def _refuse_added_meanwhile(self, new: Any, inserted: set[tuple[str, str]] | None) -> None:
+        """Under `OnConflict.ERROR`, the rows whose songs another writer added since `_decide`: refused as duplicates.
+
+        PostgreSQL only (SQLite's import holds the write lock from its start): the
+        insert passed them over (its ON CONFLICT). Named if the insert told which
+        songs it added (`inserted`); else the import stops, for a run that will.
+        """
+        if inserted is None:
+            raise ImportAborted(
+                "songs the input has were added by another writer while the import ran; run it again: "
+                "those rows will be rejected as duplicates"
+            )
+        c = staging.c
+        found = select(c.source, c.line, c.name_key, c.artist_key, song.c.id).join(
+            song, and_(song.c.name_key == c.name_key, song.c.artist_key == c.artist_key)
+        )
+        for source, line, name_key, artist_key, song_id in await self.connection.execute(
+            found.where(new).order_by(c.rank)
+        ):
+            if (name_key, artist_key) not in inserted:
+                self._rejected_by_rule += 1
+                reason = f"the catalog has this song already, with id {song_id}"
+                self._reject(Rejected(self.sources[source], line, reason, existing_id=song_id))
 
     async def _add_search_terms(self) -> None:
         """The words of the songs to insert or update, into the vocabulary (what its trigger, deferred, would do)."""

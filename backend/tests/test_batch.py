@@ -1,9 +1,12 @@
 """POST /songs/batch: many songs in one atomic request, an answer for each."""
 
+from typing import Any
+
 import httpx
 import pytest
 
 from app.db import Database
+from app.importing import Import
 from tests.factories import make_song
 
 
@@ -70,6 +73,31 @@ async def test_under_error_a_duplicate_refuses_the_whole_batch(client: httpx.Asy
     assert response.json()["code"] == "duplicate-songs"
     assert response.json()["duplicates"] == [{"index": 1, "existing_id": existing["id"]}, {"index": 2, "same_as": 0}]
     assert len((await client.get("/songs")).json()) == 1
+
+
+async def test_under_error_a_song_another_request_adds_meanwhile_refuses_the_whole_batch(
+    client: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.dialect == "sqlite":
+        pytest.skip("SQLite's batch holds the write lock from its start: no song is added meanwhile")
+    insert = Import._insert
+
+    async def added_meanwhile(job: Import, *args: Any, **kwargs: Any) -> set[tuple[str, str]]:
+        # Committed by another request after the batch found the catalog without it, before its insert.
+        await make_song(db, name="Creep", artist="Radiohead")
+        return await insert(job, *args, **kwargs)
+
+    monkeypatch.setattr(Import, "_insert", added_meanwhile)
+
+    response = await client.post(
+        "/songs/batch?on_conflict=error",
+        json=[{"name": "Halo", "artist": "Beyoncé"}, {"name": "Creep", "artist": "Radiohead"}],
+    )
+
+    assert response.status_code == 409, response.text
+    creep = [song for song in (await client.get("/songs")).json() if song["name"] == "Creep"]
+    assert response.json()["duplicates"] == [{"index": 1, "existing_id": creep[0]["id"]}]
+    assert [song["name"] for song in (await client.get("/songs")).json()] == ["Creep"]
 
 
 async def test_an_invalid_song_refuses_the_whole_batch_naming_each(client: httpx.AsyncClient) -> None:

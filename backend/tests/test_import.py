@@ -1,5 +1,6 @@
 """`songbook import`: files in, every row accounted for, all or nothing."""
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from sqlalchemy.engine import URL
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from app.importing import BATCH_SIZE
+from app.importing import BATCH_SIZE, Import
 from tests.catalog import alter, query, rows, search
 
 runner = CliRunner()
@@ -290,6 +291,32 @@ def test_a_song_whose_first_row_is_refused_its_id_comes_from_its_next_row(
     assert ids.keys() == {"Creep", "Yesterday", "Halo", "Help"}
     assert ids["Halo"] == 7
     assert search(catalog, "yesterday") == [ids["Yesterday"]]
+
+
+def test_under_error_a_song_another_writer_adds_meanwhile_stops_the_import(
+    catalog: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if catalog.get_backend_name() == "sqlite":
+        pytest.skip("SQLite's import holds the write lock from its start: no song is added meanwhile")
+    insert = Import._insert
+
+    async def added_meanwhile(job: Import, *args: Any, **kwargs: Any) -> set[tuple[str, str]]:
+        # Committed by another writer after the import found the catalog without it, before its insert.
+        song = "'Creep', 'Radiohead', 'creep', 'radiohead', 'creep', 'radiohead'"
+        sql = f"INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search) VALUES ({song})"
+        await asyncio.to_thread(alter, catalog, sql)
+        return await insert(job, *args, **kwargs)
+
+    monkeypatch.setattr(Import, "_insert", added_meanwhile)
+
+    result = runner.invoke(
+        cli, ["import", "--on-conflict", "error", write(tmp_path / "a.csv", SONGS + "Creep,Radiohead,\n")]
+    )
+
+    assert result.exit_code == 1
+    assert "songs the input has were added by another writer while the import ran" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert [name for _, name, _, _ in rows(catalog)] == ["Creep"]
 
 
 def test_dry_run_reports_what_would_happen_and_writes_nothing(catalog: URL, tmp_path: Path) -> None:
