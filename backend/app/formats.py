@@ -5,7 +5,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePath
 from typing import IO, Any
@@ -139,67 +139,80 @@ def _json_kind(value: object) -> str:
 
 def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
     """The elements of a JSON array, decoded one at a time from a sliding buffer."""
-    decoder = json.JSONDecoder()
-    buffer, position, line = "", 0, 1
-    eof = False
-
-    def at_next_token() -> str:
-        """Skips whitespace, reading more as needed; the next character, or '' at the end of the file."""
-        nonlocal buffer, position, line, eof
-        while True:
-            stripped = len(buffer) - len(buffer[position:].lstrip())
-            line += buffer.count("\n", position, stripped)
-            position = stripped
-            if position < len(buffer) or eof:
-                return buffer[position : position + 1]
-            buffer, position = text.read(65536), 0
-            eof = not buffer
-
-    if at_next_token() != "[":
-        raise FileError(f"line {line}: a .json file must hold one array of songs")
-    position += 1
-    if at_next_token() == "]":
+    array = _JsonArray(text)
+    if array.at_next_token() != "[":
+        raise FileError(f"line {array.line}: a .json file must hold one array of songs")
+    array.position += 1
+    if array.at_next_token() == "]":
         return
     while True:
-        at_next_token()
-        start_line = line
-        # The first error in the element, where it is: an element cut off by the buffer's end fails
-        # further on once more is read; one that is not JSON fails there, however much is read (but
-        # for a string not ended yet, which fails where it starts until its end is read).
-        first_error: tuple[str, int] | None = None
-        while True:
-            try:
-                value, end = decoder.raw_decode(buffer, position)
-                break
-            except json.JSONDecodeError as exc:
-                error = (exc.msg, exc.pos - position)
-                first_error = first_error or error
-                more = "" if eof else text.read(65536)
-                if not more:
-                    raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
-                if len(buffer) - position > _JSON_ELEMENT_MAX:
-                    if error == first_error and not exc.msg.startswith("Unterminated string"):
-                        raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
-                    raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB") from None
-                buffer = buffer[position:] + more
-                position = 0
-            except (RecursionError, ValueError) as exc:
-                # Nested past Python's recursion limit, or an integer of more digits than int() takes.
-                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
-                raise FileError(f"line {start_line}: not valid JSON: {reason}") from None
-        element = buffer[position:end]
-        line += element.count("\n")
-        position = end
+        array.at_next_token()
+        start_line = array.line
+        value, element = array.element()
         if _UNDECODABLE.search(element):
             yield RawRow(start_line, None, "not UTF-8")
         elif isinstance(value, dict):
             yield RawRow(start_line, value)
         else:
             yield RawRow(start_line, None, f"not a JSON object but {_json_kind(value)}")
-        separator = at_next_token()
-        position += 1
+        separator = array.at_next_token()
+        array.position += 1
         if separator == "]":
             return
         if separator != ",":
             found = repr(separator) if separator else "the end of the file"
-            raise FileError(f"line {line}: expected ',' or ']' after an element, found {found}")
+            raise FileError(f"line {array.line}: expected ',' or ']' after an element, found {found}")
+
+
+@dataclass
+class _JsonArray:
+    """Where `_read_json_array` is: the text read and not yet decoded, from `position`, and its line."""
+
+    text: IO[str]
+    buffer: str = ""
+    position: int = 0
+    line: int = 1
+    eof: bool = False
+    decoder: json.JSONDecoder = field(default_factory=json.JSONDecoder)
+
+    def at_next_token(self) -> str:
+        """Skips whitespace, reading more as needed; the next character, or '' at the end of the file."""
+        while True:
+            stripped = len(self.buffer) - len(self.buffer[self.position :].lstrip())
+            self.line += self.buffer.count("\n", self.position, stripped)
+            self.position = stripped
+            if self.position < len(self.buffer) or self.eof:
+                return self.buffer[self.position : self.position + 1]
+            self.buffer, self.position = self.text.read(65536), 0
+            self.eof = not self.buffer
+
+    def element(self) -> tuple[Any, str]:
+        """The value that starts here, and its text, reading more as needed (up to 1 MiB)."""
+        start_line = self.line
+        # The first error in the element, where it is: an element cut off by the buffer's end fails
+        # further on once more is read; one that is not JSON fails there, however much is read (but
+        # for a string not ended yet, which fails where it starts until its end is read).
+        first_error: tuple[str, int] | None = None
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buffer, self.position)
+                break
+            except json.JSONDecodeError as exc:
+                error = (exc.msg, exc.pos - self.position)
+                first_error = first_error or error
+                more = "" if self.eof else self.text.read(65536)
+                if not more:
+                    raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
+                if len(self.buffer) - self.position > _JSON_ELEMENT_MAX:
+                    if error == first_error and not exc.msg.startswith("Unterminated string"):
+                        raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
+                    raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB") from None
+                self.buffer, self.position = self.buffer[self.position :] + more, 0
+            except (RecursionError, ValueError) as exc:
+                # Nested past Python's recursion limit, or an integer of more digits than int() takes.
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+                raise FileError(f"line {start_line}: not valid JSON: {reason}") from None
+        element = self.buffer[self.position : end]
+        self.line += element.count("\n")
+        self.position = end
+        return value, element
