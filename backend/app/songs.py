@@ -71,10 +71,10 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
     col(Song.name_key) == bindparam("name_key"), col(Song.artist_key) == bindparam("artist_key")
 )
 _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
-# Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
 ID_MAX = 2**31 - 1  # the song table's ids are 32-bit integers
-ID_BLOCK = 32
 WRITE_ATTEMPTS = 3  # a write whose duplicate went meanwhile is made again, this many times in all
+# Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
+ID_BLOCK = 32
 SET_ASIDE_SECONDS = 1.0
 _NEXT_ID = func.nextval(literal_column("pg_get_serial_sequence('song', 'id')"))
 _BLOCK = func.generate_series(literal_column("1"), bindparam("count"))
