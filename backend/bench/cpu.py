@@ -10,7 +10,10 @@ small differences show through the noise of a shared machine. `--profile`
 prints cProfile's busiest functions of the service's run: where its time
 goes beyond the floor's. `post-key` measures the service alone: a create
 with a write key and an `Idempotency-Key` against one with the key only
-(what the idempotency costs), and profiles the keyed one.
+(what the idempotency costs), and profiles the keyed one. `--side first`
+or `second` runs one side only: under `valgrind --tool=callgrind`, the
+instructions it takes, a count that whatever else runs on the machine does
+not change (backend/README.md, "Safe writes").
 """
 
 import argparse
@@ -126,6 +129,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two sides")
     parser.add_argument("--songs", type=int, default=100_000, help="songs in the catalog (ids to ask for)")
     parser.add_argument("--profile", action="store_true", help="cProfile the second side's last round")
+    parser.add_argument(
+        "--side", choices=["first", "second"], help="run one side only (to count its instructions under callgrind)"
+    )
     args = parser.parse_args()
     url = os.environ.get("BENCH_SERVE_DATABASE_URL", DEFAULT_URL)
     os.environ.update(service_env(url) | {"REFERENCE_DSN": url})
@@ -144,13 +150,19 @@ def main() -> None:
             if args.mode == "post-key"
             else [("floor", floor, args.mode), ("service", service, args.mode)]
         )
+        if args.side is not None:
+            sides = [sides[0] if args.side == "first" else sides[1]]
         results: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         for round_ in range(args.rounds):
             for name, app, mode in sides:
                 used = profile if round_ == args.rounds - 1 and name == sides[-1][0] else None
                 results[name].append(asyncio.run(measure(app, mode, args.requests, args.songs, used, key)))
-    (base_name, base_us), (name, us) = ((name, sorted(runs)[len(runs) // 2]) for name, runs in results.items())
-    print(f"{args.mode}: {base_name} {base_us:.0f} µs CPU a request, {name} {us:.0f} µs ({us / base_us:.2f}x)")
+    medians = [(name, sorted(runs)[len(runs) // 2]) for name, runs in results.items()]
+    if len(medians) == 1:
+        print(f"{args.mode}: {medians[0][0]} {medians[0][1]:.0f} µs CPU a request")
+    else:
+        (base_name, base_us), (name, us) = medians
+        print(f"{args.mode}: {base_name} {base_us:.0f} µs CPU a request, {name} {us:.0f} µs ({us / base_us:.2f}x)")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
 
