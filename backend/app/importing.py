@@ -720,11 +720,13 @@ class Import:
 
     async def _outcomes(self, inserted: set[tuple[str, str]], updated: set[int]) -> dict[int, Outcome]:
         c = staging.c
-        statement = select(c.rank, c.name_key, c.artist_key, c.song_id, c.same_as, song.c.id).join(
+        # Outer: a song found there (skipped) may have been deleted since; it was a duplicate still.
+        statement = select(c.rank, c.name_key, c.artist_key, c.song_id, c.same_as, song.c.id).outerjoin(
             song, and_(song.c.name_key == c.name_key, song.c.artist_key == c.artist_key)
         )
         result: dict[int, Outcome] = {}
-        for rank, name_key, artist_key, existing_id, same_as, song_id in await self.connection.execute(statement):
+        for rank, name_key, artist_key, existing_id, same_as, found_id in await self.connection.execute(statement):
+            song_id = found_id if found_id is not None else existing_id
             if same_as is None and existing_id is None and (name_key, artist_key) in inserted:
                 result[rank] = Outcome("created", song_id)
             elif same_as is None and song_id in updated:

@@ -5,6 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app import songs
 from app.db import Database
 from app.importing import Import
 from tests.factories import make_song
@@ -98,6 +99,31 @@ async def test_under_error_a_song_another_request_adds_meanwhile_refuses_the_who
     creep = [song for song in (await client.get("/songs")).json() if song["name"] == "Creep"]
     assert response.json()["duplicates"] == [{"index": 1, "existing_id": creep[0]["id"]}]
     assert [song["name"] for song in (await client.get("/songs")).json()] == ["Creep"]
+
+
+async def test_a_song_found_there_and_deleted_meanwhile_is_still_answered_for(
+    client: httpx.AsyncClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.dialect == "sqlite":
+        pytest.skip("SQLite's batch holds the write lock from its start: no song is deleted meanwhile")
+    existing = await make_song(db, name="Creep", artist="Radiohead")
+    insert = Import._insert
+
+    async def deleted_meanwhile(job: Import, *args: Any, **kwargs: Any) -> set[tuple[str, str]]:
+        # Deleted by another request after the batch found it there.
+        await songs.delete_song(db=db, song_id=existing["id"])
+        return await insert(job, *args, **kwargs)
+
+    monkeypatch.setattr(Import, "_insert", deleted_meanwhile)
+
+    response = await client.post(
+        "/songs/batch", json=[{"name": "Halo", "artist": "Beyoncé"}, {"name": "Creep", "artist": "Radiohead"}]
+    )
+
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [(item["index"], item["status"]) for item in items] == [(0, "created"), (1, "duplicate")]
+    assert items[1]["id"] == existing["id"]
 
 
 async def test_an_invalid_song_refuses_the_whole_batch_naming_each(client: httpx.AsyncClient) -> None:
