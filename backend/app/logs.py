@@ -91,7 +91,10 @@ _TIMESTAMP = _Timestamp()
 def _renderer(log_format: LogFormat) -> Processor:
     if log_format == "json":
         return structlog.processors.JSONRenderer(_json)
-    return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    colors = sys.stderr.isatty()
+    # Tracebacks without the frames' local values: they hold keys, headers and the settings' URL.
+    tracebacks = structlog.dev.RichTracebackFormatter(color_system="truecolor" if colors else None, show_locals=False)
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)
 
 
 def _processors(log_format: LogFormat) -> list[Processor]:

@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.logs import AccessLog
+from app.logs import AccessLog, _renderer
 from tests.server import Server, serving
 
 JSON_LOGS = {"SONGBOOK_LOG_FORMAT": "json"}
@@ -146,6 +147,21 @@ def test_console_lines_for_a_person(catalog: URL, tmp_path: Path) -> None:
     assert "status=404" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+def test_a_traceback_on_the_console_shows_no_local_values() -> None:
+    def check(key: str) -> None:
+        raise RuntimeError("refused")
+
+    key = "sb_" + "x" * 8  # made here: the traceback's lines of code do not hold it
+    try:
+        check(key)
+    except RuntimeError:
+        line = _renderer("console")(None, "error", {"event": "failed", "exc_info": sys.exc_info()})
+
+    assert "RuntimeError: refused" in str(line)
+    assert "check(key)" in str(line)  # the frames are there, not what their variables held
+    assert key not in str(line)
 
 
 def test_a_running_servers_records_come_out_within_a_moment(catalog: URL, tmp_path: Path) -> None:
