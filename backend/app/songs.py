@@ -568,7 +568,7 @@ def _filters(parameters: Collection[str]) -> list[ColumnElement[bool]]:
     if "name_key" in parameters:
         conditions.append(col(Song.name_key) == bindparam("name_key"))
     if "year" in parameters:
-        conditions.append(bindparam("year") == YEAR)
+        conditions.append(bindparam("year", type_=sa.Integer) == YEAR)  # typed: an estimate renders it inline
     if "year_from" in parameters:
         conditions.append(YEAR.between(bindparam("year_from"), bindparam("year_to")))
     return conditions

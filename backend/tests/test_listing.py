@@ -215,6 +215,16 @@ async def test_total_is_given_only_when_asked(client: httpx.AsyncClient, count: 
 
 
 @pytest.mark.parametrize(
+    "query", ["artist=the%20beatles", "name=help", "year=1965", "year_from=1960", "year_to=1970", "q=help"]
+)
+async def test_an_estimated_count_answers_for_every_filter(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.get(f"/songs?{query}", headers={"Prefer": "count=estimated"})
+
+    assert response.status_code == 200, response.text
+    assert int(response.headers["x-total-count"]) >= 0
+
+
+@pytest.mark.parametrize(
     ("query", "field"),
     [
         ("sort=genre", "sort"),
