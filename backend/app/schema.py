@@ -46,11 +46,22 @@ async def current_revisions(db: Database) -> set[str]:
         return await connection.run_sync(read)
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision of this code's migrations."""
+    return frozenset(script.revision for script in ScriptDirectory.from_config(Config(ALEMBIC_INI)).walk_revisions())
+
+
 async def check_ready(db: Database) -> None:
-    """Raises unless the database answers, on both ways to it, and its schema is at the latest migration."""
+    """Raises unless the database answers, on both ways to it, and its schema is at the latest migration.
+
+    A schema past it (a revision this code does not know) is ready too: a new
+    version's `songbook migrate` runs before its instances start, while this
+    version's still serve.
+    """
     current = await current_revisions(db)
     await db.ping()
-    if current != head_revisions():
+    if current != head_revisions() and (not current or current <= known_revisions()):
         raise DatabaseUnavailable(
             f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "
             "run `songbook migrate`."
