@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, delete, update
 from sqlmodel import col
 
 from app.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database
-from app.errors import DuplicateKeyName, NotFound
+from app.errors import DuplicateKeyName, InvalidParameter, NotFound
 from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdempotencyRecord, Scope, utcnow
 
 KEY_PREFIX = "sb_"
@@ -107,13 +107,22 @@ async def revoke_key(*, db: Database, key_id: int, keyring: "Keyring | None" = N
 
 
 async def find_key_id(*, db: Database, name_or_id: str) -> int:
-    """The id of the key named so (or with that id)."""
-    if name_or_id.isdigit():
-        return int(name_or_id)
+    """The id of the key named so, or with that id; refused if it names one key and is the id of another."""
     rows = await db.fetch(_FIND_KEY_ID, {"name": name_or_id})
-    if not rows:
-        raise NotFound(f"no key is named {name_or_id!r}")
-    return int(rows[0]["id"])
+    named = int(rows[0]["id"]) if rows else None
+    number = int(name_or_id) if name_or_id.isascii() and name_or_id.isdigit() and len(name_or_id) <= 9 else None
+    if number is None or number == named:
+        if named is None:
+            raise NotFound(f"no key is named {name_or_id!r}")
+        return named
+    if named is not None and await db.fetch(_GET_KEY, {"key_id": number}):
+        raise InvalidParameter(
+            "argument",
+            "key",
+            f"{name_or_id!r} is the name of key {named} and the id of key {number}: "
+            f"give key {number}'s name instead, or {named} for key {named}",
+        )
+    return named if named is not None else number
 
 
 # Compiled once (see `Database`): a keyed request runs the first, and once a minute the second.

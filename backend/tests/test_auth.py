@@ -161,6 +161,28 @@ async def test_no_key_appears_in_the_logs(app: FastAPI, caplog: pytest.LogCaptur
     assert key not in caplog.text
 
 
+def test_a_key_named_as_another_keys_id_is_revoked_by_what_tells_them_apart(catalog: URL) -> None:
+    runner = CliRunner()
+    for name in ["alice", "1", "99"]:
+        assert runner.invoke(cli, ["keys", "create", "--name", name, "--scope", "write"]).exit_code == 0
+
+    ambiguous = runner.invoke(cli, ["keys", "revoke", "1"])  # key 2's name, key 1's id
+    by_name = runner.invoke(cli, ["keys", "revoke", "99"])  # no key has id 99
+    odd = [runner.invoke(cli, ["keys", "revoke", value]) for value in ["\u00b2", "9" * 20]]
+    listed = runner.invoke(cli, ["keys", "list"]).stdout
+
+    assert ambiguous.exit_code == 1
+    assert "'1' is the name of key 2 and the id of key 1" in ambiguous.stderr
+    [revoked] = [line for line in listed.splitlines() if "revoked" in line]
+    assert revoked.split("\t")[:2] == ["3", "99"]  # alice and "1" are active still
+    assert by_name.exit_code == 0
+    assert "Revoked key 3 ('99')" in by_name.stdout
+    for result in odd:
+        assert result.exit_code == 1
+        assert "no key is named" in result.stderr
+        assert "Traceback" not in result.output
+
+
 def test_keys_by_command(catalog: URL) -> None:
     runner = CliRunner()
 
