@@ -2,6 +2,7 @@
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if value:
             async_url(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        # As the Redis client reads it, checked here without importing it (it is loaded only if used).
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("session_secret")
@@ -197,7 +206,7 @@ def _describe(error: ErrorDetails) -> str:
     if field.endswith("READ_REPLICA_URLS"):
         return f"invalid setting {ENV_PREFIX}READ_REPLICA_URLS: {message}"
     name = field if field.startswith(ENV_PREFIX) else ENV_PREFIX + field
-    if name == f"{ENV_PREFIX}SESSION_SECRET":
+    if name in (f"{ENV_PREFIX}SESSION_SECRET", f"{ENV_PREFIX}REDIS_URL"):  # a secret, or a URL with a password
         return f"invalid setting {name}: {message}"
     return f"invalid setting {name}={error['input']!r}: {message}"
 

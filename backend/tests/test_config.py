@@ -60,6 +60,11 @@ def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
         ("DATABASE_URL", "mysql://root:s3cret@db/x", "invalid setting DATABASE_URL: unsupported database 'mysql'"),
         ("DATABASE_URL", "not a url", "invalid setting DATABASE_URL: not a database URL"),
         (
+            "SONGBOOK_REDIS_URL",
+            "localhost:6379",
+            "invalid setting SONGBOOK_REDIS_URL: must be a redis://, rediss:// or unix:// URL",
+        ),
+        (
             "DATABASE_URL",
             "postgresql://u:s3cret@h1:x,h2/db",
             "invalid setting DATABASE_URL: 'h1:x' in the list of hosts",
