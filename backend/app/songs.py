@@ -420,7 +420,9 @@ async def list_songs(
 def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any], dict[str, Any], str]:
     """The statement of a page in `query`'s order, its parameters, and the signature of its cursors."""
     signature, keys = _song_order(query, found)
-    params = _filter_values(query) | {"limit": query.limit}
+    filters = _filter_values(query)
+    signature += _filter_signature(filters)
+    params = filters | {"limit": query.limit}
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         params |= {f"after_{i}": value for i, value in enumerate(values)}
@@ -462,9 +464,9 @@ async def _search_by_relevance(
     assert query.q is not None
     # A cursor holds the words searched for: if the vocabulary changed them
     # since, the walk must start again rather than skip or repeat songs.
-    signature = f"relevance?{search_fold(query.q)}?{found.fingerprint}"
-    tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
     filters = _filter_values(query)
+    signature = f"relevance?{search_fold(query.q)}?{found.fingerprint}" + _filter_signature(filters)
+    tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
     words = {f"tier_{number}": full_text_query for number, full_text_query in enumerate(found.queries, start=1)}
     page: list[tuple[int, SongRow]] = []
     reached = "none"
@@ -558,6 +560,11 @@ def _filter_values(query: SongQuery) -> dict[str, Any]:
     if query.year_from is not None or query.year_to is not None:
         values |= {"year_from": query.year_from or YEAR_MIN, "year_to": query.year_to or YEAR_MAX}
     return values
+
+
+def _filter_signature(values: Mapping[str, Any]) -> str:
+    """The filters' part of a cursor's signature: a cursor resumes the listing it came from, no other."""
+    return "".join(f"&{name}={value}" for name, value in sorted(values.items()))
 
 
 def _filters(parameters: Collection[str]) -> list[ColumnElement[bool]]:

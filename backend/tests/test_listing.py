@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -262,6 +263,37 @@ async def test_cursor_of_another_sort_is_refused(client: httpx.AsyncClient) -> N
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["type"] == "cursor_mismatch"
+
+
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("search", ["", "&q=yesterday"])
+async def test_cursor_of_other_filters_is_refused(client: httpx.AsyncClient, search: str) -> None:
+    first = next_link(await client.get(f"/songs?artist=the%20beatles&sort=name&limit=1{search}"))
+    assert first is not None
+    cursor = re.search(r"cursor=([^&]+)", first)
+    assert cursor is not None
+
+    response = await client.get(f"/songs?artist=adele&sort=name&cursor={cursor.group(1)}{search}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "cursor_mismatch"
+
+
+async def test_the_next_page_of_a_long_search_is_served(client: httpx.AsyncClient, db: Database) -> None:
+    # 40 words of Hangul, each folded to its letters: a signature of some 1,500 bytes.
+    for number in range(3):
+        await make_song(db, name=f"답장답장 {number}", artist="Band")
+    q = quote(" ".join(["답장답장"] * 40))
+
+    walked = []
+    url: str | None = f"/songs?q={q}&limit=2"
+    while url is not None:
+        page = await client.get(url)
+        assert page.status_code == 200, page.text
+        walked += [song["name"] for song in page.json()]
+        url = next_link(page)
+
+    assert sorted(walked) == [f"답장답장 {number}" for number in range(3)]
 
 
 @pytest.mark.usefixtures("catalog")
