@@ -465,42 +465,44 @@ class Import:
             .where(c.name_key == song.c.name_key, c.artist_key == song.c.artist_key)
             .values(song_id=song.c.id)
         )
-        # 2. A row that would add a song may bring its id (from an export): not one that is
-        # another song's already, nor one an earlier row gives another song. Decided before
-        # the rows of a song are grouped: a row refused here stands for no song, the next does.
-        adding = and_(c.song_id.is_(None), c.id.is_not(None))
-        await self.connection.execute(
-            update(staging).where(adding, c.id.in_(select(song.c.id))).values(rejection="id_taken")
-        )
-        given = (
-            select(c.id, func.min(c.rank).label("rank"))
-            .where(adding, c.rejection.is_(None))
-            .group_by(c.id)
-            .having(func.count() > 1)
-            .subquery()
-        )
-        first = select(c.id, c.name_key, c.artist_key).join(given, c.rank == given.c.rank).subquery()
-        await self.connection.execute(
-            update(staging)
-            .where(adding, c.rejection.is_(None), c.id == first.c.id)
-            .where(or_(c.name_key != first.c.name_key, c.artist_key != first.c.artist_key))
-            .values(rejection="id_repeated")
-        )
-        # 3. Rows naming the same song: the first stands for all (the last, to update).
         chosen = func.max(c.rank) if self.on_conflict is OnConflict.UPDATE else func.min(c.rank)
-        groups = (
-            select(c.name_key, c.artist_key, chosen.label("rank"))
-            .where(c.rejection.is_(None))
-            .group_by(c.name_key, c.artist_key)
-            .having(func.count() > 1)
-            .subquery()
-        )
-        await self.connection.execute(
-            update(staging)
-            .where(c.rejection.is_(None), c.name_key == groups.c.name_key, c.artist_key == groups.c.artist_key)
-            .where(c.rank != groups.c.rank)
-            .values(same_as=groups.c.rank)
-        )
+        while True:
+            # 2. Rows naming the same song: the first not refused stands for all (the last, to update).
+            groups = (
+                select(c.name_key, c.artist_key, chosen.label("rank"))
+                .where(c.rejection.is_(None))
+                .group_by(c.name_key, c.artist_key)
+                .having(func.count() > 1)
+                .subquery()
+            )
+            await self.connection.execute(
+                update(staging)
+                .where(c.rejection.is_(None), c.name_key == groups.c.name_key, c.artist_key == groups.c.artist_key)
+                .where(c.rank != groups.c.rank)
+                .values(same_as=groups.c.rank)
+            )
+            # 3. A row that stands for a new song may bring its id (from an export): not one that is another
+            # song's, nor one an earlier such row brings. One refused leaves its song to the song's next row:
+            # the rows are grouped again, until no row is refused.
+            standing = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None), c.id.is_not(None))
+            taken = await self.connection.execute(
+                update(staging).where(standing, c.id.in_(select(song.c.id))).values(rejection="id_taken")
+            )
+            given = (
+                select(c.id, func.min(c.rank).label("rank"))
+                .where(standing)
+                .group_by(c.id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+            repeated = await self.connection.execute(
+                update(staging)
+                .where(standing, c.id == given.c.id, c.rank != given.c.rank)
+                .values(rejection="id_repeated")
+            )
+            if not taken.rowcount and not repeated.rowcount:
+                break
+            await self.connection.execute(update(staging).where(c.same_as.is_not(None)).values(same_as=None))
         if self.on_conflict is OnConflict.ERROR:
             await self.connection.execute(
                 update(staging)

@@ -266,31 +266,63 @@ def test_max_errors_stops_and_imports_nothing(catalog: URL, tmp_path: Path) -> N
     assert [name for _, name, _, _ in rows(catalog)] == ["Good", "Also good"]
 
 
-@pytest.mark.parametrize("on_conflict", ["skip", "update"])
-def test_a_song_whose_first_row_is_refused_its_id_comes_from_its_next_row(
-    catalog: URL, tmp_path: Path, on_conflict: str
+@pytest.mark.parametrize(
+    ("on_conflict", "content", "refused"),
+    [
+        # The first row of a song stands for it: line 2's id is another song's, line 5's is line 4's.
+        (
+            "skip",
+            "1,Yesterday,The Beatles,1965\n,Yesterday,The Beatles,1965\n"
+            "7,Halo,Beyoncé,\n7,Help,The Beatles,\n,Help,The Beatles,\n",
+            (2, 5),
+        ),
+        # The last row of a song stands for it: line 3's id is another song's, line 6's is line 4's.
+        (
+            "update",
+            ",Yesterday,The Beatles,1965\n1,Yesterday,The Beatles,1965\n"
+            "7,Halo,Beyoncé,\n,Help,The Beatles,\n7,Help,The Beatles,\n",
+            (3, 6),
+        ),
+    ],
+)
+def test_a_song_whose_standing_row_is_refused_is_added_by_its_other_row(
+    catalog: URL, tmp_path: Path, on_conflict: str, content: str, refused: tuple[int, int]
 ) -> None:
     runner.invoke(cli, ["import", write(tmp_path / "a.csv", "id,name,artist\n1,Creep,Radiohead\n")])
-    # Line 2's id is another song's, line 5's is line 4's: each is refused, and its song is added
-    # by the row after it, which brings no id.
-    songs = write(
-        tmp_path / "b.csv",
-        "id,name,artist,year\n1,Yesterday,The Beatles,1965\n,Yesterday,The Beatles,1965\n"
-        "7,Halo,Beyoncé,\n7,Help,The Beatles,\n,Help,The Beatles,\n",
-    )
+    songs = write(tmp_path / "b.csv", "id,name,artist,year\n" + content)
 
     result = runner.invoke(cli, ["import", "--on-conflict", on_conflict, songs])
 
     assert result.exit_code == 3, result.output
     assert rejections(result) == [
-        f"{songs}:2: id 1 is another song's",
-        f"{songs}:5: id 7 is given to an earlier row too",
+        f"{songs}:{refused[0]}: id 1 is another song's",
+        f"{songs}:{refused[1]}: id 7 is given to an earlier row too",
     ]
     assert "3 songs were added, 0 updated, 0 skipped as already there, 2 rejected" in result.stdout
     ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
     assert ids.keys() == {"Creep", "Yesterday", "Halo", "Help"}
     assert ids["Halo"] == 7
     assert search(catalog, "yesterday") == [ids["Yesterday"]]
+
+
+@pytest.mark.parametrize(
+    ("on_conflict", "content"),
+    [
+        ("skip", "id,name,artist\n,Halo,Beyoncé\n7,Halo,Beyoncé\n7,Help,The Beatles\n"),
+        ("update", "id,name,artist\n7,Halo,Beyoncé\n7,Help,The Beatles\n,Halo,Beyoncé\n"),
+    ],
+)
+def test_an_id_brought_by_a_row_that_stands_for_no_song_is_free_for_the_next(
+    catalog: URL, tmp_path: Path, on_conflict: str, content: str
+) -> None:
+    # Halo's row with id 7 is folded into Halo's row without one: id 7 is Help's.
+    result = runner.invoke(cli, ["import", "--on-conflict", on_conflict, write(tmp_path / "songs.csv", content)])
+
+    assert result.exit_code == 0, result.output
+    assert "2 songs were added, 0 updated, 1 skipped as already there, 0 rejected" in result.stdout
+    ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
+    assert ids["Help"] == 7
+    assert ids["Halo"] != 7
 
 
 def test_under_error_a_song_another_writer_adds_meanwhile_stops_the_import(
