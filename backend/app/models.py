@@ -209,8 +209,10 @@ SearchText = Annotated[
 
 # A cursor is opaque: base64url, made by the service for one listing. Another is refused (422).
 CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+# Room for the longest: two sort keys of 200 characters that fold to three times as many bytes (Hangul).
+CURSOR_MAX = 6000
 CURSOR_FORM = (
-    "Opaque (base64url, up to 2,000 characters): only a cursor this service issued for the same "
+    "Opaque (base64url, up to 6,000 characters): only a cursor this service issued for the same "
     "filters, sort and search is accepted, else 422."
 )
 
@@ -244,7 +246,7 @@ class SongQuery(SQLModel):
     )
     cursor: str | None = pydantic.Field(
         default=None,
-        max_length=2000,
+        max_length=CURSOR_MAX,
         pattern=CURSOR_PATTERN,
         description='Where the page starts: from the previous page\'s `Link: <...>; rel="next"` URL. ' + CURSOR_FORM,
     )
@@ -265,7 +267,7 @@ class ArtistQuery(SQLModel):
     )
     cursor: str | None = pydantic.Field(
         default=None,
-        max_length=2000,
+        max_length=CURSOR_MAX,
         pattern=CURSOR_PATTERN,
         description="From the `Link` of the previous page. " + CURSOR_FORM,
     )

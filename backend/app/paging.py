@@ -21,9 +21,8 @@ from sqlalchemy.orm import Mapped
 from app.errors import InvalidParameter
 
 ValueKind = type[str] | type[int] | type[float] | type[datetime]
-# A signature longer than this is kept in a cursor as a hash: a cursor's values and 34 characters of hash,
-# base64'd, stay well within the 2,000 characters a request's cursor may have.
-SIGNATURE_MAX = 300
+# A signature of more bytes than this (a long search, folded; long filters) is kept in a cursor as a hash.
+SIGNATURE_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,9 @@ def encode_cursor(sort: str, values: Sequence[Any]) -> str:
 
 
 def _sealed(sort: str) -> str:
-    """What a cursor holds of its signature: a long one (a long search, folded) as a hash, so that the
-    cursor stays within the length a request's `cursor` may have."""
-    if len(sort) <= SIGNATURE_MAX:
+    """What a cursor holds of its signature: a long one as a hash, so that the cursor stays within the
+    length a request's `cursor` may have (`models.CURSOR_MAX`)."""
+    if len(sort.encode()) <= SIGNATURE_MAX:
         return sort
     return "#" + hashlib.blake2b(sort.encode(), digest_size=16).hexdigest()
 

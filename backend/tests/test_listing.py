@@ -296,6 +296,23 @@ async def test_the_next_page_of_a_long_search_is_served(client: httpx.AsyncClien
     assert sorted(walked) == [f"답장답장 {number}" for number in range(3)]
 
 
+async def test_the_next_page_of_the_longest_keys_is_served(client: httpx.AsyncClient, db: Database) -> None:
+    # Names and an artist of 200 Hangul syllables, each folded to its letters: the longest sort keys.
+    artist = "답" * 200
+    for number in range(3):
+        await make_song(db, name="답" * 199 + str(number), artist=artist)
+
+    walked = []
+    url: str | None = f"/songs?artist={quote(artist)}&sort=name,artist&limit=1"
+    while url is not None:
+        page = await client.get(url)
+        assert page.status_code == 200, page.text
+        walked += [song["name"][-1] for song in page.json()]
+        url = next_link(page)
+
+    assert walked == ["0", "1", "2"]
+
+
 @pytest.mark.usefixtures("catalog")
 async def test_tampered_cursor_is_refused(client: httpx.AsyncClient) -> None:
     import base64
