@@ -189,23 +189,23 @@ class _JsonArray:
     def element(self) -> tuple[Any, str]:
         """The value that starts here, and its text, reading more as needed (up to 1 MiB)."""
         start_line = self.line
-        # The first error in the element, where it is: an element cut off by the buffer's end fails
-        # further on once more is read; one that is not JSON fails there, however much is read (but
-        # for a string not ended yet, which fails where it starts until its end is read).
-        first_error: tuple[str, int] | None = None
+        # An element cut off by the buffer's end fails further on once more is read; one that is not
+        # JSON fails at the same place again (but for a string not ended yet, which fails where it
+        # starts until its end is read): that is its error, told at once.
+        previous: tuple[str, int] | None = None
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buffer, self.position)
                 break
             except json.JSONDecodeError as exc:
                 error = (exc.msg, exc.pos - self.position)
-                first_error = first_error or error
+                if error == previous and not exc.msg.startswith("Unterminated string"):
+                    raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
+                previous = error
                 more = "" if self.eof else self.text.read(65536)
                 if not more:
                     raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
                 if len(self.buffer) - self.position > _JSON_ELEMENT_MAX:
-                    if error == first_error and not exc.msg.startswith("Unterminated string"):
-                        raise FileError(f"line {start_line}: not valid JSON: {exc.msg}") from None
                     raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB") from None
                 self.buffer, self.position = self.buffer[self.position :] + more, 0
             except (RecursionError, ValueError) as exc:

@@ -174,6 +174,16 @@ ELEMENT = b'{"name": "Halo", "artist": "Beyonc\\u00e9"}'
             b"[" + ELEMENT + b',\n{"name": x},\n' + b",\n".join([ELEMENT] * 40_000) + b"]",
             "line 2: not valid JSON: Expecting value",
         ),
+        # also where the element before it crossed the end of a read,
+        (
+            "bad-after-a-read.json",
+            b'[{"name": "'
+            + b"h" * 65_500
+            + b'", "artist": "b"},\n{"name": "Help", "artist": x},\n'
+            + b",\n".join([ELEMENT] * 40_000)
+            + b"]",
+            "line 2: not valid JSON: Expecting value",
+        ),
         # and an element that long, as too long.
         (
             "long.json",
