@@ -94,8 +94,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         # As the Redis client reads it, checked here without importing it (it is loaded only if used).
-        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number from 0 to 65535)
         return value
 
     @field_validator("session_secret")

@@ -64,6 +64,7 @@ def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
             "localhost:6379",
             "invalid setting SONGBOOK_REDIS_URL: must be a redis://, rediss:// or unix:// URL",
         ),
+        ("SONGBOOK_REDIS_URL", "redis://:s3cret@localhost:abc/0", "invalid setting SONGBOOK_REDIS_URL: Port could not"),
         (
             "DATABASE_URL",
             "postgresql://u:s3cret@h1:x,h2/db",
