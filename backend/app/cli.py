@@ -122,7 +122,7 @@ def migrate(ctx: typer.Context) -> None:
 
 @migrate_cli.command()
 def status() -> None:
-    """Show the database's revision and whether it is the latest; exit 1 if it is not."""
+    """Show the database's revision and whether it is the latest; exit 1 if it is behind."""
     settings = _settings()
     try:
         current = asyncio.run(_current_revisions(settings))
@@ -132,6 +132,9 @@ def status() -> None:
     typer.echo(f"database: {_where(settings)}")
     typer.echo(f"current:  {', '.join(sorted(current)) or '(none: never migrated)'}")
     typer.echo(f"latest:   {', '.join(sorted(heads))}")
+    if current and not current <= schema.known_revisions():
+        typer.echo("The database is past this version's latest: a newer version migrated it.")
+        return
     if current != heads:
         typer.echo("The database is behind: run `songbook migrate`.")
         raise typer.Exit(1)

@@ -371,7 +371,8 @@ class IdempotencyRecord(SQLModel, table=True):
     `api_key_id` names the key that sent it, without a foreign key: PostgreSQL's check of one would
     lock the key's row on every keyed write, and writes of one key in flight at once would each make
     a MultiXact of all the others (migration d3f8a1b6c9e2). A record is written only for a key just
-    checked; keys are revoked, never deleted; and a record expires whatever its key.
+    checked (or under `idempotency.NO_API_KEY`, for writes let through without one); keys are revoked,
+    never deleted; and a record expires whatever its key.
     """
 
     __tablename__ = "idempotency_key"

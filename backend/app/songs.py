@@ -615,6 +615,8 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
     it, ignoring case and accents: "bea" finds The Beatles, "bjo" Björk.
     """
     spec = query.sort or "name"
+    # A cursor resumes the listing it came from: this sort, and this prefix.
+    signature = spec + (_filter_signature({"prefix": song_key(query.prefix)}) if query.prefix else "")
     artist_key = col(Song.artist_key)
     songs = func.count()
     if spec.removeprefix("-") == "name":
@@ -631,7 +633,7 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
     if query.prefix:
         statement = statement.where(_artist_starts(query.prefix))
     if query.cursor:
-        values = decode_cursor(query.cursor, spec, [key.kind for key in keys])
+        values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         # Paging by name filters rows before grouping; by count, groups after it.
         statement = statement.where(after(keys, values)) if len(keys) == 1 else statement.having(after(keys, values))
     statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
@@ -639,7 +641,7 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
     next_cursor = None
     if len(rows) == query.limit:
         last = rows[-1]
-        next_cursor = encode_cursor(spec, [last["key"]] if len(keys) == 1 else [last["songs"], last["key"]])
+        next_cursor = encode_cursor(signature, [last["key"]] if len(keys) == 1 else [last["songs"], last["key"]])
     return Page([ArtistPublic(name=row["name"], songs=row["songs"]) for row in rows], next_cursor)
 
 

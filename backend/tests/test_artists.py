@@ -1,11 +1,13 @@
 """GET /artists: the artists with their song counts, paged, sorted and filtered by prefix."""
 
+import re
+
 import httpx
 import pytest
 
 from app.db import Database
 from tests.factories import make_song
-from tests.pages import walk
+from tests.pages import next_link, walk
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +71,18 @@ async def test_artist_pages_visit_each_artist_once(client: httpx.AsyncClient, so
     paged = await walk(client, f"/artists?sort={sort}&limit=2")
 
     assert [(artist["name"], artist["songs"]) for artist in paged] == whole
+
+
+async def test_an_artist_cursor_of_another_prefix_is_refused(client: httpx.AsyncClient) -> None:
+    first = next_link(await client.get("/artists?prefix=the&limit=1"))
+    assert first is not None
+    cursor = re.search(r"cursor=([^&]+)", first)
+    assert cursor is not None
+
+    response = await client.get(f"/artists?prefix=b&cursor={cursor.group(1)}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "cursor_mismatch"
 
 
 async def test_an_artists_songs_are_a_filter_away(client: httpx.AsyncClient) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from app import schema
 from app.cli import cli
+from tests.catalog import alter
 from tests.server import free_port
 
 runner = CliRunner()
@@ -39,6 +40,16 @@ def test_migrate_status_exits_1_on_a_database_behind(database: URL) -> None:
     assert result.exit_code == 1
     assert "current:  7fccabe9f34a" in result.output
     assert "run `songbook migrate`" in result.output
+
+
+def test_migrate_status_tells_a_database_a_newer_version_migrated(database: URL) -> None:
+    schema.upgrade(database)
+    alter(database, "UPDATE alembic_version SET version_num = 'f0f0f0f0f0f0'")
+
+    result = runner.invoke(cli, ["migrate", "status"])
+
+    assert result.exit_code == 0, result.output
+    assert "past this version's latest" in result.output
 
 
 def test_migrate_creates_the_default_sqlite_file_on_a_fresh_machine(
