@@ -12,6 +12,15 @@ def next_link(response: httpx.Response) -> str | None:
     return match.group(1) if match else None
 
 
+def next_cursor(response: httpx.Response) -> str:
+    """The cursor of the next page's link (there must be one)."""
+    link = next_link(response)
+    assert link is not None, "no next page"
+    found = re.search(r"cursor=([^&]+)", link)
+    assert found is not None, link
+    return found.group(1)
+
+
 async def walk(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
     """Every item of a listing, page after page, following the next links."""
     items: list[dict[str, Any]] = []
