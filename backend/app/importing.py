@@ -273,6 +273,8 @@ STAGED_COLUMNS = (
     "updated_at",
 )
 
+DECIDE_PASSES = 8  # rows grouped by song again after ids were refused, at most this many times
+
 # Where the rows wait before they are applied. `rank` is the row's place in the
 # input; `song_id`, `same_as` and `rejection` are filled in by the apply step.
 staging = Table(
@@ -466,7 +468,7 @@ class Import:
             .values(song_id=song.c.id)
         )
         chosen = func.max(c.rank) if self.on_conflict is OnConflict.UPDATE else func.min(c.rank)
-        while True:
+        for _ in range(DECIDE_PASSES):
             # 2. Rows naming the same song: the first not refused stands for all (the last, to update).
             groups = (
                 select(c.name_key, c.artist_key, chosen.label("rank"))
@@ -503,6 +505,13 @@ class Import:
             if not taken.rowcount and not repeated.rowcount:
                 break
             await self.connection.execute(update(staging).where(c.same_as.is_not(None)).values(same_as=None))
+        else:
+            # Each pass reads every staged row: a chain of rows each refused for the id the next one's
+            # song brings would take as many passes as it has rows. No export makes one.
+            raise ImportAborted(
+                f"the ids the rows bring clash in a chain of more than {DECIDE_PASSES} rows (a row refused "
+                "for its id leaves its song to a row whose id is refused in turn); leave the ids out"
+            )
         if self.on_conflict is OnConflict.ERROR:
             await self.connection.execute(
                 update(staging)

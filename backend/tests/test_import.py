@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from app.importing import BATCH_SIZE, Import
+from app.importing import BATCH_SIZE, DECIDE_PASSES, Import
 from tests.catalog import alter, query, rows, search
 
 runner = CliRunner()
@@ -333,6 +333,22 @@ def test_an_id_brought_by_a_row_that_stands_for_no_song_is_free_for_the_next(
     ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
     assert ids["Help"] == 7
     assert ids["Halo"] != 7
+
+
+def test_ids_that_clash_in_a_long_chain_stop_the_import(catalog: URL, tmp_path: Path) -> None:
+    # Song k's first row brings id k, which song k-1's second row brings too: each refusal hands
+    # a song to a row whose id is refused in turn, one more pass each.
+    lines = ["id,name,artist", "1,Song 1,Band"]
+    for number in range(2, DECIDE_PASSES + 3):
+        lines += [f"{number - 1},Song {number},Band", f"{number},Song {number},Band"]
+    songs = write(tmp_path / "chain.csv", "\n".join(lines) + "\n")
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 1
+    assert f"clash in a chain of more than {DECIDE_PASSES} rows" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert rows(catalog) == []
 
 
 def test_under_error_a_song_another_writer_adds_meanwhile_stops_the_import(
