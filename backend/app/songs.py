@@ -7,6 +7,7 @@ once (`Database.fetch`, the hot paths), or a unit of work on a session
 
 import asyncio
 import functools
+import json
 import math
 import time
 import weakref
@@ -564,7 +565,8 @@ def _filter_values(query: SongQuery) -> dict[str, Any]:
 
 def _filter_signature(values: Mapping[str, Any]) -> str:
     """The filters' part of a cursor's signature: a cursor resumes the listing it came from, no other."""
-    return "".join(f"&{name}={value}" for name, value in sorted(values.items()))
+    # JSON: a value holding "&" or "=" cannot read as another filter.
+    return "&" + json.dumps(sorted(values.items()), ensure_ascii=False) if values else ""
 
 
 def _filters(parameters: Collection[str]) -> list[ColumnElement[bool]]:

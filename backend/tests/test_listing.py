@@ -262,11 +262,30 @@ async def test_cursor_of_another_sort_is_refused(client: httpx.AsyncClient) -> N
 
 
 @pytest.mark.usefixtures("catalog")
-@pytest.mark.parametrize("search", ["", "&q=yesterday"])
-async def test_cursor_of_other_filters_is_refused(client: httpx.AsyncClient, search: str) -> None:
-    cursor = next_cursor(await client.get(f"/songs?artist=the%20beatles&sort=name&limit=1{search}"))
+@pytest.mark.parametrize(
+    ("first", "other"),
+    [
+        ("artist=the%20beatles", "artist=adele"),
+        ("artist=the%20beatles&q=yesterday", "artist=adele&q=yesterday"),
+    ],
+)
+async def test_cursor_of_other_filters_is_refused(client: httpx.AsyncClient, first: str, other: str) -> None:
+    cursor = next_cursor(await client.get(f"/songs?{first}&sort=name&limit=1"))
 
-    response = await client.get(f"/songs?artist=adele&sort=name&cursor={cursor}{search}")
+    response = await client.get(f"/songs?{other}&sort=name&cursor={cursor}")
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["type"] == "cursor_mismatch"
+
+
+async def test_a_cursor_of_an_artist_whose_name_reads_like_a_filter_is_that_artists(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    for name in ["Help!", "Yesterday"]:
+        await make_song(db, name=name, artist="The Beatles&name_key=help")
+    cursor = next_cursor(await client.get("/songs?artist=the%20beatles%26name_key%3Dhelp&sort=name&limit=1"))
+
+    response = await client.get(f"/songs?artist=the%20beatles&name=help&sort=name&cursor={cursor}")
 
     assert response.status_code == 422
     assert response.json()["errors"][0]["type"] == "cursor_mismatch"
