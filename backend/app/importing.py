@@ -616,6 +616,8 @@ class Import:
                     {"sequence": sequence, "brought": brought},
                 )
             new_id = func.coalesce(c.id, func.nextval(sequence))
+        else:
+            new_id = await self._ids_past_brought(new)
         rows = select(
             new_id,
             c.name,
@@ -657,6 +659,21 @@ class Import:
         if self._search_trigger is not None:
             await self._index_for_search(before)
         return inserted
+
+    async def _ids_past_brought(self, new: Any) -> Any:
+        """SQLite: the id of each new row; those without one numbered past every id taken or brought.
+
+        Left to SQLite, a row without an id takes the next after the largest so far, in the order of
+        the insert: one brought by a later row (7, none, 8: the second takes 8, and the third fails).
+        """
+        c = staging.c
+        taken = select(func.max(song.c.id)).union_all(
+            select(func.max(c.id)).where(new),
+            select(func.max(text("seq"))).select_from(text("sqlite_sequence")).where(text("name = 'song'")),
+        )
+        largest = (await self.connection.execute(select(func.max(taken.subquery().c[0])))).scalar() or 0
+        numbered = func.row_number().over(partition_by=c.id.is_(None), order_by=c.rank)
+        return func.coalesce(c.id, largest + numbered)
 
     async def _count(self, where: Any) -> int:
         return int((await self.connection.execute(select(func.count()).where(where))).scalar_one())

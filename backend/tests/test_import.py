@@ -413,6 +413,21 @@ def test_ids_from_an_export_are_kept_and_never_handed_out_again(catalog: URL, tm
     assert ids["Newest"] > ids["No id"]
 
 
+def test_a_row_without_an_id_before_one_that_brings_a_larger_id_takes_neither(catalog: URL, tmp_path: Path) -> None:
+    # The row without an id is inserted between the two that bring one: it must not take 8.
+    songs = write(tmp_path / "songs.csv", "id,name,artist\n7,Creep,Radiohead\n,Halo,Beyoncé\n8,Help,The Beatles\n")
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 0, result.output
+    assert "3 songs were added, 0 updated, 0 skipped as already there, 0 rejected" in result.stdout
+    ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
+    assert ids["Creep"] == 7
+    assert ids["Help"] == 8
+    assert ids["Halo"] > 8
+    assert search(catalog, "halo") == [ids["Halo"]]
+
+
 def test_an_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
 
