@@ -1,13 +1,16 @@
 """The application: lifespan, routers, error handlers and middleware, nothing else."""
 
 import asyncio
+import copy
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.routing import BaseRoute
 
 from app import db, keys, logs, metrics, openapi, ratelimit, replicas, web
 from app.config import Settings, load_settings
@@ -95,6 +98,26 @@ def _include_routes(app: FastAPI, settings: Settings) -> None:
     for router in routers:
         app.router.routes.extend(router.routes)
     pages.install(app)
+    app.router.routes.extend(_head_routes(app.router.routes))
+
+
+def _head_routes(routes: list[BaseRoute]) -> list[APIRoute]:
+    """HEAD wherever GET is served (RFC 9110, 9.3.2): the GET's headers, without its body.
+
+    Starlette's own routes answer HEAD with GET, FastAPI's do not; a route of both
+    methods would be described twice in the OpenAPI document. Each is a copy of its
+    GET route, answered by the same handler (the server sends no body after HEAD's
+    headers), left out of the description, and placed last: no other request looks
+    at them, and a HEAD finds the copy of the route its GET would find.
+    """
+    copies = []
+    for route in routes:
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            head = copy.copy(route)
+            head.methods = {"HEAD"}
+            head.include_in_schema = False
+            copies.append(head)
+    return copies
 
 
 async def _sample(database: db.Database) -> None:

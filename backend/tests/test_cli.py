@@ -1,5 +1,6 @@
 """The `songbook` command."""
 
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +126,7 @@ def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Pa
             headers={"Authorization": f"Bearer {key}"},
         )
         listed = httpx.get(f"{base}/songs")
+        head = _raw_request(port, b"HEAD /songs HTTP/1.1\r\nHost: songbook\r\nConnection: close\r\n\r\n")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -132,3 +134,19 @@ def test_serve_answers_the_guides_routes_on_a_fresh_sqlite_database(tmp_path: Pa
     assert refused.status_code == 401
     assert created.status_code == 201
     assert [song["name"] for song in listed.json()] == ["Yesterday"]
+    # HEAD: GET's status and length, and nothing after the headers.
+    status, _, rest = head.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status == b"HTTP/1.1 200 OK"
+    assert f"content-length: {len(listed.content)}".encode() in headers.lower().splitlines()
+    assert body == b""
+
+
+def _raw_request(port: int, request: bytes) -> bytes:
+    """What the server sends back, byte for byte, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer

@@ -29,7 +29,7 @@ async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClien
     response = await client.put("/songs")
 
     assert_problem(response, 405, "method-not-allowed")
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
@@ -39,6 +39,32 @@ async def test_the_batch_route_takes_only_post(client: httpx.AsyncClient, method
 
     assert_problem(response, 405, "method-not-allowed")
     assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/songs", "/songs?q=beatles", "/artists", "/healthz", "/", "/ui/artists"])
+async def test_head_answers_what_get_answers_without_the_body(anonymous: httpx.AsyncClient, path: str) -> None:
+    got = await anonymous.get(path)
+    head = await anonymous.head(path)
+
+    assert got.status_code == 200
+    assert (head.status_code, head.content) == (200, b"")
+    for header in ("content-type", "content-length", "etag", "link", "cache-control"):
+        assert head.headers.get(header) == got.headers.get(header), header
+
+
+async def test_head_of_a_song_has_its_etag_and_heeds_if_none_match(client: httpx.AsyncClient) -> None:
+    song = (await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"})).json()
+
+    head = await client.head(f"/songs/{song['id']}")
+    unchanged = await client.head(f"/songs/{song['id']}", headers={"If-None-Match": head.headers["etag"]})
+    missing = await client.head("/songs/999999")
+
+    assert (head.status_code, head.headers["etag"], head.content) == (200, '"1"', b"")
+    assert unchanged.status_code == 304
+    assert missing.status_code == 404
+    # Described once, as GET: the OpenAPI document has no HEAD operations.
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert paths["/songs/{song_id}"].keys() == {"get", "put", "patch", "delete"}
 
 
 async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient) -> None:

@@ -223,7 +223,7 @@ router = APIRouter(include_in_schema=False, route_class=PageRoute)
 def install(app: FastAPI) -> None:
     """The page at / and /ui/...: its files first, then its routes (the last of which is its 404)."""
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(router)
+    app.router.routes.extend(router.routes)  # as the API's routes (app.main._include_routes)
 
 
 @router.get("/")
