@@ -24,7 +24,11 @@ class _FoldTable(dict[int, str | None]):
         return folded
 
 
-_FOLD = _FoldTable()
+# Letters that are no letter plus a mark, so that decomposing leaves them as they
+# are: read as the letters people type for them ("Røyksopp" is found as "royksopp").
+# After case-folding, which makes the capitals these (\\u0131 is the dotless i).
+LETTERS = {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "ħ": "h", "ŧ": "t", "\u0131": "i", "æ": "ae", "œ": "oe", "þ": "th"}
+_FOLD = _FoldTable({ord(letter): ascii for letter, ascii in LETTERS.items()})
 
 
 def search_fold(text: str) -> str:

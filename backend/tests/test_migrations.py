@@ -148,3 +148,32 @@ def test_the_foreign_key_of_idempotency_records_comes_back_without_the_records_o
     command.upgrade(config, "head")
 
     assert left == [(kept,)]
+
+
+def test_search_texts_are_folded_again_for_letters_that_decompose_into_no_letter_and_mark(
+    empty_database: URL,
+) -> None:
+    config = schema.alembic_config(empty_database)
+    command.upgrade(config, "d3f8a1b6c9e2")  # the revision before
+    query(
+        empty_database,
+        "INSERT INTO song (name, artist, name_key, artist_key, name_search, artist_search) VALUES "
+        "('Eple', 'RØYKSOPP', 'eple', 'røyksopp', 'eple', 'røyksopp'), "
+        "('Halo', 'Beyoncé', 'halo', 'beyoncé', 'halo', 'beyonce')",
+    )
+
+    command.upgrade(config, "head")
+    upgraded = query(empty_database, "SELECT name_search, artist_search FROM song ORDER BY id")
+    if empty_database.get_backend_name() == "sqlite":
+        found = query(empty_database, "SELECT rowid FROM song_search WHERE song_search MATCH 'royksopp'")
+        words = query(empty_database, "SELECT term FROM song_search_terms WHERE term LIKE 'r%'")
+    else:
+        found = query(empty_database, "SELECT id FROM song WHERE search_vector @@ to_tsquery('simple', 'royksopp')")
+        words = query(empty_database, "SELECT term FROM search_term WHERE term LIKE 'r%'")
+    command.downgrade(config, "d3f8a1b6c9e2")
+    downgraded = query(empty_database, "SELECT artist_search FROM song ORDER BY id")
+
+    assert upgraded == [("eple", "royksopp"), ("halo", "beyonce")]
+    assert found == [(1,)]
+    assert ("royksopp",) in words
+    assert downgraded == [("røyksopp",), ("beyonce",)]
