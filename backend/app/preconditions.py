@@ -1,14 +1,24 @@
-"""Conditional requests (RFC 9110): a song's version is its strong ETag."""
+"""Conditional requests (RFC 9110, 13): a song's version is its strong ETag."""
 
 import re
 from collections.abc import Collection
 
 from fastapi import Request
 
-from app.errors import PreconditionRequired
+from app.errors import PreconditionFailed, PreconditionRequired
 
-ANY: Collection[int] | None = None  # If-Match: *
-_OUR_TAG = re.compile(r'"([0-9]{1,9})"')  # ASCII digits, within the column's range
+ANY: Collection[int] | None = None  # If-Match: *, or none
+_OUR_TAG = re.compile(r'"(0|[1-9][0-9]{0,8})"')  # as `etag` writes them, within the column's range
+
+
+class AllBut(frozenset[int]):
+    """Every version but these: what a write's `If-None-Match` leaves when `If-Match` leaves any.
+
+    `in` answers for the versions a write may change, not for the ones listed.
+    """
+
+    def __contains__(self, version: object) -> bool:
+        return not super().__contains__(version)
 
 
 def etag(version: int) -> str:
@@ -16,31 +26,48 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def _tags(header: str) -> list[str]:
-    return [tag.strip() for tag in header.split(",") if tag.strip()]
+def _tags(request: Request, name: str) -> list[str] | None:
+    """The entity tags of the header `name`, over all its lines (RFC 9110, 5.3); None without it."""
+    lines = request.headers.getlist(name)
+    if not lines:
+        return None
+    return [tag.strip() for line in lines for tag in line.split(",") if tag.strip()]
+
+
+def _versions(tags: list[str]) -> frozenset[int]:
+    # Strong comparison: a weak tag (W/"1") never matches, nor does one that is not ours ("01").
+    return frozenset(int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag)))
 
 
 def if_match(request: Request, *, required: bool) -> Collection[int] | None:
-    """The versions `If-Match` accepts: `ANY` (None) for `*` or no header; an empty set if none can match.
+    """The versions a write may change: `ANY` (None), or those `If-Match` names less those `If-None-Match` does.
 
-    If `required` (the `require_if_match` setting), a write without it is refused (428).
+    `If-None-Match: *` leaves none: the song is there. If `required` (the
+    `require_if_match` setting), a write without `If-Match` is refused (428).
     """
-    header = request.headers.get("if-match")
-    if header is None:
-        if required:
-            raise PreconditionRequired
-        return ANY
-    tags = _tags(header)
-    if "*" in tags:
-        return ANY
-    # Strong comparison: a weak tag (W/"1") never matches, nor does one that is not ours.
-    return {int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag))}
+    matching = _tags(request, "if-match")
+    if matching is None and required:
+        raise PreconditionRequired
+    named = None if matching is None or "*" in matching else _versions(matching)
+    refused = _tags(request, "if-none-match")
+    if refused is None:
+        return named
+    # If-None-Match compares weakly (RFC 9110, 13.1.2).
+    refused = [tag.removeprefix("W/") for tag in refused]
+    if "*" in refused:
+        return frozenset()
+    if named is None:
+        return AllBut(_versions(refused))
+    return named - _versions(refused)
 
 
-def not_modified(request: Request, version: int) -> bool:
-    """Whether `If-None-Match` names the ETag of the song's `version` (weak comparison, as GET asks)."""
-    header = request.headers.get("if-none-match")
-    if header is None:
+def not_modified(request: Request, song_id: int, version: int) -> bool:
+    """A read's conditions: whether `If-None-Match` names the song's ETag (304); `If-Match` not naming it is a 412."""
+    matching = _tags(request, "if-match")
+    if matching is not None and "*" not in matching and version not in _versions(matching):
+        raise PreconditionFailed(song_id, etag(version))
+    refused = _tags(request, "if-none-match")
+    if refused is None:
         return False
-    tags = [tag.removeprefix("W/") for tag in _tags(header)]
-    return "*" in tags or etag(version) in tags
+    refused = [tag.removeprefix("W/") for tag in refused]
+    return "*" in refused or etag(version) in refused

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Select, and_, bindparam, false, func, literal, literal_column, or_
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, false, func, literal, literal_column, or_
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
@@ -45,7 +45,7 @@ from app.models import (
     utcnow,
 )
 from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
-from app.preconditions import etag
+from app.preconditions import AllBut, etag
 
 T = TypeVar("T")
 
@@ -229,7 +229,7 @@ async def _write(db: Database, song_id: int, values: dict[str, Any], versions: C
 
 
 @functools.lru_cache(maxsize=256)
-def _update_statement(columns: tuple[str, ...], versions: int | None) -> UpdateBase:
+def _update_statement(columns: tuple[str, ...], versions: tuple[bool, int] | None) -> UpdateBase:
     return (
         sa.update(Song)
         .where(col(Song.id) == bindparam("song_id"), *_at_version(versions))
@@ -243,21 +243,27 @@ def _update_statement(columns: tuple[str, ...], versions: int | None) -> UpdateB
 
 
 @functools.lru_cache(maxsize=64)
-def _delete_statement(versions: int | None) -> UpdateBase:
+def _delete_statement(versions: tuple[bool, int] | None) -> UpdateBase:
     return sa.delete(Song).where(col(Song.id) == bindparam("song_id"), *_at_version(versions)).returning(col(Song.id))
 
 
-def _at_version(versions: int | None) -> list[ColumnElement[bool]]:
+def _at_version(versions: tuple[bool, int] | None) -> list[ColumnElement[bool]]:
     if versions is None:
         return []
-    return [col(Song.version).in_([bindparam(f"if_version_{i}") for i in range(versions)]) if versions else false()]
+    all_but, count = versions
+    listed: list[BindParameter[int]] = [bindparam(f"if_version_{i}") for i in range(count)]
+    if all_but:
+        return [col(Song.version).not_in(listed)] if count else []
+    return [col(Song.version).in_(listed)] if count else [false()]
 
 
-def _count(versions: Collection[int] | None) -> int | None:
-    return None if versions is None else len(versions)
+def _count(versions: Collection[int] | None) -> tuple[bool, int] | None:
+    """The shape of the versions' condition: whether they are all but those listed, and how many."""
+    return None if versions is None else (isinstance(versions, AllBut), len(versions))
 
 
 def _version_values(versions: Collection[int] | None) -> dict[str, int]:
+    # Those listed, for AllBut too: only `in` reads it the other way.
     return {f"if_version_{i}": version for i, version in enumerate(sorted(versions or ()))}
 
 

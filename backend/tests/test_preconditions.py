@@ -160,3 +160,74 @@ async def test_concurrent_creates_of_one_song_make_one_row(client: httpx.AsyncCl
     created = next(response for response in responses if response.status_code == 201).json()["id"]
     assert {response.json()["existing_id"] for response in responses if response.status_code == 409} == {created}
     assert len((await client.get("/songs")).json()) == 1
+
+
+@pytest.mark.parametrize("if_match", ['"01"', '"0001"', '" 1"'])
+async def test_if_match_compares_the_tags_not_the_numbers_they_read_as(
+    client: httpx.AsyncClient, db: Database, if_match: str
+) -> None:
+    song = await make_song(db)
+
+    response = await client.patch(f"/songs/{song['id']}", json={"year": 1966}, headers={"If-Match": if_match})
+
+    assert response.status_code == 412
+    assert (await client.get(f"/songs/{song['id']}")).headers["etag"] == '"1"'
+
+
+async def test_conditions_on_several_header_lines_are_one_list(client: httpx.AsyncClient, db: Database) -> None:
+    song = await make_song(db)
+    url = f"/songs/{song['id']}"
+
+    read = await client.get(url, headers=[("If-None-Match", '"7"'), ("If-None-Match", '"1"')])
+    written = await client.patch(url, json={"year": 1966}, headers=[("If-Match", '"7"'), ("If-Match", '"1"')])
+
+    assert read.status_code == 304
+    assert (written.status_code, written.headers["etag"]) == (200, '"2"')
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        ("GET", {"If-Match": '"7"'}),
+        ("PUT", {"If-None-Match": "*"}),
+        ("PATCH", {"If-None-Match": '"1"'}),
+        ("PATCH", {"If-None-Match": 'W/"1"'}),
+        ("DELETE", {"If-None-Match": '"7", "1"'}),
+        ("PATCH", {"If-Match": '"1"', "If-None-Match": "*"}),
+    ],
+)
+async def test_a_condition_that_is_false_is_412_and_changes_nothing(
+    client: httpx.AsyncClient, db: Database, method: str, headers: dict[str, str]
+) -> None:
+    song = await make_song(db, name="Yesterday", year=1965)
+    body = {"name": "Yesterday", "artist": "The Beatles", "year": 1967} if method in ("PUT", "PATCH") else None
+
+    response = await client.request(method, f"/songs/{song['id']}", json=body, headers=headers)
+
+    assert response.status_code == 412
+    assert response.json()["code"] == "precondition-failed"
+    assert response.headers["etag"] == '"1"'
+    assert (await client.get(f"/songs/{song['id']}")).json()["year"] == 1965
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [("GET", {"If-Match": '"7", "1"'}), ("PATCH", {"If-None-Match": '"7"'}), ("DELETE", {"If-None-Match": '"2"'})],
+)
+async def test_a_condition_that_is_true_lets_the_request_through(
+    client: httpx.AsyncClient, db: Database, method: str, headers: dict[str, str]
+) -> None:
+    song = await make_song(db)
+    body = {"year": 1967} if method == "PATCH" else None
+
+    response = await client.request(method, f"/songs/{song['id']}", json=body, headers=headers)
+
+    assert response.status_code == {"GET": 200, "PATCH": 200, "DELETE": 204}[method]
+
+
+async def test_if_none_match_star_on_a_song_not_there_is_404(client: httpx.AsyncClient) -> None:
+    body = {"name": "Yesterday", "artist": "The Beatles"}
+
+    response = await client.put("/songs/999999", json=body, headers={"If-None-Match": "*"})
+
+    assert response.status_code == 404

@@ -192,7 +192,7 @@ async def create_songs(
 async def get_song(song_id: SongId, request: Request, db: DatabaseDep) -> Response:
     """Gets one song, with its ETag."""
     song = await songs.get_song(db=db, song_id=song_id)
-    if preconditions.not_modified(request, song["version"]):
+    if preconditions.not_modified(request, song_id, song["version"]):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": preconditions.etag(song["version"])})
     return song_response(song)
 
