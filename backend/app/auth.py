@@ -1,14 +1,18 @@
 """Who may do what: `Authorization: Bearer <key>`, checked against the key's scope."""
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
 
 from app import keys, logs, ratelimit
 from app.config import Settings, get_settings
 from app.db import get_database
-from app.errors import Forbidden, Unauthorized
+from app.errors import UNREADABLE_BODY, Forbidden, Unauthorized
 from app.keys import Caller
 from app.models import Scope
 
@@ -106,3 +110,37 @@ def require(scope: Scope) -> Any:
 
 # The caller of a write, once its key is checked: None where no key is needed and none was sent.
 WriterDep = Annotated[Caller | None, require("write")]
+
+
+class KeyFirstRoute(APIRoute):
+    """An API route that checks the key, and counts the request, before it refuses a body it cannot read.
+
+    FastAPI reads a JSON body before it runs the dependencies: without this,
+    anyone's write with a body that is not JSON would be a 400, not a 401,
+    and no rate limit would count it.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = [
+            dependency.call for dependency in self.dependant.dependencies if isinstance(dependency.call, KeyRequired)
+        ]
+        if not checks:
+            return handler
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (RequestValidationError, HTTPException) as exc:
+                if _unread_body(exc):  # raised before the dependencies ran: they run now
+                    for check in checks:
+                        await check(request)
+                raise
+
+        return handle
+
+
+def _unread_body(exc: Exception) -> bool:
+    if isinstance(exc, RequestValidationError):
+        return any(error["type"] == "json_invalid" for error in exc.errors())
+    return isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == UNREADABLE_BODY

@@ -67,10 +67,22 @@ async def test_head_of_a_song_has_its_etag_and_heeds_if_none_match(client: httpx
     assert paths["/songs/{song_id}"].keys() == {"get", "put", "patch", "delete"}
 
 
-async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient) -> None:
-    response = await client.post("/songs", content=b'{"name": "A",', headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"name": "A",', "The request body is not valid JSON."),
+        (
+            '{"name": "Café", "artist": "B"}'.encode("latin-1"),
+            "The request body is not valid JSON: it is not UTF-8 text.",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "The request body is not valid JSON: it is nested too deeply."),
+    ],
+)
+@pytest.mark.parametrize("path", ["/songs", "/songs/batch"])
+async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient, path: str, body: bytes, reason: str) -> None:
+    response = await client.post(path, content=body, headers={"content-type": "application/json"})
 
-    assert_problem(response, 400, "malformed-json")
+    assert assert_problem(response, 400, "malformed-json")["detail"] == reason
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

@@ -56,6 +56,22 @@ async def test_requests_without_a_key_are_limited_by_address(settings: Settings)
     assert health.status_code == 200  # probes are never limited
 
 
+async def test_writes_whose_body_cannot_be_read_are_refused_and_counted_before_it_is_read(settings: Settings) -> None:
+    limits = {"anonymous_rate_limit_per_second": 0.1, "anonymous_rate_limit_burst": 2}
+    unreadable = [b"{", '{"name": "Café"}'.encode("latin-1")]
+    async with service(settings, **limits) as app, client_for(app, None) as anonymous:
+        statuses = [
+            (await anonymous.post(path, content=body, headers={"content-type": "application/json"})).status_code
+            for path in ("/songs", "/songs/batch")
+            for body in unreadable
+        ]
+        async with client_for(app, await make_key(app, "write")) as writer:
+            with_a_key = await writer.post("/songs", content=b"{", headers={"content-type": "application/json"})
+
+    assert statuses == [401, 401, 429, 429]
+    assert with_a_key.status_code == 400
+
+
 async def test_bad_keys_count_against_their_senders_address(settings: Settings) -> None:
     limits = {"anonymous_rate_limit_per_second": 0.1, "anonymous_rate_limit_burst": 2}
     async with service(settings, **limits) as app, client_for(app, "sb_00000000_guess") as guesser:

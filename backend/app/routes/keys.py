@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from app import keys
-from app.auth import require
+from app.auth import KeyFirstRoute, require
 from app.db import DatabaseDep
 from app.models import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from app.openapi import problem_responses
@@ -13,7 +13,11 @@ from app.openapi import problem_responses
 KeyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The key's id.")]
 
 router = APIRouter(
-    prefix="/keys", tags=["keys"], dependencies=[require("admin")], responses=problem_responses(401, 403, 500, 503)
+    prefix="/keys",
+    tags=["keys"],
+    dependencies=[require("admin")],
+    responses=problem_responses(401, 403, 500, 503),
+    route_class=KeyFirstRoute,
 )
 
 

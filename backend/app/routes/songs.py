@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from app import exporting, idempotency, preconditions, songs
-from app.auth import WriterDep, require
+from app.auth import KeyFirstRoute, WriterDep, require
 from app.config import SettingsDep
 from app.db import Database, DatabaseDep
 from app.errors import InvalidParameter
@@ -24,7 +24,9 @@ from app.openapi import READ_AFTER_HEADER, problem_responses, reads_headers, rea
 from app.routes.links import check_page_size, preferred_count, read_query, set_next_link
 from app.routes.responses import song_response, songs_response
 
-router = APIRouter(prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503))
+router = APIRouter(
+    prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503), route_class=KeyFirstRoute
+)
 
 READ, WRITE = require("read"), require("write")
 SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
