@@ -5,7 +5,9 @@ import hashlib
 import re
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The interactive docs run Swagger UI's and ReDoc's scripts, which the API's own policy forbids. Theirs allows those
@@ -44,6 +46,7 @@ EXPOSED_HEADERS = [
     "Content-Disposition",
     "X-Request-ID",
     "Songbook-Read-After",
+    "Idempotent-Replayed",
 ]
 ALLOWED_HEADERS = [
     "Authorization",
@@ -113,6 +116,21 @@ class _DocsPolicy:
         await self.send({"type": "http.response.body", "body": self.body})
 
 
+class ProblemCORS(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight is a problem, as every error of the service."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        from app.errors import problem_response  # here: app.errors imports this module's headers
+
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {name: value for name, value in response.headers.items() if name.startswith("access-control-")}
+        detail = f"This cross-origin request is refused; not allowed here: its {refused}."
+        return problem_response(400, "cors-refused", detail, headers=headers)
+
+
 def install_headers(app: FastAPI, cors_origins: list[str]) -> None:
     """Security headers always; CORS only for the origins configured (none by default).
 
@@ -122,7 +140,7 @@ def install_headers(app: FastAPI, cors_origins: list[str]) -> None:
     app.add_middleware(SecurityHeaders)
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORS,
             allow_origins=cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=ALLOWED_HEADERS,

@@ -104,6 +104,7 @@ async def test_an_admin_key_manages_keys_over_http(app: FastAPI, client: httpx.A
     by_writer = await client.get("/keys")
 
     assert created.status_code == 201
+    assert created.headers["cache-control"] == "no-store"  # the answer holds the secret
     assert key.startswith(f"sb_{created.json()['prefix']}_")
     assert {entry["name"] for entry in listed.json()} >= {"root", "importer"}
     assert all("key" not in entry and "secret_hash" not in entry for entry in listed.json())

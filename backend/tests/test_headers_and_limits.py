@@ -64,6 +64,24 @@ async def test_cors_answers_the_origins_configured(settings: Settings) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
+async def test_a_refused_preflight_is_a_problem_and_replays_are_told_to_scripts(settings: Settings) -> None:
+    async with client_with(settings, cors_origins="https://songs.example") as client:
+        refused = await client.options(
+            "/songs",
+            headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"},
+        )
+        headers = {"Origin": "https://songs.example", "Idempotency-Key": "k-1"}
+        await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"}, headers=headers)
+        replayed = await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"}, headers=headers)
+
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "cors-refused"
+    assert refused.json()["detail"] == "This cross-origin request is refused; not allowed here: its origin."
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert "Idempotent-Replayed" in replayed.headers["access-control-expose-headers"].split(", ")
+
+
 async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
     settings: Settings, database_url: URL, db: Database
 ) -> None:

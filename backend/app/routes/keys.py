@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Response, status
 
 from app import keys
 from app.auth import KeyFirstRoute, require
@@ -22,8 +22,9 @@ router = APIRouter(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(400, 409, 413, 415, 422))
-async def create_key(key_in: ApiKeyCreate, db: DatabaseDep) -> ApiKeyCreated:
+async def create_key(key_in: ApiKeyCreate, db: DatabaseDep, response: Response) -> ApiKeyCreated:
     """Makes a key. Its secret (`key`) is in this answer only: keep it."""
+    response.headers["Cache-Control"] = "no-store"  # a secret: no cache keeps it (RFC 9111)
     return await keys.create_key(db=db, key_in=key_in)
 
 
