@@ -25,7 +25,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,9 +68,8 @@ PRUNE_EVERY = 100  # keyed writes, on average; then expired answers are deleted
 _in_flight: set[tuple[int, int, str]] = set()
 
 
-def _fingerprint(request: Request, payload: Any) -> str:
-    query = sorted(request.query_params.multi_items())
-    request_as_sent = {"method": request.method, "path": request.url.path, "query": query, "body": payload}
+def _fingerprint(request: Request, payload: Any, query: Iterable[tuple[str, str]]) -> str:
+    request_as_sent = {"method": request.method, "path": request.url.path, "query": sorted(query), "body": payload}
     canonical = json.dumps(request_as_sent, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -103,11 +102,12 @@ async def run_once(
     write: Callable[[], Awaitable[Response]],
     on_session: bool = False,
     foresee: Callable[[], Awaitable[Foreseen | None]] | None = None,
+    query: Iterable[tuple[str, str]] = (),
 ) -> Response:
     """`write()`'s answer; with an Idempotency-Key, the first answer to this key, whatever is retried.
 
-    `payload` is the request's validated input: the same input, however
-    formatted, is the same request. `on_session` for a write that works on
+    `payload` and `query` are the request's validated input, body and query
+    parameters: the same input, however formatted, is the same request. `on_session` for a write that works on
     a session (`Database.transaction`), as a batch does. `foresee`, for a
     keyed request, gives the write in full before it is made, if it can.
     """
@@ -118,7 +118,7 @@ async def run_once(
         raise InvalidParameter("header", "Idempotency-Key", "must be 1 to 255 printable ASCII characters")
     # Writes let through without an API key (SONGBOOK_REQUIRE_WRITE_KEY=false) share one set of keys.
     caller_id = caller.key_id if caller is not None else NO_API_KEY
-    fingerprint = _fingerprint(request, payload)
+    fingerprint = _fingerprint(request, payload, query)
     ttl_seconds = (await get_settings(request)).idempotency_ttl_seconds
     this = {"caller_id": caller_id, "idempotency_key": key}
     in_flight = (id(db), caller_id, key)

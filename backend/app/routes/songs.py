@@ -177,7 +177,15 @@ async def create_songs(
         return Response(result.model_dump_json(), media_type="application/json")
 
     payload = [song.model_dump() for song in songs_in]
-    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create, on_session=True)
+    return await idempotency.run_once(
+        request,
+        db=db,
+        caller=caller,
+        payload=payload,
+        write=create,
+        on_session=True,
+        query=[("on_conflict", on_conflict.value)],
+    )
 
 
 @router.get(
