@@ -6,6 +6,7 @@ much entropy a slow hash buys nothing, and checking a key stays cheap on every
 request. The hash is compared in constant time.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -138,6 +139,7 @@ class Keyring:
     def __init__(self) -> None:
         self._known: dict[str, tuple[float, str, Caller]] = {}  # by prefix: (believed until, hash, caller)
         self._last_recorded: dict[str, float] = {}  # by prefix: random, never reused
+        self._recording: set[asyncio.Task[None]] = set()  # held until done: the loop holds tasks weakly
 
     async def check(self, *, db: Database, key: str) -> Caller | None:
         """The caller a key stands for; None if it is not a key of ours, or revoked."""
@@ -159,16 +161,26 @@ class Keyring:
         if not hmac.compare_digest(secret_hash, _hash(key)):
             return None
         if now - self._last_recorded.get(prefix, -LAST_USED_EVERY_SECONDS) >= LAST_USED_EVERY_SECONDS:
-            # Written once a minute at most, not on every request; and only if it can
-            # be at once: a busy database must not fail the request for it.
+            # Written once a minute at most, not on every request; and beside it, not on
+            # its time: a write waits for the writer before it (SQLite's lock, a locked row).
             self._last_recorded[prefix] = now
-            with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
-                await db.fetch(_RECORD_USE, {"key_id": caller.key_id, "now": utcnow()}, write=True)
+            recording = asyncio.create_task(_record_use(db, caller.key_id))
+            self._recording.add(recording)
+            recording.add_done_callback(self._recording.discard)
         return caller
+
+    async def settle(self) -> None:
+        """Waits for the uses being recorded (the lifespan's end)."""
+        await asyncio.gather(*self._recording)
 
     def forget(self, prefix: str) -> None:
         """Believes nothing more of the key with this prefix (it was revoked)."""
         self._known.pop(prefix, None)
+
+
+async def _record_use(db: Database, key_id: int) -> None:
+    with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
+        await db.fetch(_RECORD_USE, {"key_id": key_id, "now": utcnow()}, write=True)
 
 
 def _caller(row: Any, prefix: str) -> Caller:

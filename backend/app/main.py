@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if access_log is not None:
                 access_log.flush()
             await app.state.buckets.close()
+            await app.state.keyring.settle()
             await database.close()
 
     # Swagger UI and ReDoc from files of the fastapi-offline package, served by songbook itself.

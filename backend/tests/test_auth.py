@@ -2,12 +2,17 @@
 
 import asyncio
 import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from app import keys
@@ -141,12 +146,49 @@ async def test_keys_are_stored_only_as_hashes_and_record_their_last_use(
     key = await make_key(app, "write", "hashed")
     async with client_for(app, key) as writer:
         await writer.post("/songs", json=SONG)
+    await app.state.keyring.settle()
     async with app.state.database.engine.connect() as connection:
         row = (await connection.execute(text("SELECT * FROM api_key WHERE name = 'hashed'"))).one()
 
     assert key not in " ".join(str(value) for value in row)
     assert row.secret_hash != key
     assert row.last_used_at is not None
+
+
+@asynccontextmanager
+async def holding_the_key_for_writes(url: URL, name: str) -> AsyncIterator[None]:
+    """Another writer holding what recording the key's use needs: SQLite's write lock, or the key's row."""
+    if url.get_backend_name() == "sqlite":
+        connection = sqlite3.connect(str(url.database), isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            yield
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+        return
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as holder:
+            await holder.execute(text("SELECT 1 FROM api_key WHERE name = :name FOR UPDATE"), {"name": name})
+            yield
+    finally:
+        await engine.dispose()
+
+
+async def test_recording_a_keys_use_does_not_hold_its_request(app: FastAPI, database_url: URL) -> None:
+    key = await make_key(app, "read", "patient")
+    async with holding_the_key_for_writes(database_url, "patient"), client_for(app, key) as reader:
+        started = time.monotonic()
+        response = await reader.get("/songs")
+        waited = time.monotonic() - started
+    await app.state.keyring.settle()
+    async with app.state.database.engine.connect() as connection:
+        used = (await connection.execute(text("SELECT last_used_at FROM api_key WHERE name = 'patient'"))).scalar()
+
+    assert response.status_code == 200
+    assert waited < 2  # not the 5 s SQLite's writers wait for the lock, nor PostgreSQL's statement timeout
+    assert used is not None  # recorded once the lock was let go
 
 
 async def test_no_key_appears_in_the_logs(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
