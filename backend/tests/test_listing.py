@@ -214,6 +214,24 @@ async def test_total_is_given_only_when_asked(client: httpx.AsyncClient, count: 
         assert total >= 0
 
 
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Prefer", "respond-async"), ("Prefer", "count=exact")],  # several lines are one list (RFC 7240)
+        [("Prefer", "count=exact; strict")],  # with a parameter
+        [("Prefer", 'wait=5, count="exact"')],
+    ],
+)
+async def test_the_count_is_read_from_every_prefer_line(
+    client: httpx.AsyncClient, headers: list[tuple[str, str]]
+) -> None:
+    response = await client.get("/songs?artist=the%20beatles", headers=headers)
+
+    assert response.headers["preference-applied"] == "count=exact"
+    assert response.headers["x-total-count"] == "3"
+
+
 @pytest.mark.parametrize(
     "query", ["artist=the%20beatles", "name=help", "year=1965", "year_from=1960", "year_to=1970", "q=help"]
 )

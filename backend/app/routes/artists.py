@@ -35,7 +35,7 @@ async def list_artists(
     db: DatabaseDep,
 ) -> list[ArtistPublic]:
     """Lists the artists, by name or by number of songs."""
-    await check_page_size(request, query.limit)
+    await check_page_size(request, query)
     page = await songs.list_artists(db=db, query=query)
     set_next_link(request, response, page.next_cursor)
     return page.items

@@ -239,7 +239,7 @@ async def search_page(request: Request, visit: VisitDep) -> Response:
     try:
         query = SongQuery.model_validate({name: value for name, value in values.items() if name != "count"})
         count: Literal["exact"] | None = "exact" if values.get("count") else None
-        await check_page_size(request, query.limit)
+        await check_page_size(request, query)
         page = await songs.list_songs(db=visit.db, query=query, count=count)
         total = page.total
     except ValidationError as exc:

@@ -93,7 +93,7 @@ async def list_songs(request: Request, db: DatabaseDep) -> Response:
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
         return await export_response(request, db, query, export)
-    await check_page_size(request, query.limit)
+    await check_page_size(request, query)
     count = preferred_count(request)
     page = await songs.list_songs(db=db, query=query, count=count)
     response = songs_response(page.items)
