@@ -11,6 +11,8 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import CheckConstraint, DateTime, Dialect, Index, TypeDecorator, UniqueConstraint, func
 from sqlmodel import AutoString, Field, SQLModel
 
+from app.folding import search_fold
+
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -206,6 +208,21 @@ SearchText = Annotated[
     AfterValidator(_reject_control_characters),
 ]
 
+SEARCH_WORDS_MAX = 8
+
+
+def _few_words(query: str) -> str:
+    # Each word is a condition of every tier's query: one left out would find songs without it.
+    if len(set(search_fold(query).split())) > SEARCH_WORDS_MAX:
+        raise PydanticCustomError(
+            "too_many_words", "must have at most {most} different words", {"most": SEARCH_WORDS_MAX}
+        )
+    return query
+
+
+SearchQuery = Annotated[SearchText, AfterValidator(_few_words)]
+"""A search (`q`): at most eight different words, once folded."""
+
 
 # A cursor is opaque: base64url, made by the service for one listing. Another is refused (422).
 CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
@@ -229,7 +246,7 @@ class SongQuery(SQLModel):
     year_to: int | None = pydantic.Field(
         default=None, ge=YEAR_MIN, le=YEAR_MAX, description="Released this year or earlier."
     )
-    q: SearchText | None = pydantic.Field(
+    q: SearchQuery | None = pydantic.Field(
         default=None,
         description="Fuzzy search in names and artists, tolerant of typos and accents; ranked by relevance.",
         examples=["beatels"],

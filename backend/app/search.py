@@ -62,7 +62,6 @@ from app.models import Song
 if TYPE_CHECKING:  # the database hands its searches this module's cache of near words
     from app.db import Database, Transaction
 
-MAX_WORDS = 8
 # Close enough to mean the query word: one edit in five letters, two in ten.
 MIN_SIMILARITY = 0.7
 MAX_ALTERNATIVES = 20
@@ -184,7 +183,7 @@ async def plan(db: "Database", query: str) -> Search:
     """Reads the query, and finds the catalog's words close to each of its words (kept in `db.near_words`):
     no statement for words looked up lately, else one, in a transaction of its own."""
     postgres = db.dialect == "postgresql"
-    words = list(dict.fromkeys(search_fold(query).split()))[:MAX_WORDS]
+    words = list(dict.fromkeys(search_fold(query).split()))  # at most SEARCH_WORDS_MAX (models.SearchQuery)
     known = {word: db.near_words.get(word) for word in words}
     unknown = [word for word in words if known[word] is None and len(word) >= MIN_PREFIX]
     if unknown:
@@ -237,7 +236,8 @@ _POSTGRES_NEAREST = text(
     """
     SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
     CROSS JOIN LATERAL (
-        SELECT term FROM search_term WHERE term % query.word ORDER BY term <-> query.word LIMIT :most
+        SELECT term FROM search_term WHERE term % query.word AND NOT starts_with(term, query.word)
+        ORDER BY term <-> query.word LIMIT :most
     ) AS found
     """
 ).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))
@@ -270,15 +270,19 @@ async def _sqlite_vocabulary(db: "Database", words: list[str]) -> dict[str, list
 
 
 def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:
-    """The candidates close enough to `word` to mean it (and how close), best first; none that start with it."""
+    """The candidates close enough to `word` to mean it (and how close), best first; none that start with it.
+
+    Those are left out first: its prefix query finds them, and kept, they would
+    take the places of the corrections ("maria" and "marie" before "mary").
+    """
     close = extract(
         word,
-        candidates,
+        [term for term in candidates if not term.startswith(word)],
         scorer=DamerauLevenshtein.normalized_similarity,
         score_cutoff=MIN_SIMILARITY,
         limit=MAX_ALTERNATIVES,
     )
-    return [(term, score) for term, score, _ in close if not term.startswith(word)]
+    return [(term, score) for term, score, _ in close]
 
 
 def _word(word: str, near: list[tuple[str, float]]) -> _Word:

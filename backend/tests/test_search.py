@@ -95,6 +95,28 @@ async def test_search_of_one_or_two_letters_finds_substrings(client: httpx.Async
     assert ("Back in Black", "AC/DC") in found
 
 
+async def test_a_correction_is_found_however_many_words_start_like_the_query(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    # "mary" is one edit from "mari"; the 25 artists starting with "mari" must not take its place.
+    await make_song(db, name="Proud", artist="Mary")
+    for letter in "abcdefghijklmnopqrstuvwxy":
+        await make_song(db, name="Song", artist=f"Mari{letter}")
+
+    found = await search(client, "q=mari&limit=500")
+
+    assert ("Proud", "Mary") in found
+
+
+async def test_a_search_of_more_words_than_it_can_weigh_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.get("/songs", params={"q": "one two three four five six seven eight zzzzzzzz"})
+    repeated = await search(client, "q=" + "+".join(["yesterday"] * 12))
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == "Invalid request: q: must have at most 8 different words."
+    assert repeated == [("Yesterday", "The Beatles")]
+
+
 async def test_search_reads_songs_added_and_changed_since(client: httpx.AsyncClient) -> None:
     created = (await client.post("/songs", json={"name": "Paranoid Android", "artist": "Radiohead"})).json()
     await client.patch(f"/songs/{created['id']}", json={"name": "Karma Police"})
