@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import islice
 from multiprocessing.connection import Connection
@@ -24,7 +24,8 @@ from typing import Annotated, Any, Literal, NotRequired
 
 import asyncpg
 import pydantic
-from pydantic import AwareDatetime, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, TypeAdapter
+from pydantic_core import PydanticCustomError
 from sqlalchemy import (
     Column,
     Integer,
@@ -65,6 +66,17 @@ class OnConflict(StrEnum):
     ERROR = "error"  # the row is rejected
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is in year 0 in UTC
+        raise PydanticCustomError("datetime_range", "must be a time between the years 1 and 9999 in UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""An export's timestamp: with its offset, and one that UTC can hold (as the database stores it)."""
+
+
 class ImportedSong(TypedDict):
     """One song of an import: the fields of `SongCreate`, and the id and timestamps an export carries.
 
@@ -76,8 +88,8 @@ class ImportedSong(TypedDict):
     artist: SongText
     year: NotRequired[ReleaseYear | None]
     id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=2**31 - 1)] | None]
-    created_at: NotRequired[AwareDatetime | None]
-    updated_at: NotRequired[AwareDatetime | None]
+    created_at: NotRequired[UtcDatetime | None]
+    updated_at: NotRequired[UtcDatetime | None]
 
 
 _SONGS = TypeAdapter(list[ImportedSong])

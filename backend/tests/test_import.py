@@ -123,6 +123,24 @@ def test_unusable_arguments_fail_before_anything_is_written(catalog: URL, argume
     assert rows(catalog) == []
 
 
+def test_a_time_that_utc_cannot_hold_is_a_rejected_row(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.ndjson",
+        '{"name": "A", "artist": "B", "created_at": "0001-01-01T00:00:00+05:00"}\n'
+        '{"name": "C", "artist": "B", "updated_at": "9999-12-31T23:00:00-05:00"}\n'
+        '{"name": "D", "artist": "B", "created_at": "2001-01-01T00:00:00+05:00"}\n',
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 3, result.output
+    assert rejections(result) == [
+        f"{songs}:1: created_at: must be a time between the years 1 and 9999 in UTC",
+        f"{songs}:2: updated_at: must be a time between the years 1 and 9999 in UTC",
+    ]
+    assert [name for _, name, _, _ in rows(catalog)] == ["D"]
+
+
 def test_a_file_that_is_not_songs_fails_the_whole_import(catalog: URL, tmp_path: Path) -> None:
     good = write(tmp_path / "good.csv", "name,artist\nHalo,Beyoncé\n")
     bad = write(tmp_path / "bad.csv", "title,singer\nHalo,Beyoncé\n")
