@@ -58,7 +58,7 @@ def _fail(message: str) -> typer.Exit:
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: SONGBOOK_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind [default: SONGBOOK_PORT].")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to bind [default: SONGBOOK_PORT].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes [default: SONGBOOK_WORKERS].")] = None,
     reload: Annotated[bool, typer.Option(help="Restart when the code changes (development).")] = False,
 ) -> None:
@@ -177,6 +177,8 @@ def import_songs(
         raise _fail(f"{exc}; nothing was imported") from None
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot import into {_where(settings)}: {_reason(exc)}; nothing was imported") from None
+    except AppError as exc:  # a schema not migrated
+        raise _fail(f"cannot import into {_where(settings)}: {exc.detail}") from None
     except KeyboardInterrupt:
         raise _fail("interrupted; nothing was imported") from None
     elapsed = time.perf_counter() - started
@@ -200,6 +202,7 @@ async def _import(
     dry_run: bool,
 ) -> Summary:
     async with db.connect(settings, long_running=True) as database:
+        await schema.check_ready(database)
         with RowProgress(console) as progress, closing(_sources(files, progress)) as sources:
             return await songs.import_songs(
                 db=database,
@@ -275,8 +278,8 @@ def export_songs(
         raise _fail(
             "; ".join(_option(error["field"], error["message"]) for error in exc.extensions["errors"])
         ) from None
-    except AppError as exc:
-        raise _fail(exc.detail) from None
+    except AppError as exc:  # a schema not migrated, among others
+        raise _fail(f"cannot export from {_where(settings)}: {exc.detail}") from None
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot export from {_where(settings)}: {_reason(exc)}") from None
     elapsed = time.perf_counter() - started
@@ -286,6 +289,7 @@ def export_songs(
 async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
     count = 0
     async with db.connect(settings, long_running=True) as database:
+        await schema.check_ready(database)
         with _create(output) as stream:
             async for chunk in songs.export_songs(db=database, query=query, file_format=file_format):
                 stream.write(chunk)
@@ -322,6 +326,8 @@ def seed(
         summary = asyncio.run(_seed(settings, count, seed))
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot seed {_where(settings)}: {_reason(exc)}") from None
+    except AppError as exc:  # a schema not migrated
+        raise _fail(f"cannot seed {_where(settings)}: {exc.detail}") from None
     elapsed = time.perf_counter() - started
     skipped = f" ({summary.skipped:,} were there already)" if summary.skipped else ""
     typer.echo(f"added {summary.inserted:,} songs in {elapsed:.1f} s ({count / elapsed:,.0f} songs/s){skipped}")
@@ -329,6 +335,7 @@ def seed(
 
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     async with db.connect(settings, long_running=True) as database:
+        await schema.check_ready(database)
         rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
         summary = await songs.import_songs(db=database, sources=[("seed", rows)], bulk=True)
         await database.analyze()

@@ -11,11 +11,13 @@ line break.
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, literal_column
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.formats import COLUMNS, Format
@@ -83,12 +85,16 @@ async def _chunks(
             async for chunk in chunks:
                 yield chunk
         return
-    cursor = await driver.execute(str(compiled), parameters)  # type: ignore[union-attr]
     try:
-        while rows := await cursor.fetchmany(BATCH_ROWS):
-            yield ("\n".join(text for (text,) in rows) + "\n").encode()
-    finally:
-        await cursor.close()
+        cursor = await driver.execute(str(compiled), parameters)  # type: ignore[union-attr]
+        try:
+            while rows := await cursor.fetchmany(BATCH_ROWS):
+                yield ("\n".join(text for (text,) in rows) + "\n").encode()
+        finally:
+            await cursor.close()
+    except sqlite3.Error as exc:
+        # The driver's own, under SQLAlchemy's: as the errors of every other statement are told.
+        raise DBAPIError.instance(str(compiled), parameters, exc, sqlite3.Error) from exc
 
 
 BATCH_ROWS = 10_000

@@ -76,6 +76,34 @@ def test_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch
     assert "hunter2" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "verb"), [(["export"], "export from"), (["import", "-"], "import into"), (["seed"], "seed")]
+)
+def test_a_database_never_migrated_is_one_line_telling_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], verb: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    result = runner.invoke(
+        cli, [*command, "--format", "csv"] if "import" in command else command, input="name,artist\n"
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"songbook: cannot {verb} sqlite+aiosqlite:///data/songbook.db: The database schema is at no revision, "
+        "not at the latest migration; run `songbook migrate`."
+    ]
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "83636"])
+def test_a_port_out_of_range_is_refused(port: str) -> None:
+    result = runner.invoke(cli, ["serve", "--port", port])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.stderr
+
+
 @pytest.mark.parametrize("command", [["serve"], ["migrate"]])
 def test_bad_setting_stops_with_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
     songbook = Path(sys.executable).parent / "songbook"

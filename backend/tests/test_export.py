@@ -6,15 +6,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner
 
 from app import songs
 from app.cli import cli
+from app.config import Settings
 from app.db import Database
 from app.formats import Format, RawRow
+from app.main import create_app
 from app.models import SongQuery
 from tests.catalog import empty, full_rows
+from tests.conftest import client_for
 from tests.factories import make_song
 
 runner = CliRunner()
@@ -171,3 +175,15 @@ async def test_an_export_left_early_frees_its_connection(client: httpx.AsyncClie
 
         assert first.startswith(b"id,name,artist,year,created_at,updated_at\n1,Song 0,Band,,")
     assert (await client.get("/songs?limit=1")).status_code == 200
+
+
+async def test_a_database_without_the_schema_is_a_503_for_exports_and_listings(
+    empty_database: URL, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=empty_database.render_as_string(hide_password=False), data_dir=tmp_path)
+    application = create_app(settings)
+    async with LifespanManager(application), client_for(application, None) as anonymous:
+        responses = [await anonymous.get("/songs", headers={"Accept": accept}) for accept in ("text/csv", "*/*")]
+
+    assert [response.status_code for response in responses] == [503, 503]
+    assert {response.json()["code"] for response in responses} == {"database-unavailable"}
