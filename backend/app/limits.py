@@ -3,11 +3,9 @@
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, problem_response
-
 
 class BodySizeLimit:
-    """Refuses a body over `max_bytes`: by its Content-Length up front, else as it streams in.
+    """Refuses a body over `max_bytes`: by its Content-Length before it is read, else as it streams in.
 
     FastAPI's own `max_body_size` answers in plain text when Content-Length is too
     large, outside the service's error format; hence this middleware.
@@ -25,19 +23,17 @@ class BodySizeLimit:
         max_bytes = self.uploads.get(scope["path"], self.max_bytes)
         detail = f"The request body is larger than {max_bytes} bytes."
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > max_bytes:
-            response = problem_response(413, PayloadTooLarge.code, detail)
-            await response(scope, receive, send)
-            return
-
-        received = 0
+        received = int(declared) if declared.isdigit() and int(declared) > max_bytes else 0
 
         async def limited_receive() -> Message:
             nonlocal received
+            if received > max_bytes:  # declared so: refused before a byte is read
+                raise HTTPException(413, detail)
             message = await receive()
             received += len(message.get("body", b""))
             if received > max_bytes:
-                # Raised while the route reads its body: rendered by the HTTPException handler.
+                # Raised while the route reads its body: answered as its route answers errors,
+                # a problem by the API's, a page by the page's.
                 raise HTTPException(413, detail)
             return message
 

@@ -153,6 +153,22 @@ def test_a_search_with_a_typo_finds_the_song_as_the_person_types(page: Page, sit
     expect(page.locator("#rows")).to_contain_text("Jóga")
 
 
+def test_a_filter_the_search_refuses_is_shown_beside_it_as_the_person_types(page: Page, site: Site) -> None:
+    site.add({"name": "Yesterday", "artist": "The Beatles", "year": 1965})
+    page.goto(site.base)
+    page.get_by_text("Filters and order").click()
+
+    page.get_by_label("Year", exact=True).fill("1700")
+
+    expect(page.locator("#year-error")).to_contain_text("greater than or equal to 1860")
+    expect(page.get_by_label("Year", exact=True)).to_have_attribute("aria-invalid", "true")
+    shoot(page, site, "filter-refused", narrow=True)
+    page.get_by_label("Year", exact=True).fill("1965")
+    expect(page.locator("#rows tr")).to_have_count(1)
+    expect(page.locator("#year-error")).to_have_count(0)
+    expect(page.get_by_label("Year", exact=True)).not_to_have_attribute("aria-invalid", "true")
+
+
 def test_paging_to_the_end_visits_every_match_once(page: Page, site: Site) -> None:
     site.add(*({"name": f"Track {number:03}", "artist": "Paging Band"} for number in range(120)))
     site.add({"name": "Elsewhere", "artist": "Another Band"})

@@ -528,6 +528,17 @@ async def test_an_upload_needs_a_file_of_a_known_format(app: FastAPI, person: ht
     assert "Choose a CSV, NDJSON or JSON file." in empty.text
 
 
+async def test_an_upload_over_the_limit_is_a_page_that_says_so(settings: Settings) -> None:
+    application = create_app(settings.model_copy(update={"max_upload_bytes": 2048}))
+    async with LifespanManager(application), browser(application) as client:
+        await signed_in(application, client)
+        answer = await upload(client, "songs.csv", b"name,artist\n" + b"A song,A band\n" * 500)
+
+    assert answer.status_code == 413
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "The request body is larger than 2048 bytes." in answer.text
+
+
 async def test_reading_can_need_a_key(settings: Settings) -> None:
     application = create_app(settings.model_copy(update={"require_read_key": True}))
     async with LifespanManager(application), browser(application) as client:

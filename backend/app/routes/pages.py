@@ -265,7 +265,7 @@ async def search_page(request: Request, visit: VisitDep) -> Response:
     if fragment == "rows":  # the next page's rows, added below those shown: no way back to the first
         return await visit.render("_more.html", status, **context | {"first_url": None})
     if fragment == "results":
-        return await visit.render("_results.html", status, **context)
+        return await visit.render("_results.html", status, **context | {"fragment": True})
     return await visit.render("search.html", status, **context)
 
 

@@ -34,11 +34,29 @@
     }
   };
 
+  // The fields' errors come with the results: each goes beside its field, as the page without the script has it.
+  const showFieldErrors = () => {
+    for (const shown of form.querySelectorAll(".field > .error")) shown.remove();
+    for (const field of form.querySelectorAll("[aria-invalid]")) {
+      field.removeAttribute("aria-invalid");
+      field.removeAttribute("aria-describedby");
+    }
+    for (const error of document.querySelectorAll("#results [data-for]")) {
+      const field = form.elements.namedItem(error.dataset.for);
+      if (!(field instanceof HTMLElement)) continue;
+      field.setAttribute("aria-invalid", "true");
+      field.setAttribute("aria-describedby", error.id);
+      field.after(error);
+      field.closest("details")?.setAttribute("open", "");
+    }
+  };
+
   const search = async (history) => {
     const url = searchUrl();
     const content = await part(url, "results");
     if (!content) return;
     document.getElementById("results").replaceWith(content.getElementById("results"));
+    showFieldErrors();
     // Typing goes on in one history entry; a pause of a few seconds starts another, for Back.
     if (history === "push" && Date.now() - lastPush > 3000) window.history.pushState(null, "", url);
     else if (history !== "none") window.history.replaceState(null, "", url);
@@ -71,6 +89,6 @@
     const content = await part(more.href, "rows");
     if (!content) return;
     document.getElementById("rows").append(...content.querySelectorAll("tbody > tr"));
-    document.getElementById("paging").replaceWith(content.getElementById("paging"));
+    document.getElementById("paging").replaceWith(...content.querySelectorAll("p.error"), content.getElementById("paging"));
   });
 })();
