@@ -213,7 +213,7 @@ def _starting(word: _Word, postgres: bool) -> list[str]:
     """The words that `word` starts, as a prefix query; a word too short to be a prefix, as itself."""
     if len(word.word) < MIN_PREFIX:
         # "n" of "Guns N' Roses": as a prefix it would match nearly everything.
-        return [word.word if postgres else f'"{word.word}"']
+        return [word.word]  # quoted for SQLite by _full_text_query, as every word that is no prefix
     return [f"{word.word}:*" if postgres else f'"{word.word}"*']
 
 
@@ -237,7 +237,7 @@ _POSTGRES_NEAREST = text(
     SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
     CROSS JOIN LATERAL (
         SELECT term FROM search_term WHERE term % query.word AND NOT starts_with(term, query.word)
-        ORDER BY term <-> query.word LIMIT :most
+        ORDER BY term <-> query.word, term LIMIT :most
     ) AS found
     """
 ).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))

@@ -126,6 +126,7 @@ async def test_http_export_streams_every_matching_song(client: httpx.AsyncClient
     assert csv_response.status_code == 200
     assert csv_response.headers["content-type"] == "text/csv; charset=utf-8"
     assert csv_response.headers["content-disposition"] == 'attachment; filename="songs.csv"'
+    assert csv_response.headers["vary"] == "Accept, Prefer"
     assert len(csv_response.text.splitlines()) == 13  # the header, then all twelve: no paging
     assert ndjson_response.headers["content-type"] == "application/x-ndjson"
     songs = [json.loads(line) for line in ndjson_response.text.splitlines()]

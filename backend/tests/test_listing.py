@@ -230,6 +230,7 @@ async def test_the_count_is_read_from_every_prefer_line(
 
     assert response.headers["preference-applied"] == "count=exact"
     assert response.headers["x-total-count"] == "3"
+    assert response.headers["vary"] == "Accept, Prefer"  # for caches: the answer depends on them
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ router = APIRouter(
 )
 
 READ, WRITE = require("read"), require("write")
+# The listing's answer depends on these request headers: an export or a page, with its count or not (RFC 9110).
+LISTING_VARIES = "Accept, Prefer"
 SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
 
 SongId = Annotated[int, Path(ge=1, le=songs.ID_MAX, description="The song's id.")]
@@ -92,11 +94,14 @@ async def list_songs(request: Request, db: DatabaseDep) -> Response:
     query = read_query(request, SongQuery)
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
-        return await export_response(request, db, query, export)
+        streamed = await export_response(request, db, query, export)
+        streamed.headers["Vary"] = LISTING_VARIES
+        return streamed
     await check_page_size(request, query)
     count = preferred_count(request)
     page = await songs.list_songs(db=db, query=query, count=count)
     response = songs_response(page.items)
+    response.headers["Vary"] = LISTING_VARIES
     set_next_link(request, response, page.next_cursor)
     if page.total is not None:
         response.headers["X-Total-Count"] = str(page.total)
@@ -159,7 +164,8 @@ async def create_songs(
         OnConflict,
         Query(
             description="For a song already there (or repeated in the batch): `skip` leaves it as it is, "
-            "`update` takes the batch's spelling and year, `error` refuses the batch with 409."
+            "`update` takes the batch's spelling, and its year when it gives one (a null leaves it), "
+            "`error` refuses the batch with 409."
         ),
     ] = OnConflict.SKIP,
 ) -> Response:
