@@ -369,6 +369,26 @@ def test_ids_that_clash_in_a_long_chain_stop_the_import(catalog: URL, tmp_path: 
     assert rows(catalog) == []
 
 
+@pytest.mark.parametrize("on_conflict", ["skip", "update"])
+def test_a_song_repeated_with_a_taken_id_more_times_than_the_passes_is_refused_row_by_row(
+    catalog: URL, tmp_path: Path, on_conflict: str
+) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "first.csv", "id,name,artist\n1,Halo,Beyoncé\n")])
+    repeats = ["1,Creep,Radiohead"] * (DECIDE_PASSES + 4)
+    # The row that can stand comes last in the order its rule reads: the first to skip, the last to update.
+    lines = [*repeats, ",Creep,Radiohead"] if on_conflict == "skip" else [",Creep,Radiohead", *repeats]
+    songs = write(tmp_path / "songs.csv", "\n".join(["id,name,artist", *lines]) + "\n")
+
+    result = runner.invoke(cli, ["import", "--on-conflict", on_conflict, songs])
+
+    assert result.exit_code == 3, result.output
+    assert len(rejections(result)) == len(repeats)
+    assert all(rejection.endswith("id 1 is another song's") for rejection in rejections(result))
+    ids = {name: song_id for song_id, name, _, _ in rows(catalog)}
+    assert ids.keys() == {"Halo", "Creep"}
+    assert ids["Halo"] == 1
+
+
 def test_under_error_a_song_another_writer_adds_meanwhile_stops_the_import(
     catalog: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
