@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, delete, update
 from sqlmodel import col
 
 from app.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database
-from app.errors import DuplicateKeyName, InvalidParameter, NotFound
+from app.errors import DatabaseUnavailable, DuplicateKeyName, InvalidParameter, NotFound
 from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdempotencyRecord, Scope, utcnow
 
 KEY_PREFIX = "sb_"
@@ -171,7 +171,7 @@ class Keyring:
 
     async def settle(self) -> None:
         """Waits for the uses being recorded (the lifespan's end)."""
-        await asyncio.gather(*self._recording)
+        await asyncio.gather(*self._recording, return_exceptions=True)
 
     def forget(self, prefix: str) -> None:
         """Believes nothing more of the key with this prefix (it was revoked)."""
@@ -179,7 +179,8 @@ class Keyring:
 
 
 async def _record_use(db: Database, key_id: int) -> None:
-    with contextlib.suppress(*DATABASE_ERRORS):  # busy, or timed out: the use is recorded next time
+    # Busy, timed out, or no server takes writes (a failover): the use is recorded next time.
+    with contextlib.suppress(*DATABASE_ERRORS, DatabaseUnavailable):
         await db.fetch(_RECORD_USE, {"key_id": key_id, "now": utcnow()}, write=True)
 
 
