@@ -202,7 +202,7 @@ async def _import(
     dry_run: bool,
 ) -> Summary:
     async with db.connect(settings, long_running=True) as database:
-        await schema.check_ready(database)
+        await schema.check_migrated(database)
         with RowProgress(console) as progress, closing(_sources(files, progress)) as sources:
             return await songs.import_songs(
                 db=database,
@@ -289,7 +289,7 @@ def export_songs(
 async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
     count = 0
     async with db.connect(settings, long_running=True) as database:
-        await schema.check_ready(database)
+        await schema.check_migrated(database)
         with _create(output) as stream:
             async for chunk in songs.export_songs(db=database, query=query, file_format=file_format):
                 stream.write(chunk)
@@ -335,7 +335,7 @@ def seed(
 
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
     async with db.connect(settings, long_running=True) as database:
-        await schema.check_ready(database)
+        await schema.check_migrated(database)
         rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
         summary = await songs.import_songs(db=database, sources=[("seed", rows)], bulk=True)
         await database.analyze()

@@ -245,16 +245,20 @@ def error_response(exc: AppError) -> JSONResponse:
 
 # What FastAPI answers for a body it could not read, beyond JSON's syntax (`json_invalid`).
 UNREADABLE_BODY = "There was an error parsing the body"
-_UNREADABLE_JSON = {UnicodeDecodeError: "it is not UTF-8 text", RecursionError: "it is nested too deeply"}
+_UNREADABLE_JSON = {
+    UnicodeDecodeError: "it is not UTF-8 text",
+    RecursionError: "it is nested too deeply",
+    ValueError: "a number in it has more digits than Python reads (4,300)",
+}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
-        reason = _UNREADABLE_JSON.get(type(exc.__cause__))
-        if reason is not None:
-            return problem_response(400, "malformed-json", f"The request body is not valid JSON: {reason}.")
-        return problem_response(400, "malformed-body", "The request body cannot be read as its Content-Type says.")
+        if _not_json(request):  # a form
+            return problem_response(400, "malformed-body", "The request body cannot be read as a form.")
+        reason = _UNREADABLE_JSON.get(type(exc.__cause__), "it cannot be parsed")
+        return problem_response(400, "malformed-json", f"The request body is not valid JSON: {reason}.")
     code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else _default_detail(request, exc)
     headers = dict(exc.headers or {})

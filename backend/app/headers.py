@@ -142,7 +142,7 @@ def install_headers(app: FastAPI, cors_origins: list[str]) -> None:
         app.add_middleware(
             ProblemCORS,
             allow_origins=cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=ALLOWED_HEADERS,
             expose_headers=EXPOSED_HEADERS,
             max_age=600,

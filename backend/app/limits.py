@@ -3,6 +3,8 @@
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLarge, problem_response
+
 
 class BodySizeLimit:
     """Refuses a body over `max_bytes`: by its Content-Length before it is read, else as it streams in.
@@ -23,11 +25,17 @@ class BodySizeLimit:
         max_bytes = self.uploads.get(scope["path"], self.max_bytes)
         detail = f"The request body is larger than {max_bytes} bytes."
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
-        received = int(declared) if declared.isdigit() and int(declared) > max_bytes else 0
+        received = 0
+        if declared.isdigit() and int(declared) > max_bytes:
+            if scope["path"] not in self.uploads:
+                # Refused before the route runs: one that reads no body (a DELETE) does nothing.
+                await problem_response(413, PayloadTooLarge.code, detail)(scope, receive, send)
+                return
+            received = int(declared)  # refused as the page's route reads it: a page, not JSON
 
         async def limited_receive() -> Message:
             nonlocal received
-            if received > max_bytes:  # declared so: refused before a byte is read
+            if received > max_bytes:
                 raise HTTPException(413, detail)
             message = await receive()
             received += len(message.get("body", b""))

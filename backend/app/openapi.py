@@ -18,8 +18,8 @@ from app.errors import PROBLEM_MEDIA_TYPE, Problem, problem_body
 # parses every declared header on every request (about 25 µs of a GET, backend/README.md, "Speed").
 REQUEST_HEADERS = {
     "Prefer": "`count=exact` or `count=estimated` to be told the total in `X-Total-Count`.",
-    "If-None-Match": "An ETag read before: 304 if it is still so.",
     "If-Match": 'The ETag the song must still have, as read (`"3"`), or `*`: else 412 and nothing changes.',
+    "If-None-Match": "An ETag read before: 304 if it is still so (a read); 412 if it is (a write), and `*` always.",
     "Songbook-Read-After": "The `Songbook-Read-After` of a write's answer (where the service reads on replicas): "
     "this read then sees that write and all before it. Without it, a read may miss writes of the last "
     "`SONGBOOK_REPLICA_MAX_LAG_MS`. A value that is not such a token reads the latest data.",

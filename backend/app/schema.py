@@ -66,3 +66,9 @@ async def check_ready(db: Database) -> None:
             f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "
             "run `songbook migrate`."
         )
+
+
+async def check_migrated(db: Database) -> None:
+    """Raises unless the database was migrated at all: a command's first step (an older schema is read as it is)."""
+    if not await current_revisions(db):
+        raise DatabaseUnavailable("The database has no songbook schema; run `songbook migrate`.")

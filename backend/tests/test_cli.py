@@ -91,9 +91,22 @@ def test_a_database_never_migrated_is_one_line_telling_what_to_do(
 
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
-        f"songbook: cannot {verb} sqlite+aiosqlite:///data/songbook.db: The database schema is at no revision, "
-        "not at the latest migration; run `songbook migrate`."
+        f"songbook: cannot {verb} sqlite+aiosqlite:///data/songbook.db: The database has no songbook schema; "
+        "run `songbook migrate`."
     ]
+
+
+def test_a_database_behind_the_latest_migration_can_still_be_exported(
+    empty_database: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A backup before `songbook migrate`, say: the schema one revision behind.
+    schema.upgrade(empty_database, "d3f8a1b6c9e2")
+    monkeypatch.setenv("DATABASE_URL", empty_database.render_as_string(hide_password=False))
+
+    result = runner.invoke(cli, ["export", "-o", str(tmp_path / "songs.csv")])
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "songs.csv").read_text() == "id,name,artist,year,created_at,updated_at\n"
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "83636"])

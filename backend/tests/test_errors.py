@@ -7,7 +7,9 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.db import Database
 from app.main import create_app
+from tests.factories import make_song
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
@@ -76,6 +78,10 @@ async def test_head_of_a_song_has_its_etag_and_heeds_if_none_match(client: httpx
             "The request body is not valid JSON: it is not UTF-8 text.",
         ),
         (b"[" * 100_000 + b"]" * 100_000, "The request body is not valid JSON: it is nested too deeply."),
+        (
+            b'{"name": "A", "artist": "B", "year": ' + b"1" * 5000 + b"}",
+            "The request body is not valid JSON: a number in it has more digits than Python reads (4,300).",
+        ),
     ],
 )
 @pytest.mark.parametrize("path", ["/songs", "/songs/batch"])
@@ -149,6 +155,20 @@ async def test_body_over_the_limit_is_a_413_problem(small_body_client: httpx.Asy
     response = await small_body_client.post("/songs", json={"name": "x" * 2000, "artist": "B"})
 
     assert_problem(response, 413, "payload-too-large")
+
+
+async def test_a_declared_body_over_the_limit_is_refused_before_the_route_runs(
+    small_body_settings: Settings, db: Database
+) -> None:
+    # A DELETE reads no body: were it let through, the song would go.
+    song = f"/songs/{(await make_song(db))['id']}"
+    async for small_body_client in _app_client(small_body_settings.model_copy(update={"require_write_key": False})):
+        refused = await small_body_client.request("DELETE", song, content=b"x" * 2000)
+
+        kept = await small_body_client.get(song)
+
+    assert_problem(refused, 413, "payload-too-large")
+    assert kept.status_code == 200
 
 
 async def test_streamed_body_over_the_limit_is_a_413_problem(small_body_client: httpx.AsyncClient) -> None:

@@ -73,7 +73,16 @@ async def test_a_refused_preflight_is_a_problem_and_replays_are_told_to_scripts(
         headers = {"Origin": "https://songs.example", "Idempotency-Key": "k-1"}
         await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"}, headers=headers)
         replayed = await client.post("/songs", json={"name": "Halo", "artist": "Beyoncé"}, headers=headers)
+        head = await client.options(
+            "/songs/1",
+            headers={
+                "Origin": "https://songs.example",
+                "Access-Control-Request-Method": "HEAD",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
 
+    assert head.status_code == 200  # every GET route answers HEAD, across origins too
     assert refused.status_code == 400
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "cors-refused"
@@ -108,17 +117,18 @@ async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
 async def test_page_and_batch_sizes_are_settings(settings: Settings) -> None:
     async with client_with(settings, max_page_size=10, max_batch_size=2) as client:
         for number in range(12):
-            await client.post("/songs", json={"name": f"Song {number}", "artist": "Band"})
+            await client.post("/songs", json={"name": f"Song {number}", "artist": f"Band {number}"})
         page = await client.get("/songs?limit=10")
         too_long = await client.get("/songs?limit=11")
         artists = await client.get("/artists?limit=11")
         batch = await client.post("/songs/batch", json=[{"name": f"Song {i}", "artist": "Band"} for i in range(3)])
         # Not asked for, the page is the service's largest, not the default 50 refused.
-        unasked = [await client.get(path) for path in ("/songs", "/songs?q=song", "/artists", "/")]
+        unasked = [await client.get(path) for path in ("/songs", "/songs?q=song", "/artists", "/", "/ui/artists")]
 
     assert page.status_code == 200
-    assert [response.status_code for response in unasked] == [200, 200, 200, 200]
-    assert len(unasked[0].json()) == len(unasked[1].json()) == 10
+    assert [response.status_code for response in unasked] == [200] * 5
+    assert len(unasked[0].json()) == len(unasked[1].json()) == len(unasked[2].json()) == 10
+    assert unasked[4].text.count('<tr><td><a href="/?artist=') == 10
     assert 'rel="next"' in unasked[0].headers["link"]
     assert too_long.status_code == 422
     assert too_long.json()["errors"][0]["field"] == "limit"

@@ -291,7 +291,9 @@ async def artists_page(request: Request, visit: VisitDep) -> Response:
     errors: dict[str, str] = {}
     page = None
     try:
-        page = await songs.list_artists(db=visit.db, query=ArtistQuery.model_validate(values))
+        query = ArtistQuery.model_validate(values)
+        await check_page_size(request, query)
+        page = await songs.list_artists(db=visit.db, query=query)
     except ValidationError as exc:
         errors = _field_errors(exc)
     except InvalidParameter as exc:

@@ -201,9 +201,9 @@ async def create_songs(
     responses={
         200: {"headers": ETAG},
         304: {"description": "Not modified: the song still has the ETag in `If-None-Match`.", "headers": ETAG},
-        **problem_responses(404, 422),
+        **problem_responses(404, 412, 422),
     },
-    openapi_extra=reads_headers("If-None-Match", "Songbook-Read-After"),
+    openapi_extra=reads_headers("If-None-Match", "If-Match", "Songbook-Read-After"),
 )
 async def get_song(song_id: SongId, request: Request, db: DatabaseDep) -> Response:
     """Gets one song, with its ETag."""
@@ -214,7 +214,7 @@ async def get_song(song_id: SongId, request: Request, db: DatabaseDep) -> Respon
 
 
 WRITE_ERRORS = problem_responses(400, 404, 409, 412, 413, 415, 422, 428)
-IF_MATCH = reads_headers("If-Match")
+IF_MATCH = reads_headers("If-Match", "If-None-Match")
 
 
 @router.patch(

@@ -40,15 +40,9 @@ def search_fold(text: str, letters: dict[str, str]) -> str:
     return " ".join(kept.split())
 
 
-# The characters of the Latin blocks that fold to one of LETTERS: the letters, their
-# capitals, and those with a mark on them ("Ǿ").
-_HOLDING_LETTERS = [
-    char
-    for char in map(chr, range(0x80, 0x2000))
-    if any(
-        letter in unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", char).casefold()) for letter in LETTERS
-    )
-]
+# Every character that folds to one of LETTERS: the letters, their capitals, those with a mark
+# on them ("Ǿ"), and their compatibility forms ("ℏ"); as Python 3.11's Unicode tables gave them.
+_HOLDING_LETTERS = "ÆÐØÞæðøþĐđĦħıŁłŒœŦŧǢǣǼǽǾǿᴭᶞℏꟸꟹ\U00010783\U00010795\U000107a2\U0001d6a4"
 
 
 def _refold(letters: dict[str, str]) -> None:
