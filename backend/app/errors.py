@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs, metrics
 from app.headers import API_POLICY, SECURITY_HEADERS
@@ -396,8 +397,39 @@ def _failed(request: Request) -> JSONResponse:
     return problem_response(500, "internal-error", "The service failed to answer this request.")
 
 
+class InternalErrors:
+    """The 500 of an error no handler answered, inside the other middleware.
+
+    Starlette answers those outside every middleware, where CORS, the request's
+    log context and the access log's byte count are gone, and hands the error
+    on to the server, which logs its traceback again. Here it is answered
+    like any other error, and the error goes no further.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception:
+            if started:  # too late to answer: the server ends the response
+                raise
+            await _failed(Request(scope))(scope, receive, send)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Rendered outside every middleware (Starlette's ServerErrorMiddleware): the request's context
+    # An error of the outer middleware, rendered outside it (Starlette's ServerErrorMiddleware): the request's context
     # (its id, for the traceback's record and the body), and the headers, are taken up here.
     context = request.scope.get(logs.SCOPE_KEY)
     token = logs.current_request.set(context) if context is not None else None
@@ -423,3 +455,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(asyncpg.InterfaceError, _database_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(InternalErrors)  # the first added: the innermost

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key)
-    install_error_handlers(app)
+    install_error_handlers(app)  # and, innermost of the middleware, the 500 of an error none of them answered
     replicas.install(app, settings)  # with read replicas: which reads go there, and the writes' tokens
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}

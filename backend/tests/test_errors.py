@@ -1,5 +1,6 @@
 """Every error, the service's and the framework's, is one problem-details shape."""
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -193,6 +194,34 @@ async def test_unexpected_error_is_a_500_problem_that_leaks_nothing(app: FastAPI
 
     assert "hunter2" not in str(problem)
     assert "RuntimeError" not in str(problem)
+
+
+async def test_a_500_is_answered_as_every_answer_is_and_goes_no_further(
+    settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    changes = {"cors_origins": "https://shop.example", "log_format": "json", "access_log": True}
+    app = create_app(settings.model_copy(update=changes))
+
+    async def explode() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/explode", explode)
+    async with LifespanManager(app):
+        # raise_app_exceptions: an error the app let out would fail the request here (a server logs it again).
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://songbook.test") as client:
+            response = await client.get("/explode", headers={"Origin": "https://shop.example", "X-Request-ID": "r-500"})
+
+    assert_problem(response, 500, "internal-error")
+    assert response.headers["access-control-allow-origin"] == "https://shop.example"  # a browser may read it
+    assert "X-Request-ID" in response.headers["access-control-expose-headers"]
+    assert response.headers["x-request-id"] == "r-500"
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert [record.getMessage() for record in tracebacks] == ["unhandled error on GET /explode"]
+    [access] = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"/explode"' in line]
+    assert (access["status"], access["bytes"]) == (500, len(response.content))
 
 
 @pytest.fixture
