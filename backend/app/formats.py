@@ -20,7 +20,7 @@ REQUIRED = ("name", "artist")
 
 # Undecodable bytes, kept by errors="surrogateescape" so that the row can be named.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
-_WHOLE_NUMBER = re.compile(r"\s*[+-]?\d{1,10}\s*")
+_WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]{1,10}\s*")  # ASCII digits: int() takes others too
 _BOM = b"\xef\xbb\xbf"
 _JSON_ELEMENT_MAX = 1024 * 1024  # a song is a few hundred bytes: anything far larger is not one
 
@@ -66,7 +66,8 @@ def read_rows(stream: IO[bytes], file_format: Format) -> Iterator[RawRow]:
 
 
 def _read_csv(text: IO[str]) -> Iterator[RawRow]:
-    reader = csv.reader(text)
+    # strict: a quote left open, or text after a closing one, is an error, not rows run together.
+    reader = csv.reader(text, strict=True)
     header = next(reader, None)
     if header is None:
         return
@@ -75,7 +76,8 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
     names = [name.strip().lower() for name in header]
     if missing := [name for name in REQUIRED if name not in names]:
         raise FileError(f"line 1: the header has no {' and no '.join(missing)} column (it has: {', '.join(names)})")
-    if repeated := sorted({name for name in names if names.count(name) > 1}):
+    # Only the columns read: others are ignored, repeated or blank (a spreadsheet's trailing cells).
+    if repeated := sorted({name for name in names if name in COLUMNS and names.count(name) > 1}):
         raise FileError(f"line 1: the header names {', '.join(repeated)} more than once")
     while True:
         line = reader.line_num + 1
@@ -84,8 +86,8 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
         except StopIteration:
             return
         except csv.Error as exc:
-            # A field past the csv module's limit: the reader stops inside it and would take
-            # the rest of the field for rows of their own. Nothing after it can be trusted.
+            # A field past the csv module's limit, or quotes that do not close: the reader stops
+            # inside a field and would take the rest for rows of their own. Nothing after it can be trusted.
             raise FileError(f"line {line}: not valid CSV: {exc}") from None
         if not values:
             continue  # a blank line
@@ -144,6 +146,7 @@ def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
         raise FileError(f"line {array.line}: a .json file must hold one array of songs")
     array.position += 1
     if array.at_next_token() == "]":
+        array.close()
         return
     while True:
         array.at_next_token()
@@ -156,9 +159,10 @@ def _read_json_array(text: IO[str]) -> Iterator[RawRow]:
         else:
             yield RawRow(start_line, None, f"not a JSON object but {_json_kind(value)}")
         separator = array.at_next_token()
-        array.position += 1
         if separator == "]":
+            array.close()
             return
+        array.position += 1
         if separator != ",":
             found = repr(separator) if separator else "the end of the file"
             raise FileError(f"line {array.line}: expected ',' or ']' after an element, found {found}")
@@ -185,6 +189,12 @@ class _JsonArray:
                 return self.buffer[self.position : self.position + 1]
             self.buffer, self.position = self.text.read(65536), 0
             self.eof = not self.buffer
+
+    def close(self) -> None:
+        """Past the array's `]`: nothing but whitespace may follow (another array would go unread)."""
+        self.position += 1
+        if (after := self.at_next_token()) != "":
+            raise FileError(f"line {self.line}: found {after!r} after the array; a .json file holds one array")
 
     def element(self) -> tuple[Any, str]:
         """The value that starts here, and its text, reading more as needed (up to 1 MiB)."""

@@ -87,7 +87,7 @@ class ImportedSong(TypedDict):
     name: SongText
     artist: SongText
     year: NotRequired[ReleaseYear | None]
-    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=2**31 - 1)] | None]
+    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=2**31 - 1, strict=True)] | None]
     created_at: NotRequired[UtcDatetime | None]
     updated_at: NotRequired[UtcDatetime | None]
 

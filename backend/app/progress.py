@@ -39,7 +39,7 @@ class RowProgress:
         self.live = console.is_terminal
         self.plain_every = plain_every
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a file's name, as it is: "a[/x].csv"
             BarColumn(),
             _Rows(),
             TimeElapsedColumn(),
@@ -72,10 +72,10 @@ class RowProgress:
                 self._progress.update(task, completed=position, rows=rows)
             elif (now := time.monotonic()) - last_line >= self.plain_every:
                 last_line = now
-                self.console.print(_plain_line(name, rows, now - started, position, size), highlight=False)
+                self._plain(_plain_line(name, rows, now - started, position, size))
         self._progress.update(task, completed=size, rows=rows)
         if not self.live:
-            self.console.print(_plain_line(name, rows, time.monotonic() - started, size, size), highlight=False)
+            self._plain(_plain_line(name, rows, time.monotonic() - started, size, size))
 
     def finish(self, message: str) -> None:
         """Stops the live bar, its rows all read, and says what comes next."""
@@ -84,7 +84,10 @@ class RowProgress:
         self.note(message)
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False)
+        self._plain(message)
+
+    def _plain(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False)
 
 
 def _plain_line(name: str, rows: int, elapsed: float, position: int | None, size: int | None) -> str:

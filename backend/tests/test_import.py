@@ -209,6 +209,12 @@ ELEMENT = b'{"name": "Halo", "artist": "Beyonc\\u00e9"}'
             "line 2: an element of the array is larger than 1 MiB",
         ),
         ("latin-1.csv", "titre,artiste,année\nA,B,2000\n".encode("latin-1"), "line 1: the header is not UTF-8"),
+        # A second array would go unread, as would anything else after the first.
+        ("two.json", b'[{"name": "A", "artist": "B"}]\n[{"name": "C", "artist": "B"}]', "line 2: found '[' after"),
+        ("after.json", b"[] x", "line 1: found 'x' after the array"),
+        # A quote that never closes would take the rows after it into its field; text after a closing one.
+        ("open-quote.csv", b'name,artist\nU1,A\n"U2,A\nU3,A\nU4,A\n', "line 3: not valid CSV: unexpected end of data"),
+        ("after-quote.csv", b'name,artist\n"ab"c,A\n', "line 2: not valid CSV: ',' expected after '\"'"),
     ],
 )
 def test_a_file_that_cannot_be_read_is_named_with_its_line_and_reason(
@@ -223,6 +229,34 @@ def test_a_file_that_cannot_be_read_is_named_with_its_line_and_reason(
     assert "nothing was imported" in result.stderr
     assert "Traceback" not in result.output
     assert rows(catalog) == []
+
+
+def test_columns_not_read_may_repeat_and_a_file_named_like_markup_is_named_as_it_is(
+    catalog: URL, tmp_path: Path
+) -> None:
+    (tmp_path / "a[").mkdir()
+    # A spreadsheet's blank trailing cells, and a column named twice that the import does not read.
+    songs = write(tmp_path / "a[" / "x].csv", "name,artist,note,note,,\nHalo,Beyoncé,a,b,,\n")
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 0, result.output
+    assert f"{songs}: 1 rows read" in result.stderr
+    assert [name for _, name, _, _ in rows(catalog)] == ["Halo"]
+
+
+def test_an_id_must_be_a_whole_number_as_json_writes_one(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.ndjson",
+        '{"name": "A", "artist": "B", "id": true}\n{"name": "C", "artist": "B", "id": "7"}\n'
+        '{"name": "D", "artist": "B", "id": 9.0}\n{"name": "E", "artist": "B", "id": 11}\n',
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 3
+    assert rejections(result) == [f"{songs}:{line}: id: Input should be a valid integer" for line in (1, 2, 3)]
+    assert [(song_id, name) for song_id, name, _, _ in rows(catalog)] == [(11, "E")]
 
 
 SONGS = "name,artist,year\nYesterday,The Beatles,1965\nHalo,Beyoncé,2008\n"
