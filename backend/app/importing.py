@@ -531,6 +531,28 @@ class Import:
                 .where(c.rejection.is_(None), or_(c.song_id.is_not(None), c.same_as.is_not(None)))
                 .values(rejection="duplicate")
             )
+        if self.on_conflict is OnConflict.UPDATE:
+            await self._keep_earlier_years()
+
+    async def _keep_earlier_years(self) -> None:
+        """The last row of a song, without a year, takes the year of the last row before it that gives one.
+
+        As if the rows were imported one after another: a row without a year
+        leaves the year the song has, and the row before gave it one.
+        """
+        c = staging.c
+        latest = func.row_number().over(partition_by=c.same_as, order_by=c.rank.desc())
+        given = (
+            select(c.same_as, c.year, latest.label("latest"))
+            .where(c.same_as.is_not(None), c.rejection.is_(None), c.year.is_not(None))
+            .subquery()
+        )
+        last_given = select(given.c.same_as, given.c.year).where(given.c.latest == 1).subquery()
+        await self.connection.execute(
+            update(staging)
+            .where(c.rank == last_given.c.same_as, c.year.is_(None), c.rejection.is_(None))
+            .values(year=last_given.c.year)
+        )
 
     async def _refuse_taken_ids_in_turn(self) -> None:
         """Refuses at once the rows of a new song that the passes of `_decide` would refuse one by one.

@@ -57,6 +57,17 @@ async def test_update_takes_the_batchs_spelling_and_year(client: httpx.AsyncClie
     assert song["updated_at"] > song["created_at"]
 
 
+async def test_update_keeps_the_year_an_earlier_song_of_the_batch_gave(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/songs/batch?on_conflict=update",
+        json=[{"name": "Halo", "artist": "Beyoncé", "year": 2008}, {"name": "HALO", "artist": "beyoncé"}],
+    )
+
+    [song] = (await client.get("/songs")).json()
+    assert response.status_code == 200
+    assert (song["name"], song["year"]) == ("HALO", 2008)
+
+
 async def test_under_error_a_duplicate_refuses_the_whole_batch(client: httpx.AsyncClient, db: Database) -> None:
     existing = await make_song(db, name="Yesterday", artist="The Beatles")
 

@@ -277,15 +277,27 @@ def test_skip_keeps_what_is_there_and_the_first_of_the_file(catalog: URL, tmp_pa
     ]
 
 
-def test_update_takes_the_last_of_the_file_and_keeps_a_year_it_does_not_give(catalog: URL, tmp_path: Path) -> None:
+def test_update_takes_the_last_of_the_file_and_the_last_year_given(catalog: URL, tmp_path: Path) -> None:
     runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
 
     result = runner.invoke(cli, ["import", "--on-conflict", "update", write(tmp_path / "b.csv", AGAIN)])
 
     assert result.exit_code == 0, result.output
     assert "1 songs were added, 1 updated, 1 skipped as already there, 0 rejected" in result.stdout
-    assert rows(catalog)[0] == (1, "yesterday", "The Beatles", 1965)
+    # The last row gives no year: the one before it gave 1966, as if the rows came one after another.
+    assert rows(catalog)[0] == (1, "yesterday", "The Beatles", 1966)
     assert len(rows(catalog)) == 3
+
+
+def test_update_keeps_a_year_no_row_gives(catalog: URL, tmp_path: Path) -> None:
+    runner.invoke(cli, ["import", write(tmp_path / "a.csv", SONGS)])
+    again = "name,artist,year\nYESTERDAY,the beatles,\nNew,Band,2000\nnew,band,\n"
+
+    result = runner.invoke(cli, ["import", "--on-conflict", "update", write(tmp_path / "b.csv", again)])
+
+    assert result.exit_code == 0, result.output
+    years = {name: year for _, name, _, year in rows(catalog)}
+    assert years == {"YESTERDAY": 1965, "Halo": 2008, "new": 2000}
 
 
 def test_error_rejects_songs_already_there_and_imports_the_rest(catalog: URL, tmp_path: Path) -> None:
