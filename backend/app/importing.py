@@ -47,7 +47,7 @@ from typing_extensions import TypedDict  # pydantic needs its TypedDict before P
 from app.errors import FileError, ImportAborted, MaxErrorsExceeded
 from app.folding import search_fold, song_key
 from app.formats import RawRow
-from app.models import KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
+from app.models import ID_MAX, KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
 
 BATCH_SIZE = 5_000
 # On SQLite, a bulk import of this many times more rows than the catalog holds
@@ -87,7 +87,7 @@ class ImportedSong(TypedDict):
     name: SongText
     artist: SongText
     year: NotRequired[ReleaseYear | None]
-    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=2**31 - 1, strict=True)] | None]
+    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=ID_MAX, strict=True)] | None]
     created_at: NotRequired[UtcDatetime | None]
     updated_at: NotRequired[UtcDatetime | None]
 
@@ -674,6 +674,10 @@ class Import:
                     ),
                     {"sequence": sequence, "brought": brought},
                 )
+            handed_out = text("coalesce(pg_sequence_last_value(CAST(:sequence AS regclass)), 0)")
+            await self._check_ids_left(
+                (await self.connection.execute(select(handed_out), {"sequence": sequence})).scalar_one(), new
+            )
             new_id = func.coalesce(c.id, func.nextval(sequence))
         else:
             new_id = await self._ids_past_brought(new)
@@ -731,8 +735,17 @@ class Import:
             select(func.max(text("seq"))).select_from(text("sqlite_sequence")).where(text("name = 'song'")),
         )
         largest = (await self.connection.execute(select(func.max(taken.subquery().c[0])))).scalar() or 0
+        await self._check_ids_left(largest, new)
         numbered = func.row_number().over(partition_by=c.id.is_(None), order_by=c.rank)
         return func.coalesce(c.id, largest + numbered)
+
+    async def _check_ids_left(self, largest: int, new: Any) -> None:
+        """Stops the import if its new songs without an id cannot all be numbered past `largest`."""
+        if largest + await self._count(and_(new, staging.c.id.is_(None))) > ID_MAX:
+            raise ImportAborted(
+                f"the new songs would need ids past {ID_MAX:,}, the largest a song may have (a song has, or a row "
+                f"brings, id {largest:,}); leave that id out"
+            )
 
     async def _count(self, where: Any) -> int:
         return int((await self.connection.execute(select(func.count()).where(where))).scalar_one())

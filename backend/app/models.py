@@ -208,6 +208,7 @@ SearchText = Annotated[
     AfterValidator(_reject_control_characters),
 ]
 
+ID_MAX = 2**31 - 1  # the song table's ids are 32-bit integers
 SEARCH_WORDS_MAX = 8
 
 

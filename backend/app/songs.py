@@ -31,6 +31,7 @@ from app.folding import derived_columns, search_fold, song_key
 from app.formats import Format, RawRow
 from app.importing import Import, OnConflict, Rejected, Summary
 from app.models import (
+    ID_MAX,
     YEAR_MAX,
     YEAR_MIN,
     ArtistPublic,
@@ -72,7 +73,6 @@ _FIND_SONG_ID = sa.select(col(Song.id)).where(
     col(Song.name_key) == bindparam("name_key"), col(Song.artist_key) == bindparam("artist_key")
 )
 _VERSION_OF = sa.select(col(Song.version)).where(col(Song.id) == bindparam("song_id"))
-ID_MAX = 2**31 - 1  # the song table's ids are 32-bit integers
 WRITE_ATTEMPTS = 3  # a write whose duplicate went meanwhile is made again, this many times in all
 # Ids for new songs, set aside from the table's sequence (PostgreSQL) a block at a time, for a second at most.
 ID_BLOCK = 32

@@ -512,6 +512,19 @@ def test_a_row_without_an_id_before_one_that_brings_a_larger_id_takes_neither(ca
     assert search(catalog, "halo") == [ids["Halo"]]
 
 
+def test_new_songs_that_would_need_ids_past_the_largest_stop_the_import(catalog: URL, tmp_path: Path) -> None:
+    songs = write(
+        tmp_path / "songs.ndjson", '{"id": 2147483647, "name": "A", "artist": "B"}\n{"name": "C", "artist": "B"}\n'
+    )
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 1
+    assert "would need ids past 2,147,483,647" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert rows(catalog) == []
+
+
 def test_an_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
 
