@@ -1,5 +1,6 @@
 """Settings, read from the environment and an optional `.env` file."""
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     # GET /metrics, in the Prometheus text format.
     metrics: bool = True
-    host: str = "127.0.0.1"
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     # The proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses, networks, or *.
@@ -63,14 +64,14 @@ class Settings(BaseSettings):
     require_read_key: bool = False
     # Off only where every client is trusted (a benchmark, a private network): writes then need no key.
     require_write_key: bool = True
-    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 24 * 3600
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60, le=366 * 24 * 3600)] = 24 * 3600  # a minute to a year
     # Token buckets: per API key, and per client address for requests without one. 0 turns a limit off.
     rate_limit_per_second: Annotated[float, Field(ge=0)] = 100.0
     rate_limit_burst: Annotated[int, Field(ge=1)] = 200
     anonymous_rate_limit_per_second: Annotated[float, Field(ge=0)] = 20.0
     anonymous_rate_limit_burst: Annotated[int, Field(ge=1)] = 60
     redis_url: str = ""
-    statement_timeout_ms: Annotated[int, Field(ge=0)] = 10_000
+    statement_timeout_ms: Annotated[int, Field(ge=0, le=2**31 - 1)] = 10_000  # PostgreSQL's largest
     # DATABASE_URL points at PgBouncer in transaction pooling mode: no named prepared statements.
     pgbouncer: bool = False
     cors_origins: str = ""
@@ -88,6 +89,15 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if value:
             async_url(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        # As uvicorn reads it; it takes a network it cannot read for a name that never matches.
+        for item in (part.strip() for part in value.split(",")):
+            if item and item != "*" and not item.startswith("unix:"):
+                ipaddress.ip_network(item)  # raises ValueError: "127.0.0.1/8 has host bits set"
         return value
 
     @field_validator("redis_url")

@@ -75,6 +75,15 @@ def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
             "postgresql://h1,h2/db?target_session_attrs=primary-only",
             "invalid setting DATABASE_URL: target_session_attrs must be one of any, primary, standby",
         ),
+        # A network uvicorn cannot read would trust no proxy, silently.
+        (
+            "SONGBOOK_FORWARDED_ALLOW_IPS",
+            "10.0.0.0/8, 127.0.0.1/8",
+            "invalid setting SONGBOOK_FORWARDED_ALLOW_IPS='10.0.0.0/8, 127.0.0.1/8': 127.0.0.1/8 has host bits set",
+        ),
+        ("SONGBOOK_HOST", "", "invalid setting SONGBOOK_HOST='': String should have at least 1 character"),
+        ("SONGBOOK_IDEMPOTENCY_TTL_SECONDS", "400000000000", "invalid setting SONGBOOK_IDEMPOTENCY_TTL_SECONDS="),
+        ("SONGBOOK_STATEMENT_TIMEOUT_MS", "2147483648", "invalid setting SONGBOOK_STATEMENT_TIMEOUT_MS="),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
