@@ -147,6 +147,13 @@ class AccessLog:
             self._stream.flush()
 
 
+class MigrationContextNoise(logging.Filter):
+    """Drops the two lines Alembic writes each time it looks at the schema (each `/readyz` probe does)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl ", "Will assume "))
+
+
 def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
     """The standard library's configuration (`logging.config.dictConfig`; uvicorn's `log_config`)."""
     handler = {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stderr"}
@@ -161,6 +168,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
                 "foreign_pre_chain": [structlog.stdlib.add_logger_name, *_processors(log_format)],
             }
         },
+        "filters": {"migration_context": {"()": MigrationContextNoise}},
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
@@ -170,5 +178,6 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             # With a handler of its own, SQLAlchemy's echo (SONGBOOK_SQL_ECHO) adds none of its format.
             "sqlalchemy.engine.Engine": {"handlers": ["default"], "propagate": False},
+            "alembic.runtime.migration": {"filters": ["migration_context"]},
         },
     }

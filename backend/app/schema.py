@@ -9,8 +9,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
-from app.db import Database, ensure_sqlite_dir
-from app.errors import DatabaseUnavailable
+from app.db import DATABASE_ERRORS, Database, ensure_sqlite_dir
+from app.errors import DatabaseUnavailable, database_unavailable
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -59,8 +59,13 @@ async def check_ready(db: Database) -> None:
     version's `songbook migrate` runs before its instances start, while this
     version's still serve.
     """
-    current = await current_revisions(db)
-    await db.ping()
+    try:
+        current = await current_revisions(db)
+        await db.ping()
+    except DATABASE_ERRORS as exc:
+        # Whatever the database answers instead (a file that is not a database, say): not ready.
+        unavailable = database_unavailable(exc)
+        raise unavailable or DatabaseUnavailable("The database does not answer as one.") from exc
     if current != head_revisions() and (not current or current <= known_revisions()):
         raise DatabaseUnavailable(
             f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "

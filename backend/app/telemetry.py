@@ -117,6 +117,9 @@ class RequestTelemetry:
 def _route(scope: Scope, root_path: str) -> str:
     """The template of the route that answered; a mount's path (the docs' assets); else one value for all."""
     route = scope.get("route")
+    if route is None and "endpoint" in scope:
+        # A Starlette route (the OpenAPI document's): FastAPI's router names only its own in the scope.
+        route = next((r for r in scope["app"].router.routes if getattr(r, "endpoint", None) is scope["endpoint"]), None)
     if route is not None:
         return str(route.path_format)
     mounted = scope.get("root_path", "")

@@ -1,6 +1,8 @@
 """Liveness and readiness."""
 
 import asyncio
+import os
+from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -66,3 +68,18 @@ async def test_readyz_answers_ok_on_a_database_a_newer_version_migrated(empty_da
         await engine.dispose()
 
     assert response.status_code == 200, response.text
+
+
+async def test_readyz_is_a_503_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    corrupt = tmp_path / "songbook.db"
+    corrupt.write_bytes(os.urandom(8192))
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{corrupt}", data_dir=tmp_path)
+    app = create_app(settings)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://songbook.test") as client,
+    ):
+        response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database-unavailable"

@@ -72,12 +72,16 @@ def test_one_json_record_per_request_with_its_fields(catalog: URL, tmp_path: Pat
 
 
 def test_uvicorns_records_are_json_too(catalog: URL, tmp_path: Path) -> None:
-    with serving(tmp_path, JSON_LOGS):
-        pass
+    with serving(tmp_path, JSON_LOGS) as server:
+        probes = [httpx.get(f"{server.base}/readyz").status_code for _ in range(3)]
 
-    started = [r for r in records_of_stopped(tmp_path) if r.get("logger") == "uvicorn.error"]
+    records = records_of_stopped(tmp_path)
+    started = [r for r in records if r.get("logger") == "uvicorn.error"]
     assert any("Application startup complete" in r["event"] for r in started)
     assert all({"timestamp", "level", "event"} <= set(r) for r in started)
+    # A probe reads the schema's revision: its record is the access log's, not Alembic's two lines.
+    assert probes == [200, 200, 200]
+    assert [r["event"] for r in records if r.get("logger", "").startswith("alembic")] == []
 
 
 def records_of_stopped(tmp_path: Path) -> list[dict[str, Any]]:

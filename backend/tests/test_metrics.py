@@ -80,6 +80,14 @@ async def test_requests_are_counted_by_method_route_template_and_status(
     assert value(after, "http_server_active_requests", http_request_method="GET") >= 1
 
 
+async def test_the_openapi_document_is_counted_under_its_route(client: httpx.AsyncClient) -> None:
+    before = await scrape(client)
+    await client.get("/openapi.json")
+    after = await scrape(client)
+
+    assert requests(after, "/openapi.json", 200) - requests(before, "/openapi.json", 200) == 1
+
+
 async def test_a_thousand_random_paths_add_no_series(client: httpx.AsyncClient) -> None:
     await client.get(f"/{uuid.uuid4().hex}")
     before = await scrape(client)
