@@ -129,12 +129,12 @@ searches = Counter(
     ["tier"],
     registry=registry,
 )
-# Read replicas (app/replicas.py), as each worker's poller last saw them.
+# Read replicas (app/replicas.py), as each live worker's poller last saw them (a killed worker's are dropped).
 replica_lag = Gauge(
     "songbook_replica_lag_seconds",
     "How stale a read replica's data may be: the time since the primary had no more than it has replayed.",
     ["replica"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
     registry=registry,
 )
 replica_reads = Counter(
@@ -147,14 +147,14 @@ replica_lag_bytes = Gauge(
     "songbook_replica_lag_bytes",
     "How far a read replica's replay is behind the primary's WAL position, in bytes.",
     ["replica"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
     registry=registry,
 )
 replica_usable = Gauge(
     "songbook_replica_usable",
     "1 while a read replica is within the bound on staleness and answering, else 0.",
     ["replica"],
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
     registry=registry,
 )
 build_info = Gauge(

@@ -5,6 +5,8 @@ The metrics are the process's: each test compares what its requests added.
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -245,3 +247,29 @@ def test_serve_starts_the_shared_folder_fresh(catalog: URL, tmp_path: Path, work
     assert answer.status_code == 200
     assert not (folder / "counter_12345.db").exists()
     assert counted == 0  # nothing of another run's
+
+
+WORKER_SEES_A_REPLICA = """
+import os, signal, sys
+from app import metrics
+metrics.observe_replica("replica db2:5432", float(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "usable")
+if sys.argv[4] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdout.buffer.write(metrics.exposition())
+"""
+
+
+def test_a_killed_workers_replica_gauges_no_longer_count(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", WORKER_SEES_A_REPLICA, *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    killed = worker("30.0", "5000000", "unusable", "killed")
+    alive = worker("0.2", "100", "usable", "alive")
+
+    assert killed.returncode == -signal.SIGKILL
+    samples = parse(alive.stdout)
+    assert value(samples, "songbook_replica_lag_seconds", replica="replica db2:5432") == 0.2
+    assert value(samples, "songbook_replica_usable", replica="replica db2:5432") == 1
