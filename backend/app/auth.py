@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from app import keys, logs, ratelimit
 from app.config import Settings, get_settings
@@ -143,4 +144,5 @@ class KeyFirstRoute(APIRoute):
 def _unread_body(exc: Exception) -> bool:
     if isinstance(exc, RequestValidationError):
         return any(error["type"] == "json_invalid" for error in exc.errors())
-    return isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == UNREADABLE_BODY
+    read = isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == UNREADABLE_BODY
+    return read and not isinstance(exc.__cause__, ClientDisconnect)  # a client gone is answered no more

@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -229,6 +230,7 @@ def problem_body(status: int, code: str, detail: str, **extensions: Any) -> dict
     return body
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
 
 
@@ -253,8 +255,10 @@ _UNREADABLE_JSON = {
 }
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):  # gone while sending its body: no one reads an answer
+        return Response(status_code=CLIENT_CLOSED)
     if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
         if _not_json(request):  # a form
             return problem_response(400, "malformed-body", "The request body cannot be read as a form.")

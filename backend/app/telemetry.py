@@ -14,11 +14,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs, metrics
+from app.errors import CLIENT_CLOSED
 
 HEADER = b"x-request-id"
 # Printable ASCII without the space (as an Idempotency-Key): a space would make a field of its own in a log line.
 SANE_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
-CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
 # The methods of HTTP; any other is counted as OpenTelemetry says, as "_OTHER".
 METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app import logs, songs
 from app.db import Database
 from app.telemetry import RequestTelemetry
-from tests.conftest import client_for
+from tests.conftest import client_for, make_key
 from tests.factories import make_song
 
 MADE = re.compile(r"[0-9a-f]{32}")
@@ -158,3 +158,44 @@ async def test_a_failure_after_the_status_was_sent_is_logged_as_one() -> None:
 
     assert (record["status"], record["level"], record["aborted"]) == (200, "error", True)
     assert record["bytes"] == len(b"partial")
+
+
+async def test_a_client_gone_while_it_sends_its_body_is_499(app: FastAPI) -> None:
+    key = await make_key(app, "write")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/songs",
+        "raw_path": b"/songs",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"songbook.test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"1000"),
+            (b"authorization", f"Bearer {key}".encode()),
+        ],
+        "client": ("10.0.0.1", 1),
+        "server": ("songbook.test", 80),
+    }
+    # Part of the body, then the connection closes, as uvicorn tells it.
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"name": "Ha', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    arriving = iter(messages)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(arriving, {"type": "http.disconnect"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+
+    # The status the access log and the metrics record: not the service's error, nor the client's bad body.
+    assert (sent[0]["type"], sent[0]["status"]) == ("http.response.start", 499)
