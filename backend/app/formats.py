@@ -68,17 +68,18 @@ def read_rows(stream: IO[bytes], file_format: Format) -> Iterator[RawRow]:
 def _read_csv(text: IO[str]) -> Iterator[RawRow]:
     # strict: a quote left open, or text after a closing one, is an error, not rows run together.
     reader = csv.reader(text, strict=True)
-    header = next(reader, None)
+    header = next((row for row in reader if row), None)  # blank lines before it aside
     if header is None:
         return
+    at = f"line {reader.line_num}"
     if _UNDECODABLE.search("".join(header)):
-        raise FileError("line 1: the header is not UTF-8; save the file as UTF-8")
+        raise FileError(f"{at}: the header is not UTF-8; save the file as UTF-8")
     names = [name.strip().lower() for name in header]
     if missing := [name for name in REQUIRED if name not in names]:
-        raise FileError(f"line 1: the header has no {' and no '.join(missing)} column (it has: {', '.join(names)})")
+        raise FileError(f"{at}: the header has no {' and no '.join(missing)} column (it has: {', '.join(names)})")
     # Only the columns read: others are ignored, repeated or blank (a spreadsheet's trailing cells).
     if repeated := sorted({name for name in names if name in COLUMNS and names.count(name) > 1}):
-        raise FileError(f"line 1: the header names {', '.join(repeated)} more than once")
+        raise FileError(f"{at}: the header names {', '.join(repeated)} more than once")
     while True:
         line = reader.line_num + 1
         try:

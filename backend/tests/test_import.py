@@ -231,6 +231,16 @@ def test_a_file_that_cannot_be_read_is_named_with_its_line_and_reason(
     assert rows(catalog) == []
 
 
+def test_blank_lines_before_the_header_are_passed_over(catalog: URL, tmp_path: Path) -> None:
+    songs = write(tmp_path / "songs.csv", "\n\nname,artist\nHalo,Beyoncé\n,Nobody\n")
+
+    result = runner.invoke(cli, ["import", songs])
+
+    assert result.exit_code == 3, result.output
+    assert rejections(result) == [f"{songs}:5: name: String should have at least 1 character"]
+    assert [name for _, name, _, _ in rows(catalog)] == ["Halo"]
+
+
 def test_columns_not_read_may_repeat_and_a_file_named_like_markup_is_named_as_it_is(
     catalog: URL, tmp_path: Path
 ) -> None:
