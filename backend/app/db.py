@@ -217,7 +217,7 @@ class Database:
             replica.reads.inc()
             return rows
         except (*DATABASE_ERRORS, asyncpg.InternalClientError) as exc:
-            lost = isinstance(exc, (*LOST_CONNECTION, asyncpg.InternalClientError))
+            lost = lost_connection(exc)  # not a statement or a wait for the pool that timed out
             self.replicas.failed(replica, exc, lost=lost)
             if lost:
                 await replica.pool.expire_connections()

@@ -12,6 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from app import db
 from app.config import Settings, load_settings
 from app.errors import SettingsError
 from app.main import create_app
@@ -270,6 +271,33 @@ async def test_a_replica_that_is_down_is_left_out_and_reads_still_succeed(pair: 
         assert (await client.get("/artists")).json() == [{"name": "The Band", "songs": 20}]
         await asyncio.to_thread(pair.start_replica)
         await until(lambda: bool(replicas.usable()), "the replica is used again once it is back")
+
+
+async def test_a_replica_read_that_waited_too_long_for_a_turn_leaves_the_replica_in(
+    pair: Replicated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "POOL_TIMEOUT_SECONDS", 0.2)
+    async with replicated_app(pair, max_lag_ms=60_000) as application, client_for(application, None) as client:
+        song = await create(client, "Halo")
+        replicas: Replicas = application.state.database.replicas
+        [replica] = replicas.replicas
+        await until(lambda: caught_up(replicas, token_of(song)), "the replica has the song")
+        fresh_as_of = replica.fresh_as_of
+        # Every turn of the replica's taken: a read waits, and gives up, as under a burst of reads.
+        held = 0
+        while not replica.turns.locked():
+            await replica.turns.acquire()
+            held += 1
+        try:
+            read = await client.get(f"/songs/{song.json()['id']}")
+        finally:
+            for _ in range(held):
+                replica.turns.release()
+
+        assert read.status_code == 200  # the primary answered it
+        # Not a lost connection: the replica is not left out, and its pool is kept.
+        assert replica.fresh_as_of >= fresh_as_of
+        assert replica in replicas.usable()
 
 
 def test_replicas_are_refused_with_sqlite() -> None:
