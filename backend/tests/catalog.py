@@ -39,12 +39,12 @@ def empty(url: URL) -> None:
     asyncio.run(run())
 
 
-def new_key(settings: Settings, scope: Scope) -> str:
+def new_key(settings: Settings, scope: Scope, name: str | None = None) -> str:
     """A new API key in the database of `settings`, for tests that run an app of their own."""
 
     async def make() -> str:
         async with db.connect(settings) as database:
-            key_in = ApiKeyCreate(name=f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
+            key_in = ApiKeyCreate(name=name or f"test {scope} {uuid.uuid4().hex[:8]}", scope=scope)
             return (await keys.create_key(db=database, key_in=key_in)).key
 
     return asyncio.run(make())

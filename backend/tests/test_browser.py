@@ -177,9 +177,12 @@ def test_paging_to_the_end_visits_every_match_once(page: Page, site: Site) -> No
 
     shown = 50
     while page.locator("a.more").count():
-        page.locator("a.more").click()
+        page.locator("a.more").focus()
+        page.keyboard.press("Enter")
         shown = min(shown + 50, 120)
         expect(page.locator("#rows tr")).to_have_count(shown)
+        # The keyboard goes on from the first song added, not from the top of the page.
+        expect(page.locator(f"#rows tr:nth-child({shown - (shown - 1) % 50}) a").first).to_be_focused()
 
     links = song_links(page)
     assert len(links) == 120
@@ -187,6 +190,24 @@ def test_paging_to_the_end_visits_every_match_once(page: Page, site: Site) -> No
     names = page.locator("#rows tr td:first-child").all_inner_texts()
     assert names == [f"Track {number:03}" for number in range(119, -1, -1)]
     shoot(page, site, "paged")
+
+
+def test_a_sort_from_a_link_is_shown_and_kept_and_a_long_key_name_fits_a_phone(
+    page: Page, site: Site, database_url: URL, tmp_path: Path
+) -> None:
+    site.add({"name": "Song A", "artist": "Band B", "year": 2001}, {"name": "Song B", "artist": "Band A", "year": 1999})
+    settings = Settings(database_url=database_url.render_as_string(hide_password=False), data_dir=tmp_path)
+    name = "alexandra.konstantinopoulou@example.com-catalog-importer"
+    with ThreadPoolExecutor(1) as thread:  # asyncio of its own, beside Playwright's (see `site`)
+        key = thread.submit(new_key, settings, "write", name).result()
+    sign_in(page, site, key)
+    page.goto(f"{site.base}/?q=song&sort=artist,-year")
+
+    expect(page.get_by_label("Order")).to_have_value("artist,-year")
+    page.get_by_label("Search songs and artists").press_sequentially("s", delay=80)
+    expect(page).to_have_url(re.compile(r"sort=artist%2C-year"))
+    expect(page.locator("#rows tr td:first-child")).to_have_text(["Song B", "Song A"])
+    shoot(page, site, "long-key-name", narrow=True)  # nothing scrolls sideways at 390 px
 
 
 def test_search_and_paging_without_javascript(plain_page: Page, site: Site) -> None:
@@ -251,6 +272,18 @@ def test_invalid_fields_are_shown_next_to_them(page: Page, site: Site) -> None:
     expect(page.get_by_label("Artist")).to_have_value("Someone")
     shoot(page, site, "invalid", narrow=True)
     assert site.api("GET", "/songs").json() == []
+
+
+def test_a_name_of_emoji_is_kept_whole_as_it_is_typed(page: Page, site: Site) -> None:
+    sign_in(page, site)
+    page.goto(f"{site.base}/ui/songs/new")
+
+    page.get_by_label("Name").press_sequentially("🎵" * 120)  # 120 characters, 240 UTF-16 code units
+    page.get_by_label("Artist").fill("Emoji Band")
+    page.get_by_role("button", name="Add the song").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text("🎵" * 120)
+    assert [song["name"] for song in site.api("GET", "/songs").json()] == ["🎵" * 120]
 
 
 def test_a_stale_edit_is_refused_and_shown(page: Page, site: Site) -> None:

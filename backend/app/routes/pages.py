@@ -104,7 +104,8 @@ templates = jinja2.Environment(
     lstrip_blocks=True,
 )
 templates.filters["when"] = _when
-templates.globals.update(SORTS=SORTS, ARTIST_SORTS=ARTIST_SORTS, CONFLICT_RULES=CONFLICT_RULES)
+SORT_KEYS = frozenset(key for key, _ in SORTS)  # a sort from a link outside these is shown as it is
+templates.globals.update(SORTS=SORTS, SORT_KEYS=SORT_KEYS, ARTIST_SORTS=ARTIST_SORTS, CONFLICT_RULES=CONFLICT_RULES)
 
 
 R = TypeVar("R", bound=Response)

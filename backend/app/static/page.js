@@ -88,7 +88,10 @@
     event.preventDefault();
     const content = await part(more.href, "rows");
     if (!content) return;
-    document.getElementById("rows").append(...content.querySelectorAll("tbody > tr"));
+    const added = [...content.querySelectorAll("tbody > tr")];
+    document.getElementById("rows").append(...added);
+    // The link pressed is replaced: the keyboard goes on from the first song added, not from the top.
+    added[0]?.querySelector("a")?.focus();
     document.getElementById("paging").replaceWith(...content.querySelectorAll("p.error"), content.getElementById("paging"));
   });
 })();
