@@ -332,7 +332,6 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 # The server ended the connection (shut down, crashed, or was told to), would not take it yet, or
 # no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
-UNDEFINED_TABLE = "42P01"
 NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
 # The database not there, or not in time; asyncpg's InternalClientError is a connection
 # that died under it while idle.
@@ -390,8 +389,6 @@ def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
         )
     if sqlstate in TRANSIENT_SQLSTATES:
         return DatabaseUnavailable("The database took too long to answer; try again shortly.")
-    if sqlstate == UNDEFINED_TABLE:  # as /readyz says: the schema is not migrated (yet)
-        return DatabaseUnavailable("The database is not ready: its schema is not migrated.")
     return None
 
 

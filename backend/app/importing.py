@@ -496,26 +496,9 @@ class Import:
                 .where(c.rank != groups.c.rank)
                 .values(same_as=groups.c.rank)
             )
-            # 3. A row that stands for a new song may bring its id (from an export): not one that is another
-            # song's, nor one an earlier such row brings. One refused leaves its song to the song's next row:
-            # the rows are grouped again, until no row is refused.
-            standing = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None), c.id.is_not(None))
-            taken = await self.connection.execute(
-                update(staging).where(standing, c.id.in_(select(song.c.id))).values(rejection="id_taken")
-            )
-            given = (
-                select(c.id, func.min(c.rank).label("rank"))
-                .where(standing)
-                .group_by(c.id)
-                .having(func.count() > 1)
-                .subquery()
-            )
-            repeated = await self.connection.execute(
-                update(staging)
-                .where(standing, c.id == given.c.id, c.rank != given.c.rank)
-                .values(rejection="id_repeated")
-            )
-            if not taken.rowcount and not repeated.rowcount:
+            # 3. One refused for its id leaves its song to the song's next row: the rows are grouped
+            # again, until no row is refused.
+            if not await self._refuse_brought_ids():
                 break
             await self.connection.execute(update(staging).where(c.same_as.is_not(None)).values(same_as=None))
         else:
@@ -533,6 +516,22 @@ class Import:
             )
         if self.on_conflict is OnConflict.UPDATE:
             await self._keep_earlier_years()
+
+    async def _refuse_brought_ids(self) -> bool:
+        """Whether a row was refused for the id it brings: a row that stands for a new song may bring its
+        id (from an export), but not one that is another song's, nor one an earlier such row brings."""
+        c = staging.c
+        standing = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None), c.id.is_not(None))
+        taken = await self.connection.execute(
+            update(staging).where(standing, c.id.in_(select(song.c.id))).values(rejection="id_taken")
+        )
+        given = (
+            select(c.id, func.min(c.rank).label("rank")).where(standing).group_by(c.id).having(func.count() > 1)
+        ).subquery()
+        repeated = await self.connection.execute(
+            update(staging).where(standing, c.id == given.c.id, c.rank != given.c.rank).values(rejection="id_repeated")
+        )
+        return bool(taken.rowcount or repeated.rowcount)
 
     async def _keep_earlier_years(self) -> None:
         """The last row of a song, without a year, takes the year of the last row before it that gives one.
@@ -661,26 +660,7 @@ class Import:
 
     async def _insert(self, new: Any, now: datetime, *, returning: bool) -> set[tuple[str, str]]:
         c = staging.c
-        new_id: Any = c.id
-        if self._postgresql:
-            sequence = (await self.connection.exec_driver_sql("SELECT pg_get_serial_sequence('song', 'id')")).scalar()
-            # Ids the rows bring must never be handed out again: move the sequence past them first.
-            brought = (await self.connection.execute(select(func.max(c.id)).where(new))).scalar()
-            if brought is not None:
-                await self.connection.execute(
-                    text(
-                        "SELECT setval(CAST(:sequence AS regclass), :brought) "
-                        "WHERE :brought > coalesce(pg_sequence_last_value(CAST(:sequence AS regclass)), 0)"
-                    ),
-                    {"sequence": sequence, "brought": brought},
-                )
-            handed_out = text("coalesce(pg_sequence_last_value(CAST(:sequence AS regclass)), 0)")
-            await self._check_ids_left(
-                (await self.connection.execute(select(handed_out), {"sequence": sequence})).scalar_one(), new
-            )
-            new_id = func.coalesce(c.id, func.nextval(sequence))
-        else:
-            new_id = await self._ids_past_brought(new)
+        new_id = await (self._ids_from_sequence(new) if self._postgresql else self._ids_past_brought(new))
         rows = select(
             new_id,
             c.name,
@@ -722,6 +702,23 @@ class Import:
         if self._search_trigger is not None:
             await self._index_for_search(before)
         return inserted
+
+    async def _ids_from_sequence(self, new: Any) -> Any:
+        """PostgreSQL: the id of each new row; those without one from the table's sequence, moved past
+        the ids the rows bring first, so that the service never hands those out again."""
+        c = staging.c
+        sequence = (await self.connection.exec_driver_sql("SELECT pg_get_serial_sequence('song', 'id')")).scalar()
+        last = "coalesce(pg_sequence_last_value(CAST(:sequence AS regclass)), 0)"
+        brought = (await self.connection.execute(select(func.max(c.id)).where(new))).scalar()
+        if brought is not None:
+            await self.connection.execute(
+                text(f"SELECT setval(CAST(:sequence AS regclass), :brought) WHERE :brought > {last}"),
+                {"sequence": sequence, "brought": brought},
+            )
+        await self._check_ids_left(
+            (await self.connection.execute(text(f"SELECT {last}"), {"sequence": sequence})).scalar_one(), new
+        )
+        return func.coalesce(c.id, func.nextval(sequence))
 
     async def _ids_past_brought(self, new: Any) -> Any:
         """SQLite: the id of each new row; those without one numbered past every id taken or brought.
