@@ -516,6 +516,18 @@ async def test_an_import_failed_by_the_service_says_so_and_is_logged(
     assert (await person.get("/songs")).json() == []
 
 
+async def test_an_error_page_still_shows_who_is_signed_in(app: FastAPI, person: httpx.AsyncClient) -> None:
+    await signed_in(app, person)
+
+    missing = await person.get("/ui/songs/999999")
+    refused = await person.get("/ui/export.csv?year=abc")
+
+    for page in (missing, refused):
+        assert page.status_code in (404, 422)
+        assert "Signed in as" in page.text
+        assert 'href="/ui/songs/new"' in page.text
+
+
 async def test_an_upload_needs_a_file_of_a_known_format(app: FastAPI, person: httpx.AsyncClient) -> None:
     await signed_in(app, person)
 

@@ -561,7 +561,9 @@ async def _problem_page(request: Request, exc: Exception) -> Response:
         raise exc
     answer = await handler(request, exc)
     problem = json.loads(answer.body)
-    html = await templates.get_template("problem.html").render_async(problem=problem, visit=None, notice=None)
+    # The page's header as on every page (who is signed in), if the visit was made before the error.
+    visit = getattr(request.state, "visit", None)
+    html = await templates.get_template("problem.html").render_async(problem=problem, visit=visit, notice=None)
     response = HTMLResponse(html, status_code=answer.status_code, headers={"Cache-Control": "no-store"})
     if "retry-after" in answer.headers:
         response.headers["Retry-After"] = answer.headers["retry-after"]
