@@ -34,6 +34,12 @@ def _tags(request: Request, name: str) -> list[str] | None:
     return [tag.strip() for line in lines for tag in line.split(",") if tag.strip()]
 
 
+def _if_none_match(request: Request) -> list[str] | None:
+    """`If-None-Match`'s tags, as it compares them: weakly (RFC 9110, 13.1.2), `W/"1"` as `"1"`."""
+    tags = _tags(request, "if-none-match")
+    return None if tags is None else [tag.removeprefix("W/") for tag in tags]
+
+
 def _versions(tags: list[str]) -> frozenset[int]:
     # Strong comparison: a weak tag (W/"1") never matches, nor does one that is not ours ("01").
     return frozenset(int(match[1]) for tag in tags if (match := _OUR_TAG.fullmatch(tag)))
@@ -49,11 +55,9 @@ def if_match(request: Request, *, required: bool) -> Collection[int] | None:
     if matching is None and required:
         raise PreconditionRequired
     named = None if matching is None or "*" in matching else _versions(matching)
-    refused = _tags(request, "if-none-match")
+    refused = _if_none_match(request)
     if refused is None:
         return named
-    # If-None-Match compares weakly (RFC 9110, 13.1.2).
-    refused = [tag.removeprefix("W/") for tag in refused]
     if "*" in refused:
         return frozenset()
     if named is None:
@@ -66,8 +70,5 @@ def not_modified(request: Request, song_id: int, version: int) -> bool:
     matching = _tags(request, "if-match")
     if matching is not None and "*" not in matching and version not in _versions(matching):
         raise PreconditionFailed(song_id, etag(version))
-    refused = _tags(request, "if-none-match")
-    if refused is None:
-        return False
-    refused = [tag.removeprefix("W/") for tag in refused]
-    return "*" in refused or etag(version) in refused
+    refused = _if_none_match(request)
+    return refused is not None and ("*" in refused or etag(version) in refused)
