@@ -249,7 +249,8 @@ class SongQuery(SQLModel):
     )
     q: SearchQuery | None = pydantic.Field(
         default=None,
-        description="Fuzzy search in names and artists, tolerant of typos and accents; ranked by relevance.",
+        description="Fuzzy search in names and artists, tolerant of typos and accents; ranked by relevance. "
+        "At most 8 different words.",
         examples=["beatels"],
     )
     sort: str | None = pydantic.Field(
