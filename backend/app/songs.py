@@ -429,7 +429,7 @@ def _in_order(query: SongQuery, found: search.Search | None) -> tuple[Select[Any
     signature, keys = _song_order(query, found)
     filters = _filter_values(query)
     signature += _filter_signature(filters)
-    params = filters | {"limit": query.limit}
+    params = filters | {"limit": query.limit + 1}  # one row past the page: is there a next one?
     if query.cursor:
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         params |= {f"after_{i}": value for i, value in enumerate(values)}
@@ -455,13 +455,14 @@ def _page_statement(order: tuple[tuple[str, bool], ...], parameters: frozenset[s
 
 
 def _ordered_page(rows: Sequence[Mapping[str, Any]], signature: str, limit: int) -> Page[SongRow]:
+    """The first `limit` of `rows`, read one past the page: a next cursor only when there is a row after it."""
     next_cursor = None
-    if len(rows) == limit:
-        last = rows[-1]
+    if len(rows) > limit:
+        last = rows[limit - 1]
         next_cursor = encode_cursor(signature, [last[f"key_{i}"] for i in range(len(last) - len(READ_COLUMNS))])
     # The rows as the driver gives them: they have SongRow's keys (and the sort keys after). Copying
     # each into a dict of its own cost a twentieth of a page's time (py-spy), for nothing.
-    return Page(cast(list[SongRow], list(rows)), next_cursor)
+    return Page(cast(list[SongRow], list(rows[:limit])), next_cursor)
 
 
 async def _search_by_relevance(
@@ -476,21 +477,22 @@ async def _search_by_relevance(
     tier, after_id = decode_cursor(query.cursor, signature, [int, int]) if query.cursor else (1, 0)
     words = {f"tier_{number}": full_text_query for number, full_text_query in enumerate(found.queries, start=1)}
     page: list[tuple[int, SongRow]] = []
+    wanted = query.limit + 1  # one song past the page: is there a next one?
     reached = "none"
     for number, excluded in enumerate(_tiers(found.queries), start=1):
-        if excluded is None or number < tier or len(page) == query.limit:
+        if excluded is None or number < tier or len(page) == wanted:
             continue
         reached = str(number)
         # Each tier is its own query in id order: the database stops after the rows it needs.
         statement = _tier_statement(found.postgres, number, excluded, frozenset(filters))
-        params = filters | words | {"after_id": after_id if number == tier else 0, "limit": query.limit - len(page)}
+        params = filters | words | {"after_id": after_id if number == tier else 0, "limit": wanted - len(page)}
         page += [(number, _song_row(row)) for row in await reader.fetch(statement, params)]
     metrics.searches.labels(reached).inc()
     next_cursor = None
-    if len(page) == query.limit:
-        last_tier, last_song = page[-1]
+    if len(page) > query.limit:
+        last_tier, last_song = page[query.limit - 1]
         next_cursor = encode_cursor(signature, [last_tier, last_song["id"]])
-    return Page([song for _, song in page], next_cursor)
+    return Page([song for _, song in page[: query.limit]], next_cursor)
 
 
 def _tiers(queries: tuple[str | None, ...]) -> list[int | None]:
@@ -644,13 +646,14 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
         values = decode_cursor(query.cursor, signature, [key.kind for key in keys])
         # Paging by name filters rows before grouping; by count, groups after it.
         statement = statement.where(after(keys, values)) if len(keys) == 1 else statement.having(after(keys, values))
-    statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit)
+    # One artist past the page: a next cursor only when there is one after it.
+    statement = statement.order_by(*(key.ordering() for key in keys)).limit(query.limit + 1)
     rows = await db.read(lambda transaction: transaction.fetch(statement))
     next_cursor = None
-    if len(rows) == query.limit:
-        last = rows[-1]
+    if len(rows) > query.limit:
+        last = rows[query.limit - 1]
         next_cursor = encode_cursor(signature, [last["key"]] if len(keys) == 1 else [last["songs"], last["key"]])
-    return Page([ArtistPublic(name=row["name"], songs=row["songs"]) for row in rows], next_cursor)
+    return Page([ArtistPublic(name=row["name"], songs=row["songs"]) for row in rows[: query.limit]], next_cursor)
 
 
 def _artist_starts(prefix: str) -> ColumnElement[bool]:

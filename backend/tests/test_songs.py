@@ -104,14 +104,14 @@ async def test_pages_visit_every_song_exactly_once(client: httpx.AsyncClient, db
 
 
 async def test_page_walk_sees_songs_added_after_it_started(client: httpx.AsyncClient, db: Database) -> None:
-    first = [(await make_song(db, name=f"Song {n}"))["id"] for n in range(2)]
+    ids = [(await make_song(db, name=f"Song {n}"))["id"] for n in range(3)]
     response = await client.get("/songs?limit=2")
     added = await make_song(db, name="Added later")
 
     next_page = await client.get(next_link(response) or "")
 
-    assert [song["id"] for song in response.json()] == first
-    assert [song["id"] for song in next_page.json()] == [added["id"]]
+    assert [song["id"] for song in response.json()] == ids[:2]
+    assert [song["id"] for song in next_page.json()] == [ids[2], added["id"]]
 
 
 async def test_limit_defaults_to_50(client: httpx.AsyncClient, db: Database) -> None:
