@@ -187,6 +187,31 @@ class TooManyRequests(AppError):
     code = "too-many-requests"
 
 
+class IdsUsedUp(AppError):
+    """The song table's ids stop at 2**31 - 1 (`models.ID_MAX`), and the next one was past it."""
+
+    status_code = 409
+    code = "ids-used-up"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The catalog has no song ids left for new songs: ids stop at 2,147,483,647, and a song has"
+            " one near it (perhaps brought by an import); nothing was written."
+        )
+
+
+# SQLite: the message of the trigger that stops its ids there (migration e5a1c7d9b2f4).
+# PostgreSQL: the sequence's `sequence_generator_limit_exceeded`.
+_IDS_USED_UP_MESSAGE = "song ids used up"
+_IDS_USED_UP_SQLSTATE = "2200H"
+
+
+def ids_used_up(exc: BaseException) -> bool:
+    """Whether a database's error is the song table out of ids, on either database."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return getattr(orig, "sqlstate", None) == _IDS_USED_UP_SQLSTATE or _IDS_USED_UP_MESSAGE in str(orig)
+
+
 # Errors of the commands, told to a person on the terminal rather than answered over HTTP.
 
 
@@ -204,6 +229,10 @@ class MaxErrorsExceeded(Exception):
 
 class ImportAborted(Exception):
     """An import stopped before it finished, for the reason its message gives: it wrote nothing."""
+
+
+class ImportNeedsIdsPast(ImportAborted):
+    """An import whose new songs would need ids past the largest a song may have (over HTTP: `IdsUsedUp`)."""
 
 
 def problem_response(
@@ -348,6 +377,8 @@ NOT_ANSWERING = (
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     metrics.database_errors.labels(type(orig).__name__).inc()
+    if ids_used_up(exc):
+        return error_response(IdsUsedUp())
     unavailable = database_unavailable(exc)
     if unavailable is None:
         return _failed(request)

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import TypedDict  # pydantic needs its TypedDict before Python 3.12
 
-from app.errors import FileError, ImportAborted, MaxErrorsExceeded
+from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsExceeded
 from app.folding import search_fold, song_key
 from app.formats import RawRow
 from app.models import ID_MAX, KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
@@ -741,7 +741,7 @@ class Import:
         if largest + self.summary.read <= ID_MAX:  # room for every row read: nothing to count
             return
         if largest + await self._count(and_(new, staging.c.id.is_(None))) > ID_MAX:
-            raise ImportAborted(
+            raise ImportNeedsIdsPast(
                 f"the new songs would need ids past {ID_MAX:,}, the largest a song may have (a song has, or a row "
                 f"brings, id {largest:,}); leave that id out"
             )

@@ -26,7 +26,17 @@ from sqlmodel import col
 
 from app import exporting, metrics, search
 from app.db import INTEGRITY_ERRORS, Database, Statement, Transaction
-from app.errors import BatchDuplicate, DuplicateSong, DuplicateSongs, InvalidParameter, NotFound, PreconditionFailed
+from app.errors import (
+    BatchDuplicate,
+    DuplicateSong,
+    DuplicateSongs,
+    IdsUsedUp,
+    ImportNeedsIdsPast,
+    InvalidParameter,
+    NotFound,
+    PreconditionFailed,
+    ids_used_up,
+)
 from app.folding import derived_columns, search_fold, song_key
 from app.formats import Format, RawRow
 from app.importing import Import, OnConflict, Rejected, Summary
@@ -284,7 +294,9 @@ async def _write_unless_duplicate(
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             return await db.fetch(statement, params, write=True)
-        except INTEGRITY_ERRORS:
+        except INTEGRITY_ERRORS as exc:
+            if ids_used_up(exc):
+                raise IdsUsedUp() from exc
             name_key, artist_key = await keys()
             await _raise_if_duplicate(db, name_key=name_key, artist_key=artist_key)
             if attempt == WRITE_ATTEMPTS:
@@ -319,7 +331,10 @@ async def create_songs(*, db: Database, songs_in: list[SongCreate], on_conflict:
         job = Import(await transaction.connection(), on_conflict, rejected=rejected.append)
         await job.start()
         await job.stage("body", (RawRow(index, song.model_dump()) for index, song in enumerate(songs_in)))
-        outcomes = await job.apply(outcomes=True)
+        try:
+            outcomes = await job.apply(outcomes=True)
+        except ImportNeedsIdsPast:
+            raise IdsUsedUp() from None
         if rejected:
             raise DuplicateSongs(
                 [BatchDuplicate(index=row.line, existing_id=row.existing_id, same_as=row.same_as) for row in rejected]

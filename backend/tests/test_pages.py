@@ -16,10 +16,12 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app import web
+from app import songs, web
 from app.config import Settings
 from app.db import Database
+from app.formats import RawRow
 from app.main import create_app
+from app.models import ID_MAX
 from app.routes import pages
 from tests.conftest import make_key
 from tests.factories import make_song
@@ -582,3 +584,19 @@ def test_the_session_secret_is_made_once_and_kept(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert (data / web.SECRET_FILE).stat().st_mode & 0o077 == 0
     assert web.session_secret(Settings(data_dir=data, session_secret="s" * 32)) == "s" * 32
+
+
+async def test_a_song_past_the_last_id_is_a_page_that_says_so(
+    app: FastAPI, person: httpx.AsyncClient, db: Database
+) -> None:
+    rows = [RawRow(1, {"id": ID_MAX, "name": "The Last", "artist": "Brought"})]
+    await songs.import_songs(db=db, sources=[("songs.ndjson", rows)])
+    await signed_in(app, person)
+
+    form = {"token": await token(person, "/"), "name": "One More", "artist": "Band"}
+    answer = await person.post("/ui/songs/new", data=form)
+
+    assert answer.status_code == 409
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "no song ids left" in answer.text
+    assert len((await person.get("/songs")).json()) == 1

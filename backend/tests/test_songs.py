@@ -10,7 +10,8 @@ from sqlmodel import col, select
 
 from app import songs
 from app.db import Database
-from app.models import Song, SongPublic
+from app.formats import RawRow
+from app.models import ID_MAX, Song, SongPublic
 from tests.factories import make_song
 from tests.pages import next_link
 
@@ -249,3 +250,33 @@ async def test_songs_are_written_byte_for_byte_as_pydantic_writes_song_public(
         [SongPublic.model_validate(song, from_attributes=True) for song in songs]
     )
     assert created.content == (await client.get(f"/songs/{created.json()['id']}")).content
+
+
+@pytest.fixture
+async def last_id_taken(db: Database) -> None:
+    """A song with the largest id a song may have, brought by an import."""
+    rows = [RawRow(1, {"id": ID_MAX, "name": "The Last", "artist": "Brought"})]
+    await songs.import_songs(db=db, sources=[("songs.ndjson", rows)])
+
+
+@pytest.mark.usefixtures("last_id_taken")
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/songs", {"name": "One More", "artist": "Band"}, {}),
+        ("/songs", {"name": "One More", "artist": "Band"}, {"Idempotency-Key": "one-more"}),
+        ("/songs/batch", [{"name": "One More", "artist": "Band"}], {}),
+    ],
+)
+async def test_a_create_past_the_last_id_is_a_409_that_writes_nothing(
+    client: httpx.AsyncClient, path: str, body: object, headers: dict[str, str]
+) -> None:
+    for _ in range(2):  # and again: nothing was kept of the first
+        response = await client.post(path, json=body, headers=headers)
+
+        assert response.status_code == 409, response.text
+        assert response.json()["code"] == "ids-used-up"
+        assert "2,147,483,647" in response.json()["detail"]
+
+    listed = await client.get("/songs")
+    assert [song["id"] for song in listed.json()] == [ID_MAX]
