@@ -23,6 +23,7 @@ from app.formats import RawRow
 from app.main import create_app
 from app.models import ID_MAX
 from app.routes import pages
+from tests.catalog import empty_catalog
 from tests.conftest import make_key
 from tests.factories import make_song
 
@@ -561,6 +562,29 @@ async def test_reading_can_need_a_key(settings: Settings) -> None:
         assert 'name="next" value="/?q=x"' in refused.text
         await signed_in(application, client, "read")
         assert (await client.get("/?q=x")).status_code == 200
+
+
+@pytest.mark.parametrize("reads_need_a_key", [False, True])
+async def test_a_song_links_to_its_json_only_where_a_link_can_read_it(
+    settings: Settings, reads_need_a_key: bool
+) -> None:
+    application = create_app(settings.model_copy(update={"require_read_key": reads_need_a_key}))
+    async with LifespanManager(application), browser(application) as client:
+        await empty_catalog(application.state.database.engine)
+        await signed_in(application, client, "read")
+        song = await make_song(application.state.database, name="Yesterday", artist="The Beatles")
+
+        page = await client.get(f"/ui/songs/{song['id']}")
+        linked = re.search(r'<a href="(/songs/\d+)">as JSON</a>', page.text)
+        followed = await client.get(linked.group(1)) if linked else None
+
+    assert page.status_code == 200
+    if reads_need_a_key:
+        assert linked is None
+        assert f"as JSON, with your key: <code>GET /songs/{song['id']}</code>" in page.text
+    else:
+        assert followed is not None
+        assert followed.json()["name"] == "Yesterday"
 
 
 async def test_a_revoked_key_signs_the_person_out(app: FastAPI, person: httpx.AsyncClient, db: Database) -> None:
