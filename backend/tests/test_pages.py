@@ -413,6 +413,26 @@ async def test_an_edit_carries_the_version_it_was_made_on(
     assert (await person.get(f"/songs/{song['id']}")).json()["year"] == 1967
 
 
+@pytest.mark.parametrize("year", ["1967", "nineteen"])  # a valid edit, and one that is not
+async def test_an_edit_of_a_song_deleted_meanwhile_keeps_what_was_typed(
+    app: FastAPI, person: httpx.AsyncClient, db: Database, year: str
+) -> None:
+    song = await make_song(db, name="Yesterday", artist="The Beatles", year=1965)
+    await signed_in(app, person)
+    form = await person.get(f"/ui/songs/{song['id']}/edit")
+    await execute(db, f"DELETE FROM song WHERE id = {song['id']}")  # someone else, meanwhile
+    mine = {"token": TOKEN.findall(form.text)[0], "version": "1", "name": "Yesterday (live)", "artist": "The Beatles"}
+
+    answer = await person.post(f"/ui/songs/{song['id']}/edit", data=mine | {"year": year})
+
+    assert answer.status_code == 404
+    assert f"Song {song['id']} was deleted while you were editing it" in answer.text
+    assert '<form method="post" action="/ui/songs/new"' in answer.text
+    assert 'value="Yesterday (live)"' in answer.text
+    assert f'value="{year}"' in answer.text
+    assert (await person.get("/songs")).json() == []
+
+
 async def test_a_delete_is_confirmed_and_refused_if_the_song_changed(
     app: FastAPI, person: httpx.AsyncClient, db: Database
 ) -> None:

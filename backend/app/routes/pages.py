@@ -355,10 +355,20 @@ async def edit_song_page(song_id: int, request: Request, visit: VisitDep) -> Res
 
 @router.post("/ui/songs/{song_id:int}/edit")
 async def edit_song(song_id: int, visit: VisitDep) -> Response:
-    """Saves an edit if the song is still at the version the person saw (`If-Match`); else shows both versions."""
+    """Saves an edit if the song is still at the version the person saw (`If-Match`); else shows both versions.
+
+    A song deleted meanwhile: the person's values in the form to add a song, so that nothing typed is lost.
+    """
     form = await visit.form()
     visit.require("write")
     values, seen, back = _song_values(form), _version(form), _back(str(form.get("back", "")))
+    try:
+        return await _save_edit(visit, song_id, values, seen, back)
+    except NotFound:
+        return await visit.render("song_form.html", 404, song=None, values=values, errors={}, gone=song_id)
+
+
+async def _save_edit(visit: Visit, song_id: int, values: dict[str, str], seen: int, back: dict[str, str]) -> Response:
     try:
         song_in = SongCreate.model_validate(_song_input(values))
         await songs.replace_song(db=visit.db, song_id=song_id, song_in=song_in, versions={seen})
