@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html import unescape
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -617,6 +618,57 @@ async def test_a_revoked_key_signs_the_person_out(app: FastAPI, person: httpx.As
     assert "Your key is no longer valid" in page.text
     assert "Signed in as" not in page.text
     assert (await person.get("/ui/songs/new")).status_code == 401
+
+
+async def test_a_sign_in_needed_to_save_an_edit_keeps_what_was_typed(
+    app: FastAPI, person: httpx.AsyncClient, db: Database
+) -> None:
+    song = await make_song(db, name="Yesterday", artist="The Beatles", year=1965)
+    await signed_in(app, person)
+    form = await person.get(f"/ui/songs/{song['id']}/edit?back=q%3Dyes")
+    await execute(db, "UPDATE api_key SET revoked_at = created_at")  # signed out meanwhile
+    app.state.keyring = type(app.state.keyring)()
+    mine = {"token": TOKEN.findall(form.text)[0], "version": "1", "back": "q=yes", "artist": "The Beatles"}
+
+    refused = await person.post(f"/ui/songs/{song['id']}/edit", data=mine | {"name": "Yesterday (live)", "year": ""})
+    then = unescape(re.findall(r'name="next" value="([^"]*)"', refused.text)[0])
+    signed = await person.post(
+        "/ui/sign-in", data={"token": await token(person), "key": await make_key(app, "write"), "next": then}
+    )
+    again = await person.get(signed.headers["location"])
+
+    assert refused.status_code == 401
+    assert 'value="Yesterday (live)"' in again.text
+    assert 'name="version" value="1"' in again.text  # the version the change was made on
+    assert 'name="back" value="q=yes"' in again.text  # the search to go back to
+    assert 'id="year" name="year" value=""' in again.text
+    saved = await person.post(
+        f"/ui/songs/{song['id']}/edit", data={"token": TOKEN.findall(again.text)[0], **parse_qs_one(then)}
+    )
+    assert saved.status_code == 303
+    assert (await person.get(f"/songs/{song['id']}")).json()["name"] == "Yesterday (live)"
+
+
+async def test_a_sign_in_needed_to_add_a_song_keeps_what_was_typed(app: FastAPI, person: httpx.AsyncClient) -> None:
+    await signed_in(app, person)
+    form = {"token": await token(person, "/"), "name": "Halo", "artist": "Beyoncé", "year": "2008"}
+    await person.post("/ui/sign-out", data={"token": form["token"]})
+
+    refused = await person.post("/ui/songs/new", data=form | {"token": await token(person)})
+    then = unescape(re.findall(r'name="next" value="([^"]*)"', refused.text)[0])
+    await person.post(
+        "/ui/sign-in", data={"token": await token(person), "key": await make_key(app, "write"), "next": then}
+    )
+    again = await person.get(then)
+
+    assert refused.status_code == 401
+    assert all(f'value="{value}"' in again.text for value in ("Halo", "Beyoncé", "2008"))
+    assert (await person.get("/songs")).json() == []
+
+
+def parse_qs_one(url: str) -> dict[str, str]:
+    """The query of `url`, one value a name."""
+    return dict(parse_qsl(urlsplit(url).query))
 
 
 def test_the_session_secret_is_made_once_and_kept(tmp_path: Path) -> None:

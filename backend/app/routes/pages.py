@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, ImmutableMultiDict, UploadFile
 
 from app import songs
 from app.auth import check_key, needs_key
@@ -114,9 +114,10 @@ R = TypeVar("R", bound=Response)
 class SignInNeeded(Exception):
     """What the page asked for needs a key that the person has not signed in with: 401, or 403 for too small a scope."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, then: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+        self.then = then  # where signing in leads; by default, back to the page asked for
 
 
 @dataclass
@@ -135,15 +136,16 @@ class Visit:
     def may(self, scope: Scope) -> bool:
         return not needs_key(self.settings, scope) or (self.caller is not None and self.caller.may(scope))
 
-    def require(self, scope: Scope) -> None:
+    def require(self, scope: Scope, *, then: str | None = None) -> None:
+        """A sign-in page unless the person may do what `scope` allows; it leads to `then`, or back here."""
         if self.may(scope):
             return
         if self.caller is None:
             verb = "read the catalog" if scope == "read" else "change the catalog"
-            raise SignInNeeded(401, f"Sign in with an API key to {verb}.")
+            raise SignInNeeded(401, f"Sign in with an API key to {verb}.", then)
         caller = self.caller
         message = f"The key {caller.name!r} has the {caller.scope} scope; this needs {scope}: use another."
-        raise SignInNeeded(403, message)
+        raise SignInNeeded(403, message, then)
 
     async def form(self) -> FormData:
         """The request's form, if it comes from this site's own page (`SameSite` cookie, token, `Sec-Fetch-Site`)."""
@@ -312,17 +314,19 @@ async def artists_page(request: Request, visit: VisitDep) -> Response:
 
 
 @router.get("/ui/songs/new")
-async def new_song_page(visit: VisitDep) -> Response:
+async def new_song_page(request: Request, visit: VisitDep) -> Response:
+    """The form to add a song; filled in with what its URL gives (what was typed before signing in)."""
     visit.require("write")
-    return await visit.render("song_form.html", song=None, values={}, errors={})
+    return await visit.render("song_form.html", song=None, values=_song_values(request.query_params), errors={})
 
 
 @router.post("/ui/songs/new")
 async def add_song(visit: VisitDep) -> Response:
     """Adds the song of the form, or shows the form again with what is wrong (a duplicate: a link to it)."""
     form = await visit.form()
-    visit.require("write")
     values = _song_values(form)
+    # Signed out meanwhile (the key revoked, the cookie expired): signing in leads back to what was typed.
+    visit.require("write", then=_url("/ui/songs/new", values))
     try:
         song = await songs.create_song(db=visit.db, song_in=SongCreate.model_validate(_song_input(values)))
     except ValidationError as exc:
@@ -347,10 +351,17 @@ async def song_page(song_id: int, request: Request, visit: VisitDep) -> Response
 
 @router.get("/ui/songs/{song_id:int}/edit")
 async def edit_song_page(song_id: int, request: Request, visit: VisitDep) -> Response:
+    """The form to edit a song; with a `version`, what was typed on that version before signing in."""
     visit.require("write")
     song = await songs.get_song(db=visit.db, song_id=song_id)
     back = _back(request.query_params.get("back", ""))
-    return await visit.render("song_form.html", song=song, values=_shown(song), errors={}, back=back)
+    if "version" not in request.query_params:
+        return await visit.render("song_form.html", song=song, values=_shown(song), errors={}, back=back)
+    # Saved on the version seen, not on this one: a change made meanwhile is shown, not overwritten.
+    song = song | {"version": _version(request.query_params)}
+    return await visit.render(
+        "song_form.html", song=song, values=_song_values(request.query_params), errors={}, back=back
+    )
 
 
 @router.post("/ui/songs/{song_id:int}/edit")
@@ -360,8 +371,9 @@ async def edit_song(song_id: int, visit: VisitDep) -> Response:
     A song deleted meanwhile: the person's values in the form to add a song, so that nothing typed is lost.
     """
     form = await visit.form()
-    visit.require("write")
     values, seen, back = _song_values(form), _version(form), _back(str(form.get("back", "")))
+    typed = values | {"version": str(seen), "back": urlencode(back)}
+    visit.require("write", then=_url(f"/ui/songs/{song_id}/edit", typed))
     try:
         return await _save_edit(visit, song_id, values, seen, back)
     except NotFound:
@@ -558,7 +570,7 @@ class _ImportRun:
 
 async def _sign_in_page(request: Request, exc: SignInNeeded) -> Response:
     page: Visit = request.state.visit
-    return await page.render("sign_in.html", exc.status, next=_local(_here(request)), error=exc.message)
+    return await page.render("sign_in.html", exc.status, next=_local(exc.then or _here(request)), error=exc.message)
 
 
 async def _problem_page(request: Request, exc: Exception) -> Response:
@@ -606,7 +618,7 @@ def _here(request: Request) -> str:
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
-def _song_values(form: FormData) -> dict[str, str]:
+def _song_values(form: ImmutableMultiDict[str, Any]) -> dict[str, str]:
     return {name: str(form.get(name, "")) for name in ("name", "artist", "year")}
 
 
@@ -622,7 +634,7 @@ def _shown(song: SongRow) -> dict[str, str]:
     return {"name": song["name"], "artist": song["artist"], "year": "" if song["year"] is None else str(song["year"])}
 
 
-def _version(form: FormData) -> int:
+def _version(form: ImmutableMultiDict[str, Any]) -> int:
     """The version of the song the person saw (the form's hidden field); 0 matches none."""
     value = str(form.get("version", ""))
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
