@@ -90,7 +90,8 @@ class PreconditionFailed(AppError):
 
     def __init__(self, song_id: int, etag: str) -> None:
         super().__init__(
-            f"Song {song_id} has changed since: its ETag is now {etag}. Read it again, then retry.",
+            f"Song {song_id} is at ETag {etag}: the request's If-Match does not name it (a weak tag, W/, never"
+            " matches), or its If-None-Match does. Read the song again before you retry.",
             headers={"ETag": etag},
         )
 

@@ -97,7 +97,10 @@ _EXAMPLES = {
     404: problem_body(404, "not-found", "No song has id 42."),
     409: problem_body(409, "duplicate-song", "The catalog already has this song, with id 7.", existing_id=7),
     412: problem_body(
-        412, "precondition-failed", 'Song 7 has changed since: its ETag is now "3". Read it again, then retry.'
+        412,
+        "precondition-failed",
+        'Song 7 is at ETag "3": the request\'s If-Match does not name it (a weak tag, W/, never matches), '
+        "or its If-None-Match does. Read the song again before you retry.",
     ),
     413: problem_body(413, "payload-too-large", "The request body is larger than 1048576 bytes."),
     415: problem_body(

@@ -207,6 +207,9 @@ async def test_a_condition_that_is_false_is_412_and_changes_nothing(
     assert response.status_code == 412
     assert response.json()["code"] == "precondition-failed"
     assert response.headers["etag"] == '"1"'
+    # The song did not change: the detail says which condition failed, not that it did.
+    assert response.json()["detail"].startswith(f'Song {song["id"]} is at ETag "1": the request\'s If-Match')
+    assert "changed" not in response.json()["detail"]
     assert (await client.get(f"/songs/{song['id']}")).json()["year"] == 1965
 
 
