@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.telemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    openapi.describe(app, require_read_key=settings.require_read_key)
+    openapi.describe(app, require_read_key=settings.require_read_key, max_page_size=settings.max_page_size)
     install_error_handlers(app)  # and, innermost of the middleware, the 500 of an error none of them answered
     replicas.install(app, settings)  # with read replicas: which reads go there, and the writes' tokens
     app.add_middleware(

@@ -127,8 +127,8 @@ _EXAMPLES = {
 }
 
 
-def describe(app: FastAPI, *, require_read_key: bool) -> None:
-    """Makes `app.openapi()` add what FastAPI cannot derive: the `Problem` schema, and public reads."""
+def describe(app: FastAPI, *, require_read_key: bool, max_page_size: int) -> None:
+    """Makes `app.openapi()` add what FastAPI cannot derive: the `Problem` schema, public reads, the largest page."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -139,9 +139,18 @@ def describe(app: FastAPI, *, require_read_key: bool) -> None:
             schemas.update(problem.pop("$defs", {}), Problem=problem)
             if not require_read_key:
                 _mark_reads_public(described)
+            _limit_pages(described, max_page_size)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _limit_pages(described: dict[str, Any], largest: int) -> None:
+    """Each listing's `limit` at most this service's largest page (the `max_page_size` setting)."""
+    for operations in described.get("paths", {}).values():
+        for parameter in operations.get("get", {}).get("parameters", []):
+            if parameter["name"] == "limit" and parameter["in"] == "query":
+                parameter["schema"]["maximum"] = largest
 
 
 def _mark_reads_public(described: dict[str, Any]) -> None:

@@ -120,7 +120,9 @@ async def test_page_and_batch_sizes_are_settings(settings: Settings) -> None:
             await client.post("/songs", json={"name": f"Song {number}", "artist": f"Band {number}"})
         page = await client.get("/songs?limit=10")
         too_long = await client.get("/songs?limit=11")
+        past_any = await client.get("/songs?limit=100001")  # past the largest the setting may be, too
         artists = await client.get("/artists?limit=11")
+        described = (await client.get("/openapi.json")).json()
         batch = await client.post("/songs/batch", json=[{"name": f"Song {i}", "artist": "Band"} for i in range(3)])
         # Not asked for, the page is the service's largest, not the default 50 refused.
         unasked = [await client.get(path) for path in ("/songs", "/songs?q=song", "/artists", "/", "/ui/artists")]
@@ -133,6 +135,14 @@ async def test_page_and_batch_sizes_are_settings(settings: Settings) -> None:
     assert too_long.status_code == 422
     assert too_long.json()["errors"][0]["field"] == "limit"
     assert too_long.json()["errors"][0]["message"] == "must be at most 10, this service's largest page"
+    assert past_any.json()["errors"][0]["message"] == "must be at most 10, this service's largest page"
+    limits = [
+        parameter["schema"]["maximum"]
+        for operations in described["paths"].values()
+        for parameter in operations.get("get", {}).get("parameters", [])
+        if parameter["name"] == "limit"
+    ]
+    assert limits == [10, 10]  # /songs and /artists
     assert artists.status_code == 422
     assert batch.status_code == 422
     assert batch.json()["detail"] == "body songs: a batch holds at most 2 songs; this one has 3"
