@@ -112,7 +112,17 @@ async def test_json_array_instead_of_object_is_a_422(client: httpx.AsyncClient) 
 
 @pytest.mark.parametrize(
     ("path", "error_type"),
-    [("/songs/abc", "int_parsing"), ("/songs/0", "greater_than_equal"), ("/songs/2147483648", "less_than_equal")],
+    [
+        ("/songs/abc", "int_parsing"),
+        ("/songs/0", "greater_than_equal"),
+        ("/songs/2147483648", "less_than_equal"),
+        # Another way to write an id is not that id (int() reads each of them as one).
+        ("/songs/1_0", "int_parsing"),
+        ("/songs/01", "int_parsing"),
+        ("/songs/%2B1", "int_parsing"),
+        ("/songs/1.0", "int_parsing"),
+        ("/songs/%D9%A1", "int_parsing"),  # an Arabic-Indic one
+    ],
 )
 async def test_bad_song_id_is_a_422_problem(client: httpx.AsyncClient, path: str, error_type: str) -> None:
     problem = assert_problem(await client.get(path), 422, "validation-failed")

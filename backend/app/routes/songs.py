@@ -10,6 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.convertors import Convertor, register_url_convertor
 
 from app import exporting, idempotency, preconditions, songs
@@ -33,7 +35,17 @@ READ, WRITE = require("read"), require("write")
 LISTING_VARIES = "Accept, Prefer"
 SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
 
-SongId = Annotated[int, Path(ge=1, le=songs.ID_MAX, description="The song's id.")]
+
+def _as_written(segment: object) -> object:
+    """An id only as the service writes it: pydantic's lax int takes `1_0` as 10, and `+1`, `01` and `1.0` as 1,
+    so that many URLs would name one song, each cached apart."""
+    written = isinstance(segment, str) and segment.isascii() and segment.isdigit()
+    if isinstance(segment, str) and not (written and (segment[0] != "0" or segment == "0")):  # 0: too small, as such
+        raise PydanticCustomError("int_parsing", "Input should be a song's id: digits, without a leading zero")
+    return segment
+
+
+SongId = Annotated[int, BeforeValidator(_as_written), Path(ge=1, le=songs.ID_MAX, description="The song's id.")]
 
 
 class _SongIdSegment(Convertor[str]):
