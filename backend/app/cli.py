@@ -382,6 +382,7 @@ def _with_database(work: Callable[[Database], Awaitable[T]]) -> T:
 
     async def run() -> T:
         async with db.connect(settings) as database:
+            await schema.check_migrated(database)
             return await work(database)
 
     try:

@@ -352,7 +352,7 @@ def _field_error(error: Any) -> FieldError:
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", driver_says(exc))
     metrics.database_errors.labels(type(exc).__name__).inc()
-    return error_response(DatabaseUnavailable(NOT_ANSWERING_DETAIL))
+    return error_response(database_unavailable(exc) or DatabaseUnavailable(NOT_ANSWERING_DETAIL))
 
 
 # PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
@@ -363,6 +363,9 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 # no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
+# A table missing: a database never migrated (`/readyz` says so too). Not the service's fault, nor gone on retry.
+SCHEMA_MISSING_DETAIL = "The database has no songbook schema, or not all of it; run `songbook migrate`."
+_UNDEFINED_TABLE = "42P01"
 # The database not there, or not in time; asyncpg's InternalClientError is a connection
 # that died under it while idle.
 NOT_ANSWERING = (
@@ -399,6 +402,9 @@ def driver_says(exc: BaseException) -> str:
 def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
     """The 503 a database's error stands for when the database failed (gone, restarting, too slow), as the API
     answers it; None when the service did (a statement it should not have sent): a 500, logged."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE or str(orig).startswith("no such table: "):
+        return DatabaseUnavailable(SCHEMA_MISSING_DETAIL)
     if isinstance(exc, NOT_ANSWERING):
         return DatabaseUnavailable(NOT_ANSWERING_DETAIL)
     # Through SQLAlchemy: the connection was lost mid-statement (SQLAlchemy drops the

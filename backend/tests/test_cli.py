@@ -96,6 +96,21 @@ def test_a_database_never_migrated_is_one_line_telling_what_to_do(
     ]
 
 
+@pytest.mark.parametrize(
+    "command", [["keys", "create", "--name", "ci", "--scope", "write"], ["keys", "list"], ["keys", "revoke", "ci"]]
+)
+def test_a_database_never_migrated_is_one_line_for_the_keys_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    result = runner.invoke(cli, command)
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["songbook: The database has no songbook schema; run `songbook migrate`."]
+
+
 def test_a_database_behind_the_latest_migration_can_still_be_exported(
     empty_database: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -178,15 +178,16 @@ async def test_an_export_left_early_frees_its_connection(client: httpx.AsyncClie
     assert (await client.get("/songs?limit=1")).status_code == 200
 
 
-async def test_a_database_without_the_schema_is_a_503_for_exports_and_listings(
-    empty_database: URL, tmp_path: Path
-) -> None:
-    if empty_database.get_backend_name() == "postgresql":
-        pytest.skip("PostgreSQL's missing table is a statement the service should not have sent: a 500 (test_pages)")
-    settings = Settings(database_url=empty_database.render_as_string(hide_password=False), data_dir=tmp_path)
-    application = create_app(settings)
+async def test_a_database_without_the_schema_is_a_503_that_says_to_migrate(empty_database: URL, tmp_path: Path) -> None:
+    url = empty_database.render_as_string(hide_password=False)
+    application = create_app(Settings(database_url=url, data_dir=tmp_path, require_write_key=False))
     async with LifespanManager(application), client_for(application, None) as anonymous:
         responses = [await anonymous.get("/songs", headers={"Accept": accept}) for accept in ("text/csv", "*/*")]
+        responses += [await anonymous.get(path) for path in ("/songs/1", "/songs?q=yesterday", "/artists")]
+        responses.append(await anonymous.post("/songs", json={"name": "Yesterday", "artist": "The Beatles"}))
 
-    assert [response.status_code for response in responses] == [503, 503]
+    assert [response.status_code for response in responses] == [503] * 6
     assert {response.json()["code"] for response in responses} == {"database-unavailable"}
+    assert {response.json()["detail"] for response in responses} == {
+        "The database has no songbook schema, or not all of it; run `songbook migrate`."
+    }

@@ -527,12 +527,12 @@ async def test_an_import_failed_by_the_service_says_so_and_is_logged(
     if db.dialect != "postgresql":
         pytest.skip("SQLite's errors here are OperationalErrors: the database not answering, as the API says")
     await signed_in(app, person)
-    # A statement the service should not have sent, as a bug would: its vocabulary gone.
-    await execute(db, "ALTER TABLE search_term RENAME TO search_term_gone")
+    # A statement the service should not have sent, as a bug would: a column of its vocabulary gone.
+    await execute(db, "ALTER TABLE search_term RENAME COLUMN term TO term_gone")
     try:
         answer = await upload(person, "songs.csv", b"name,artist\nYesterday,The Beatles\n")
     finally:
-        await execute(db, "ALTER TABLE search_term_gone RENAME TO search_term")
+        await execute(db, "ALTER TABLE search_term RENAME COLUMN term_gone TO term")
 
     assert "The import failed by a fault of the service (it is logged); nothing was imported." in unescape(answer.text)
     assert "not answering" not in answer.text
