@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import closing, contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, TypeVar
 
@@ -244,11 +245,18 @@ def _open(name: str) -> Iterator[IO[bytes]]:
         yield stream
 
 
+class ExportFormat(StrEnum):
+    """What `songbook export` writes: not .json, one array, which a reader would hold whole."""
+
+    CSV = "csv"
+    NDJSON = "ndjson"
+
+
 @cli.command("export")
 def export_songs(
     output: Annotated[str, typer.Option("--output", "-o", help="The file to write; - for standard output.")] = "-",
     file_format: Annotated[
-        Format | None, typer.Option("--format", help="csv or ndjson [default: told by the extension, else csv].")
+        ExportFormat | None, typer.Option("--format", help="[default: told by the extension, else csv].")
     ] = None,
     artist: Annotated[str | None, typer.Option(help="Only this artist's songs.")] = None,
     name: Annotated[str | None, typer.Option(help="Only songs of this name.")] = None,
@@ -264,7 +272,7 @@ def export_songs(
     except ValidationError as exc:
         raise _fail("; ".join(_option("-".join(map(str, e["loc"])), e["msg"]) for e in exc.errors())) from None
     try:
-        chosen = file_format or (format_of(output) if output != "-" else Format.CSV)
+        chosen = Format(file_format) if file_format else (format_of(output) if output != "-" else Format.CSV)
     except FileError as exc:
         raise _fail(str(exc)) from None
     if chosen is Format.JSON:
@@ -272,8 +280,8 @@ def export_songs(
     started = time.perf_counter()
     try:
         count = asyncio.run(_export(settings, query, chosen, output))
-    except OSError as exc:
-        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    except FileError as exc:
+        raise _fail(str(exc)) from None
     except InvalidParameter as exc:  # options the query refuses together (--year-from after --year-to)
         raise _fail(
             "; ".join(_option(error["field"], error["message"]) for error in exc.extensions["errors"])
@@ -290,28 +298,56 @@ async def _export(settings: Settings, query: SongQuery, file_format: Format, out
     count = 0
     async with db.connect(settings, long_running=True) as database:
         await schema.check_migrated(database)
-        with _create(output) as stream:
+        with _create(output) as write:
             async for chunk in songs.export_songs(db=database, query=query, file_format=file_format):
-                stream.write(chunk)
+                write(chunk)
                 count += chunk.count(b"\n")
     return count - 1 if file_format is Format.CSV else count  # less the header
 
 
 @contextmanager
-def _create(name: str) -> Iterator[IO[bytes]]:
+def _create(name: str) -> Iterator[Callable[[bytes], object]]:
+    """Writes to the file `name` (- for standard output); its errors are `FileError`s, told apart from the
+    database's (a connection refused is an OSError too)."""
+
+    def failed(exc: OSError) -> FileError:
+        return FileError(f"cannot write {name}: {exc.strerror or exc}")
+
+    def writer(stream: IO[bytes]) -> Callable[[bytes], object]:
+        def write(chunk: bytes) -> None:
+            try:
+                stream.write(chunk)
+            except OSError as exc:
+                raise failed(exc) from None
+
+        return write
+
     if name == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        yield writer(sys.stdout.buffer)
+        try:
+            sys.stdout.buffer.flush()
+        except OSError as exc:
+            raise failed(exc) from None
         return
     # Written beside the target and renamed into place: an export that fails leaves no half file.
     partial = Path(f"{name}.partial")
     try:
-        with open(partial, "wb") as stream:
-            yield stream
-    except BaseException:
+        stream = open(partial, "wb")  # noqa: SIM115 (closed below, its errors told apart from the body's)
+    except OSError as exc:
+        raise failed(exc) from None
+    try:
+        yield writer(stream)
+    except BaseException:  # the database's errors among them: raised as they are
+        with contextlib.suppress(OSError):
+            stream.close()
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(name)
+    try:
+        stream.close()  # the last bytes written
+        partial.replace(name)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise failed(exc) from None
 
 
 @cli.command()

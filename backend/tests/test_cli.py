@@ -66,6 +66,33 @@ def test_migrate_creates_the_default_sqlite_file_on_a_fresh_machine(
     assert (tmp_path / "nested" / "data" / "songbook.db").is_file()
 
 
+def test_an_export_from_an_unreachable_database_names_the_database_not_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(cli, ["export", "-o", "songs.csv"])
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("songbook: cannot export from postgresql+asyncpg://songbook:***@127.0.0.1:9/")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_that_cannot_write_its_file_names_the_file(catalog: URL, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["export", "-o", str(tmp_path / "missing" / "songs.csv")])
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"songbook: cannot write {tmp_path / 'missing' / 'songs.csv'}: ")
+
+
+def test_export_offers_only_what_it_writes() -> None:
+    result = runner.invoke(cli, ["export", "--format", "json"])
+
+    assert result.exit_code == 2
+    assert "'json' is not one of 'csv', 'ndjson'" in " ".join(result.output.replace("│", " ").split())
+
+
 def test_unreachable_database_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://songbook:hunter2@127.0.0.1:9/songbook")
 
