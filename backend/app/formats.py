@@ -70,7 +70,7 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
     reader = csv.reader(text, strict=True)
     header = next((row for row in reader if row), None)  # blank lines before it aside
     if header is None:
-        return
+        raise FileError(f"line {max(reader.line_num, 1)}: no header; a CSV file starts with one naming name and artist")
     at = f"line {reader.line_num}"
     if _UNDECODABLE.search("".join(header)):
         raise FileError(f"{at}: the header is not UTF-8; save the file as UTF-8")
@@ -223,6 +223,8 @@ class _JsonArray:
                 # Nested past Python's recursion limit, or an integer of more digits than int() takes.
                 reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
                 raise FileError(f"line {start_line}: not valid JSON: {reason}") from None
+        if end - self.position > _JSON_ELEMENT_MAX:  # read whole, as one 64 KiB read more made it
+            raise FileError(f"line {start_line}: an element of the array is larger than 1 MiB")
         element = self.buffer[self.position : end]
         self.line += element.count("\n")
         self.position = end

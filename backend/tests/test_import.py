@@ -202,12 +202,20 @@ ELEMENT = b'{"name": "Halo", "artist": "Beyonc\\u00e9"}'
             + b"]",
             "line 2: not valid JSON: Expecting value",
         ),
-        # and an element that long, as too long.
+        # and an element that long, as too long, however little past 1 MiB.
         (
             "long.json",
             b"[" + ELEMENT + b',\n{"name": "' + b"y" * 2_000_000 + b'"}]',
             "line 2: an element of the array is larger than 1 MiB",
         ),
+        (
+            "just-too-long.json",
+            b"[" + ELEMENT + b',\n{"name": "' + b"y" * 1_100_000 + b'", "artist": "b"}]',
+            "line 2: an element of the array is larger than 1 MiB",
+        ),
+        # A CSV file without a header (empty, or blank lines only) is not an empty catalog.
+        ("empty.csv", b"", "line 1: no header; a CSV file starts with one naming name and artist"),
+        ("blank.csv", b"\n\n", "line 2: no header; a CSV file starts with one naming name and artist"),
         ("latin-1.csv", "titre,artiste,année\nA,B,2000\n".encode("latin-1"), "line 1: the header is not UTF-8"),
         # A second array would go unread, as would anything else after the first.
         ("two.json", b'[{"name": "A", "artist": "B"}]\n[{"name": "C", "artist": "B"}]', "line 2: found '[' after"),
