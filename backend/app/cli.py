@@ -125,8 +125,11 @@ def migrate(ctx: typer.Context) -> None:
 def status() -> None:
     """Show the database's revision and whether it is the latest; exit 1 if it is behind."""
     settings = _settings()
+    url = settings.sqlalchemy_url
     try:
-        current = asyncio.run(_current_revisions(settings))
+        # A SQLite file that is not there is never migrated: asking would make it (a path mistyped, left behind).
+        missing = url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file()
+        current = set() if missing else asyncio.run(_current_revisions(settings))
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot read {_where(settings)}: {_reason(exc)}") from None
     heads = schema.head_revisions()

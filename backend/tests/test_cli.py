@@ -43,6 +43,18 @@ def test_migrate_status_exits_1_on_a_database_behind(database: URL) -> None:
     assert "run `songbook migrate`" in result.output
 
 
+def test_migrate_status_of_a_sqlite_file_not_there_leaves_none_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'mistyped.db'}")
+
+    result = runner.invoke(cli, ["migrate", "status"])
+
+    assert result.exit_code == 1
+    assert "current:  (none: never migrated)" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_migrate_status_tells_a_database_a_newer_version_migrated(database: URL) -> None:
     schema.upgrade(database)
     alter(database, "UPDATE alembic_version SET version_num = 'f0f0f0f0f0f0'")
