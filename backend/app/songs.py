@@ -651,8 +651,11 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
         keys = [SortKey("songs", songs, int, descending), SortKey("name", artist_key, str, descending)]
     else:
         raise InvalidParameter("query", "sort", f"unknown sort key {spec!r}; use name, -name, songs or -songs")
+    # The artist's name as its songs spell it, the first by code point: on PostgreSQL as on SQLite, whatever
+    # the database's collation (under ICU's en-US, "abba" comes before "ABBA").
+    spelled = col(Song.artist).collate("C") if db.dialect == "postgresql" else col(Song.artist)
     statement: Select[*tuple[Any, ...]] = sa.select(
-        artist_key.label("key"), func.min(col(Song.artist)).label("name"), songs.label("songs")
+        artist_key.label("key"), func.min(spelled).label("name"), songs.label("songs")
     )
     statement = statement.group_by(artist_key)
     if query.prefix:

@@ -35,7 +35,8 @@ def postgres_base_url() -> URL:
     return async_url(raw)
 
 
-async def _admin(url: URL, statement: str) -> None:
+async def admin(url: URL, statement: str) -> None:
+    """Runs `statement` on the server of `url`, outside a transaction (CREATE DATABASE)."""
     engine = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
@@ -52,9 +53,9 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[U
         return
     base = postgres_base_url()
     name = f"{base.database}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin(base, f'CREATE DATABASE "{name}"'))
     yield base.set(database=name)
-    asyncio.run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    asyncio.run(admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
