@@ -79,8 +79,12 @@ async def _chunks(
         options = (
             {"format": "csv"} if file_format is Format.CSV else {"format": "csv", "delimiter": "\x02", "quote": "\x01"}
         )
-        # An export takes as long as the catalog is large: no statement timeout for it.
-        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        # An export takes as long as the catalog is large: no statement timeout for it. But a lock it waits for
+        # (a migration's) it waits for no longer than the statement timeout: then a 503, not a connection held.
+        await connection.exec_driver_sql(
+            "SELECT set_config('lock_timeout', current_setting('statement_timeout'), true),"
+            " set_config('statement_timeout', '0', true)"
+        )
         async with aclosing(_copy_out(connection, driver, str(compiled), parameters, options)) as chunks:
             async for chunk in chunks:
                 yield chunk

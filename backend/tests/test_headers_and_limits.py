@@ -114,6 +114,29 @@ async def test_a_statement_stuck_on_a_lock_is_cut_short_with_a_503(
     assert waited < 5
 
 
+async def test_an_export_waits_for_a_lock_no_longer_than_the_statement_timeout(
+    settings: Settings, database_url: URL, db: Database
+) -> None:
+    """An export has no statement timeout (it takes as long as the catalog is large); a lock wait has one."""
+    if database_url.get_backend_name() != "postgresql":
+        pytest.skip("SQLite's readers take no lock: a write's does not stop an export")
+    await make_song(db)
+    holder = create_async_engine(database_url)
+    try:
+        async with holder.connect() as connection, connection.begin():
+            await connection.execute(text("LOCK TABLE song IN ACCESS EXCLUSIVE MODE"))  # as a migration does
+            async with client_with(settings, statement_timeout_ms=300) as client:
+                started = time.monotonic()
+                response = await asyncio.wait_for(client.get("/songs", headers={"Accept": "text/csv"}), 10)
+                waited = time.monotonic() - started
+    finally:
+        await holder.dispose()
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database-unavailable"
+    assert waited < 5
+
+
 async def test_page_and_batch_sizes_are_settings(settings: Settings) -> None:
     async with client_with(settings, max_page_size=10, max_batch_size=2) as client:
         for number in range(12):
