@@ -13,7 +13,8 @@ A query is read word by word, in two tiers of relevance:
    ("beatels" finds "Beatles");
 3. else every query word, or a catalog word close enough to it, does. The
    close words come from the vocabulary: those similar
-   by trigrams on PostgreSQL (pg_trgm), then, on both databases, kept
+   by trigrams on PostgreSQL (pg_trgm), those of its first letter on SQLite,
+   and on both the query word with two letters side by side swapped, then kept
    when their Damerau-Levenshtein similarity to the query word (rapidfuzz)
    passes `MIN_SIMILARITY`.
 
@@ -241,6 +242,11 @@ _POSTGRES_NEAREST = text(
     ) AS found
     """
 ).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))
+# The catalog's words among the query words with two letters side by side swapped ("lvoe": "love"): one
+# edit, but for a short word too few trigrams in common for the trigram search ("lvoe" and "love" 0.11).
+_POSTGRES_SWAPPED = text("SELECT term FROM search_term WHERE term = ANY(CAST(:swapped AS text[]))").bindparams(
+    bindparam("swapped", type_=ARRAY(String))
+)
 # fts5vocab reads the index for the range of terms asked, not the whole vocabulary.
 _SQLITE_TERMS = text("SELECT term FROM song_search_terms WHERE term >= :low AND term < :high LIMIT :most").bindparams(
     bindparam("low", type_=String), bindparam("high", type_=String), bindparam("most", type_=Integer)
@@ -249,24 +255,40 @@ _LAST = "\U0010ffff"
 
 
 async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[str]]:
-    async def candidates(transaction: "Transaction") -> Sequence[Mapping[str, Any]]:
+    swaps = {word: _swapped(word) for word in words}
+
+    async def candidates(transaction: "Transaction") -> tuple[Sequence[Mapping[str, Any]], set[str]]:
         # SET LOCAL ends with the transaction (and works through PgBouncer's transaction pooling).
         await transaction.fetch(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
-        return await transaction.fetch(_POSTGRES_NEAREST, {"words": words, "most": CANDIDATES})
+        near = await transaction.fetch(_POSTGRES_NEAREST, {"words": words, "most": CANDIDATES})
+        swapped = [variant for variants in swaps.values() for variant in variants]
+        return near, {row["term"] for row in await transaction.fetch(_POSTGRES_SWAPPED, {"swapped": swapped})}
 
-    nearest: dict[str, list[str]] = {word: [] for word in words}
-    for row in await db.read(candidates):
+    near, known_swaps = await db.read(candidates)
+    nearest: dict[str, list[str]] = {word: [term for term in swaps[word] if term in known_swaps] for word in words}
+    for row in near:
         nearest[row["word"]].append(row["term"])
     return nearest
 
 
 async def _sqlite_vocabulary(db: "Database", words: list[str]) -> dict[str, list[str]]:
-    """For each word, the vocabulary's words that share its first letter: a misspelt first letter goes uncorrected."""
+    """For each word, the vocabulary's words that share its first letter, and the word with its first two
+    swapped: a first letter misspelt otherwise goes uncorrected."""
     vocabulary = {}
     for word in words:
         rows = await db.fetch(_SQLITE_TERMS, {"low": word[0], "high": word[0] + _LAST, "most": -1})
         vocabulary[word] = [str(row["term"]) for row in rows]
+        if len(word) > 1 and word[0] != word[1]:
+            first_swapped = word[1] + word[0] + word[2:]
+            rows = await db.fetch(_SQLITE_TERMS, {"low": first_swapped, "high": first_swapped + "\0", "most": 1})
+            vocabulary[word] += [str(row["term"]) for row in rows]
     return vocabulary
+
+
+def _swapped(word: str) -> list[str]:
+    """`word` with each pair of letters side by side swapped (those that make another word)."""
+    variants = (word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(len(word) - 1))
+    return list(dict.fromkeys(variant for variant in variants if variant != word))
 
 
 def _near(word: str, candidates: list[str]) -> list[tuple[str, float]]:

@@ -108,6 +108,21 @@ async def test_a_correction_is_found_however_many_words_start_like_the_query(
     assert ("Proud", "Mary") in found
 
 
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("hlao", ("Halo", "Beyoncé")),  # two letters swapped in a short word: few trigrams in common
+        ("ahlo", ("Halo", "Beyoncé")),  # the first two, too
+        ("queeen", ("Bohemian Rhapsody", "Queen")),
+        ("oasi", ("Wonderwall", "Oasis")),
+    ],
+)
+async def test_a_short_word_one_edit_away_is_corrected_on_both_databases(
+    client: httpx.AsyncClient, q: str, expected: tuple[str, str]
+) -> None:
+    assert expected in await search(client, f"q={q}")
+
+
 async def test_a_search_of_more_words_than_it_can_weigh_is_refused(client: httpx.AsyncClient) -> None:
     response = await client.get("/songs", params={"q": "one two three four five six seven eight zzzzzzzz"})
     repeated = await search(client, "q=" + "+".join(["yesterday"] * 12))
