@@ -108,16 +108,21 @@ def _nfc(value: object) -> object:
     return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
-# Unicode's control characters (category Cc), and the surrogates that no UTF-8 text can hold.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Unicode's control characters (category Cc) and line breaks (Zl, Zp), and the surrogates that no UTF-8 text can hold.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_INVISIBLE = frozenset({"Cf", "Zs"})  # formats (a zero-width space, a soft hyphen) and spaces
 
 
 def _reject_control_characters(value: str) -> str:
+    if value.isprintable():  # nearly every text, told at C's speed: none of what follows
+        return value
     if _CONTROL.search(value):
         raise PydanticCustomError("control_characters", "must not contain control characters")
     if _SURROGATE.search(value):
         raise PydanticCustomError("surrogates", "must be valid Unicode text (it has a lone surrogate)")
+    if all(unicodedata.category(char) in _INVISIBLE for char in value):
+        raise PydanticCustomError("invisible", "must have a character that shows (it has only invisible ones)")
     return value
 
 
