@@ -149,12 +149,32 @@ async def test_http_export_is_the_same_as_the_command(
     assert len(response.text.splitlines()) == 4
 
 
-@pytest.mark.parametrize("accept", ["application/json", "*/*", "text/csv;q=0.2, application/json", "text/html"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/json",
+        "*/*",
+        "text/csv;q=0.2, application/json",
+        "text/html",
+        "text/csv;q=0.5, application/json;q=0.5",  # a tie: the listing
+        "application/x-ndjson, application/json",
+    ],
+)
 async def test_json_stays_the_default(client: httpx.AsyncClient, accept: str) -> None:
     response = await client.get("/songs", headers={"Accept": accept})
 
     assert response.headers["content-type"] == "application/json"
     assert response.json() == []
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [("text/csv, */*", "text/csv"), ("*/*;q=0.9, application/x-ndjson", "application/x-ndjson")],
+)
+async def test_an_export_named_is_chosen_over_any_type(client: httpx.AsyncClient, accept: str, media_type: str) -> None:
+    response = await client.get("/songs", headers={"Accept": accept})
+
+    assert response.headers["content-type"].split(";")[0] == media_type
 
 
 @pytest.mark.parametrize("parameter", ["cursor=abc", "limit=10", "sort=name"])

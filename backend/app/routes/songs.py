@@ -274,10 +274,16 @@ async def delete_song(song_id: SongId, request: Request, db: DatabaseDep, settin
 
 
 EXPORT_MEDIA_TYPES = {"text/csv": Format.CSV, "application/x-ndjson": Format.NDJSON}
+# Between types of the same quality: JSON named as such, then an export named as such, then a range.
+_TIE_RANK = {"application/json": 0, **dict.fromkeys(EXPORT_MEDIA_TYPES, 1)}
 
 
 def _export_format(accept: str) -> Format | None:
-    """The export format `accept` prefers over JSON, if any (RFC 9110 quality values)."""
+    """The export format `accept` prefers over JSON, if any (RFC 9110 quality values).
+
+    At the same quality JSON, the listing, is chosen over an export (which takes
+    no `limit`), and an export named over `*/*`.
+    """
     choices = []
     for position, entry in enumerate(accept.split(",")):
         media_type, *parameters = (part.strip() for part in entry.split(";"))
@@ -289,8 +295,8 @@ def _export_format(accept: str) -> Format | None:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        choices.append((-quality, position, media_type.lower()))
-    for quality, _, media_type in sorted(choices):
+        choices.append((-quality, _TIE_RANK.get(media_type.lower(), 2), position, media_type.lower()))
+    for quality, _, _, media_type in sorted(choices):
         if quality < 0 and media_type in EXPORT_MEDIA_TYPES:
             return EXPORT_MEDIA_TYPES[media_type]
         if quality < 0 and media_type in ("application/json", "application/*", "*/*"):
