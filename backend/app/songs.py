@@ -639,7 +639,7 @@ async def list_artists(*, db: Database, query: ArtistQuery) -> Page[ArtistPublic
     `query.prefix` finds the artists whose name, or a word of it, starts with
     it, ignoring case and accents: "bea" finds The Beatles, "bjo" Björk.
     """
-    spec = query.sort or "name"
+    spec = query.sort.strip() if query.sort is not None else "name"  # as /songs reads its sort
     # A cursor resumes the listing it came from: this sort, and this prefix.
     signature = spec + (_filter_signature({"prefix": song_key(query.prefix)}) if query.prefix else "")
     artist_key = col(Song.artist_key)

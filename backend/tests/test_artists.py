@@ -80,13 +80,17 @@ async def test_an_artist_cursor_of_another_prefix_is_refused(client: httpx.Async
     assert response.json()["errors"][0]["type"] == "cursor_mismatch"
 
 
+async def test_a_sort_is_read_trimmed_as_on_songs(client: httpx.AsyncClient) -> None:
+    assert await artists(client, "sort=%20-songs%20") == await artists(client, "sort=-songs")
+
+
 async def test_an_artists_songs_are_a_filter_away(client: httpx.AsyncClient) -> None:
     response = await client.get("/songs?artist=the%20beatles")
 
     assert [song["name"] for song in response.json()] == [f"The Beatles song {n}" for n in range(3)]
 
 
-@pytest.mark.parametrize("query", ["sort=popularity", "limit=0", "cursor=abc", "prefix="])
+@pytest.mark.parametrize("query", ["sort=popularity", "sort=", "limit=0", "cursor=abc", "prefix="])
 async def test_bad_parameter_is_a_422(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/artists?{query}")
 
