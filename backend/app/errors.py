@@ -208,9 +208,13 @@ _IDS_USED_UP_SQLSTATE = "2200H"
 
 
 def ids_used_up(exc: BaseException) -> bool:
-    """Whether a database's error is the song table out of ids, on either database."""
+    """Whether a database's error is the song table out of ids, on either database.
+
+    SQLite's is told by its whole message: a unique violation's names the song's keys, which may hold the words.
+    """
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    return getattr(orig, "sqlstate", None) == _IDS_USED_UP_SQLSTATE or _IDS_USED_UP_MESSAGE in str(orig)
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate == _IDS_USED_UP_SQLSTATE if sqlstate is not None else str(orig) == _IDS_USED_UP_MESSAGE
 
 
 # Errors of the commands, told to a person on the terminal rather than answered over HTTP.

@@ -252,6 +252,17 @@ async def test_songs_are_written_byte_for_byte_as_pydantic_writes_song_public(
     assert created.content == (await client.get(f"/songs/{created.json()['id']}")).content
 
 
+@pytest.mark.parametrize("name", ["Song IDs Used Up", "song ids used up"])
+async def test_a_duplicate_named_like_the_ids_error_is_a_duplicate(client: httpx.AsyncClient, name: str) -> None:
+    first = await client.post("/songs", json={"name": name, "artist": "Band"})
+
+    again = await client.post("/songs", json={"name": name, "artist": "Band"})
+
+    assert again.status_code == 409
+    assert again.json()["code"] == "duplicate-song"
+    assert again.json()["existing_id"] == first.json()["id"]
+
+
 @pytest.fixture
 async def last_id_taken(db: Database) -> None:
     """A song with the largest id a song may have, brought by an import."""
