@@ -267,7 +267,8 @@ async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[
     near, known_swaps = await db.read(candidates)
     nearest: dict[str, list[str]] = {word: [term for term in swaps[word] if term in known_swaps] for word in words}
     for row in near:
-        nearest[row["word"]].append(row["term"])
+        if row["term"] not in nearest[row["word"]]:  # a swap the trigrams found too
+            nearest[row["word"]].append(row["term"])
     return nearest
 
 
