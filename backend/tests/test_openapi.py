@@ -67,6 +67,14 @@ def test_the_statuses_each_route_answers_are_documented(
     assert statuses <= openapi["paths"][path][method]["responses"].keys()
 
 
+@pytest.mark.parametrize("method", ["get", "patch", "put", "delete"])
+def test_a_songs_id_is_described_with_its_bounds(openapi: dict[str, Any], method: str) -> None:
+    (song_id,) = [p for p in openapi["paths"]["/songs/{song_id}"][method]["parameters"] if p["name"] == "song_id"]
+
+    assert song_id["schema"] | {"minimum": 1, "maximum": 2**31 - 1} == song_id["schema"]
+    assert not {"ge", "le"} & set(song_id["schema"])  # not JSON Schema's words
+
+
 def test_the_listing_documents_its_export_formats(openapi: dict[str, Any]) -> None:
     content = openapi["paths"]["/songs"]["get"]["responses"]["200"]["content"]
 

@@ -45,7 +45,8 @@ def _as_written(segment: object) -> object:
     return segment
 
 
-SongId = Annotated[int, BeforeValidator(_as_written), Path(ge=1, le=songs.ID_MAX, description="The song's id.")]
+# The validator after Path: before it, the OpenAPI document would give the bounds as `ge` and `le`, not JSON Schema's.
+SongId = Annotated[int, Path(ge=1, le=songs.ID_MAX, description="The song's id."), BeforeValidator(_as_written)]
 
 
 class _SongIdSegment(Convertor[str]):
