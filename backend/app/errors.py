@@ -6,6 +6,8 @@ one shape, as `application/problem+json`.
 """
 
 import logging
+import re
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -188,6 +190,18 @@ class TooManyRequests(AppError):
     code = "too-many-requests"
 
 
+class SchemaBehind(AppError):
+    """The database's schema is older than the code's: not gone on a retry, so no `Retry-After`."""
+
+    status_code = 503
+    code = "database-not-migrated"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database's schema is older than this version of songbook, or was never made; run `songbook migrate`."
+        )
+
+
 class IdsUsedUp(AppError):
     """The song table's ids stop at 2**31 - 1 (`models.ID_MAX`), and the next one was past it."""
 
@@ -354,9 +368,12 @@ def _field_error(error: Any) -> FieldError:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", driver_says(exc))
     metrics.database_errors.labels(type(exc).__name__).inc()
-    return error_response(database_unavailable(exc) or DatabaseUnavailable(NOT_ANSWERING_DETAIL))
+    if await _schema_behind(request, exc):
+        logger.warning("database schema behind the code's: %s", driver_says(exc))
+        return error_response(SchemaBehind())
+    logger.warning("database unavailable: %s", driver_says(exc))
+    return error_response(DatabaseUnavailable(NOT_ANSWERING_DETAIL))
 
 
 # PostgreSQL gave up on a statement (cancelled by statement_timeout, a lock it
@@ -367,9 +384,22 @@ TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "53300"})
 # no longer takes writes (a standby now: a switchover's old primary, reached through PgBouncer).
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 NOT_ANSWERING_DETAIL = "The database is not answering; try again shortly."
-# A table missing: a database never migrated (`/readyz` says so too). Not the service's fault, nor gone on retry.
-SCHEMA_MISSING_DETAIL = "The database has no songbook schema, or not all of it; run `songbook migrate`."
-_UNDEFINED_TABLE = "42P01"
+# A table or a column the database does not have: its schema behind the code's (never migrated, or not all
+# the way), or a statement the service should not have sent. Which, the database's revision tells.
+_UNDEFINED = frozenset({"42P01", "42703"})
+_SQLITE_UNDEFINED = re.compile(r"no such (table|column): |table \S+ has no column named ")
+
+
+def _names_missing(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return getattr(orig, "sqlstate", None) in _UNDEFINED or bool(_SQLITE_UNDEFINED.match(str(orig)))
+
+
+async def _schema_behind(request: Request, exc: BaseException) -> bool:
+    behind: Callable[[Any], Awaitable[bool]] = request.app.state.schema_behind
+    return _names_missing(exc) and await behind(request.app.state.database)
+
+
 # The database not there, or not in time; asyncpg's InternalClientError is a connection
 # that died under it while idle.
 NOT_ANSWERING = (
@@ -387,6 +417,9 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     metrics.database_errors.labels(type(orig).__name__).inc()
     if ids_used_up(exc):
         return error_response(IdsUsedUp())
+    if await _schema_behind(request, exc):
+        logger.warning("database schema behind the code's: %s", driver_says(exc))
+        return error_response(SchemaBehind())
     unavailable = database_unavailable(exc)
     if unavailable is None:
         return _failed(request)
@@ -406,9 +439,6 @@ def driver_says(exc: BaseException) -> str:
 def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
     """The 503 a database's error stands for when the database failed (gone, restarting, too slow), as the API
     answers it; None when the service did (a statement it should not have sent): a 500, logged."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    if getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE or str(orig).startswith("no such table: "):
-        return DatabaseUnavailable(SCHEMA_MISSING_DETAIL)
     if isinstance(exc, NOT_ANSWERING):
         return DatabaseUnavailable(NOT_ANSWERING_DETAIL)
     # Through SQLAlchemy: the connection was lost mid-statement (SQLAlchemy drops the
@@ -487,8 +517,13 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every error, the service's and the framework's, as problem details."""
+def install_error_handlers(app: FastAPI, *, schema_behind: Callable[[Any], Awaitable[bool]]) -> None:
+    """Render every error, the service's and the framework's, as problem details.
+
+    `schema_behind(database)` tells whether a statement on a table or column the database lacks is a schema
+    not migrated (a 503) or the service's fault (a 500).
+    """
+    app.state.schema_behind = schema_behind
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
-from app import db, keys, logs, metrics, openapi, ratelimit, replicas, web
+from app import db, keys, logs, metrics, openapi, ratelimit, replicas, schema, web
 from app.config import Settings, load_settings
 from app.errors import install_error_handlers
 from app.headers import install_headers
@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     openapi.describe(app, require_read_key=settings.require_read_key, max_page_size=settings.max_page_size)
-    install_error_handlers(app)  # and, innermost of the middleware, the 500 of an error none of them answered
+    # And, innermost of the middleware, the 500 of an error none of them answered.
+    install_error_handlers(app, schema_behind=schema.behind)
     replicas.install(app, settings)  # with read replicas: which reads go there, and the writes' tokens
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={pages.IMPORT_PATH: settings.max_upload_bytes}

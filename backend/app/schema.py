@@ -66,11 +66,25 @@ async def check_ready(db: Database) -> None:
         # Whatever the database answers instead (a file that is not a database, say): not ready.
         unavailable = database_unavailable(exc)
         raise unavailable or DatabaseUnavailable("The database does not answer as one.") from exc
-    if current != head_revisions() and (not current or current <= known_revisions()):
+    if _behind(current):
         raise DatabaseUnavailable(
             f"The database schema is at {sorted(current) or 'no revision'}, not at the latest migration; "
             "run `songbook migrate`."
         )
+
+
+def _behind(current: set[str]) -> bool:
+    """Whether a schema at `current` is older than this code's latest (or was never made)."""
+    return current != head_revisions() and (not current or current <= known_revisions())
+
+
+async def behind(db: Database) -> bool:
+    """Whether `songbook migrate` is due (False if the database cannot tell): what a statement on a
+    table or column the database lacks means."""
+    try:
+        return _behind(await current_revisions(db))
+    except DATABASE_ERRORS:
+        return False
 
 
 async def check_migrated(db: Database) -> None:
