@@ -656,14 +656,29 @@ async def test_a_sign_in_needed_to_add_a_song_keeps_what_was_typed(app: FastAPI,
 
     refused = await person.post("/ui/songs/new", data=form | {"token": await token(person)})
     then = unescape(re.findall(r'name="next" value="([^"]*)"', refused.text)[0])
-    await person.post(
+    signed = await person.post(
         "/ui/sign-in", data={"token": await token(person), "key": await make_key(app, "write"), "next": then}
     )
-    again = await person.get(then)
+    again = await person.get(signed.headers["location"])
 
     assert refused.status_code == 401
     assert all(f'value="{value}"' in again.text for value in ("Halo", "Beyoncé", "2008"))
     assert (await person.get("/songs")).json() == []
+
+
+async def test_a_sign_in_needed_to_save_an_edit_of_a_song_deleted_meanwhile_keeps_what_was_typed(
+    app: FastAPI, person: httpx.AsyncClient, db: Database
+) -> None:
+    song = await make_song(db, name="Yesterday", artist="The Beatles")
+    await signed_in(app, person)
+    then = f"/ui/songs/{song['id']}/edit?name=Yesterday+%28live%29&artist=The+Beatles&version=1"  # as a sign-in leads
+    await execute(db, f"DELETE FROM song WHERE id = {song['id']}")
+
+    page = await person.get(then)
+
+    assert page.status_code == 404
+    assert f"Song {song['id']} was deleted while you were editing it" in page.text
+    assert 'value="Yesterday (live)"' in page.text
 
 
 def parse_qs_one(url: str) -> dict[str, str]:

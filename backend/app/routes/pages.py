@@ -353,15 +353,18 @@ async def song_page(song_id: int, request: Request, visit: VisitDep) -> Response
 async def edit_song_page(song_id: int, request: Request, visit: VisitDep) -> Response:
     """The form to edit a song; with a `version`, what was typed on that version before signing in."""
     visit.require("write")
-    song = await songs.get_song(db=visit.db, song_id=song_id)
     back = _back(request.query_params.get("back", ""))
     if "version" not in request.query_params:
+        song = await songs.get_song(db=visit.db, song_id=song_id)
         return await visit.render("song_form.html", song=song, values=_shown(song), errors={}, back=back)
+    typed = _song_values(request.query_params)
+    try:
+        song = await songs.get_song(db=visit.db, song_id=song_id)
+    except NotFound:  # deleted meanwhile: as the edit's own POST shows it
+        return await visit.render("song_form.html", 404, song=None, values=typed, errors={}, gone=song_id)
     # Saved on the version seen, not on this one: a change made meanwhile is shown, not overwritten.
     song = song | {"version": _version(request.query_params)}
-    return await visit.render(
-        "song_form.html", song=song, values=_song_values(request.query_params), errors={}, back=back
-    )
+    return await visit.render("song_form.html", song=song, values=typed, errors={}, back=back)
 
 
 @router.post("/ui/songs/{song_id:int}/edit")
