@@ -251,9 +251,18 @@ async def test_a_song_page_shows_its_fields_and_the_way_back(person: httpx.Async
     assert 'href="/?q=x">Back' in elsewhere.text
 
 
-async def test_a_missing_song_or_page_is_a_404_page(person: httpx.AsyncClient) -> None:
+async def test_a_missing_song_or_page_is_a_404_page(person: httpx.AsyncClient, db: Database) -> None:
+    await make_song(db)  # song 1: its id written otherwise is no page of it
     # Past any id (the page's URL takes any number): a 404 as well.
-    for path in ["/ui/songs/999", "/ui/nothing", "/ui/songs/abc", f"/ui/songs/{2**31}", "/ui/songs/" + "9" * 20]:
+    for path in [
+        "/ui/songs/999",
+        "/ui/nothing",
+        "/ui/songs/abc",
+        f"/ui/songs/{2**31}",
+        "/ui/songs/" + "9" * 20,
+        "/ui/songs/01",
+        "/ui/songs/0001/edit",
+    ]:
         page = await person.get(path)
 
         assert page.status_code == 404, path

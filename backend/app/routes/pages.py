@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, ImmutableMultiDict, UploadFile
 
 from app import songs
@@ -63,6 +64,22 @@ FRAGMENT_HEADER = "x-songbook-fragment"
 PAGE_SIZE = 50
 REJECTS_SHOWN = 1000  # rows of an import's rejects listed on its page; the rest are counted
 PROGRESS_EVERY_SECONDS = 0.5
+
+
+class _SongIdSegment(Convertor[int]):
+    """A song's id in a page's URL as the service writes it, as the API takes it: Starlette's `int` takes
+    `/ui/songs/01` as song 1. Any other segment is no page (404)."""
+
+    regex = "[1-9][0-9]*"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("song", _SongIdSegment())
 
 # What a search's URL may hold: the filters of `GET /songs`, its sort and cursor, and `count=exact`.
 SEARCH_FIELDS = ("q", "artist", "year", "year_from", "year_to", "sort", "cursor", "limit", "count")
@@ -338,7 +355,7 @@ async def add_song(visit: VisitDep) -> Response:
     return visit.redirect(f"/ui/songs/{song['id']}?done=added")
 
 
-@router.get("/ui/songs/{song_id:int}")
+@router.get("/ui/songs/{song_id:song}")
 async def song_page(song_id: int, request: Request, visit: VisitDep) -> Response:
     """One song: its fields, when it was added and changed, and the way back to the search it came from."""
     visit.require("read")
@@ -349,7 +366,7 @@ async def song_page(song_id: int, request: Request, visit: VisitDep) -> Response
     )
 
 
-@router.get("/ui/songs/{song_id:int}/edit")
+@router.get("/ui/songs/{song_id:song}/edit")
 async def edit_song_page(song_id: int, request: Request, visit: VisitDep) -> Response:
     """The form to edit a song; with a `version`, what was typed on that version before signing in."""
     visit.require("write")
@@ -367,7 +384,7 @@ async def edit_song_page(song_id: int, request: Request, visit: VisitDep) -> Res
     return await visit.render("song_form.html", song=song, values=typed, errors={}, back=back)
 
 
-@router.post("/ui/songs/{song_id:int}/edit")
+@router.post("/ui/songs/{song_id:song}/edit")
 async def edit_song(song_id: int, visit: VisitDep) -> Response:
     """Saves an edit if the song is still at the version the person saw (`If-Match`); else shows both versions.
 
@@ -407,7 +424,7 @@ async def _save_edit(visit: Visit, song_id: int, values: dict[str, str], seen: i
     return visit.redirect(_url(f"/ui/songs/{song_id}", {"done": "saved", "back": urlencode(back)}))
 
 
-@router.get("/ui/songs/{song_id:int}/delete")
+@router.get("/ui/songs/{song_id:song}/delete")
 async def delete_song_page(song_id: int, request: Request, visit: VisitDep) -> Response:
     visit.require("write")
     song = await songs.get_song(db=visit.db, song_id=song_id)
@@ -415,7 +432,7 @@ async def delete_song_page(song_id: int, request: Request, visit: VisitDep) -> R
     return await visit.render("delete.html", song=song, back=back)
 
 
-@router.post("/ui/songs/{song_id:int}/delete")
+@router.post("/ui/songs/{song_id:song}/delete")
 async def delete_song(song_id: int, visit: VisitDep) -> Response:
     """Deletes the song if it is still the version the person confirmed; else asks again, showing it as it is now."""
     form = await visit.form()
