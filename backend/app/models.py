@@ -111,17 +111,22 @@ def _nfc(value: object) -> object:
 # Unicode's control characters (category Cc) and line breaks (Zl, Zp), and the surrogates that no UTF-8 text can hold.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_INVISIBLE = frozenset({"Cf", "Zs"})  # formats (a zero-width space, a soft hyphen) and spaces
+# A character that shows: not a space, nor one of Unicode's default ignorable code points (a zero-width
+# space, a soft hyphen, a variation selector, the Hangul fillers: drawn as nothing), nor the Braille blank.
+_SHOWS = re.compile(
+    "[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 
 def _reject_control_characters(value: str) -> str:
-    if value.isprintable():  # nearly every text, told at C's speed: none of what follows
-        return value
-    if _CONTROL.search(value):
-        raise PydanticCustomError("control_characters", "must not contain control characters")
-    if _SURROGATE.search(value):
-        raise PydanticCustomError("surrogates", "must be valid Unicode text (it has a lone surrogate)")
-    if all(unicodedata.category(char) in _INVISIBLE for char in value):
+    if not value.isprintable():  # nearly every text is, told at C's speed
+        if _CONTROL.search(value):
+            raise PydanticCustomError("control_characters", "must not contain control characters")
+        if _SURROGATE.search(value):
+            raise PydanticCustomError("surrogates", "must be valid Unicode text (it has a lone surrogate)")
+    if not _SHOWS.search(value):  # found at the first character of nearly every text
         raise PydanticCustomError("invisible", "must have a character that shows (it has only invisible ones)")
     return value
 

@@ -23,6 +23,9 @@ INVALID_SONGS = [
     pytest.param({"name": "Line\u2028break", "artist": "A"}, "name", "control_characters", id="line separator"),
     pytest.param({"name": "\u200b\u200b", "artist": "A"}, "name", "invisible", id="zero-width spaces only"),
     pytest.param({"name": "A", "artist": "\u00ad\u2060"}, "artist", "invisible", id="soft hyphen, word joiner"),
+    pytest.param({"name": "\u3164", "artist": "A"}, "name", "invisible", id="Hangul filler"),
+    pytest.param({"name": "\u2800\u2800", "artist": "A"}, "name", "invisible", id="Braille blanks"),
+    pytest.param({"name": "\ufe0f\u034f", "artist": "A"}, "name", "invisible", id="variation selector, joiner"),
     pytest.param({"name": 7, "artist": "A"}, "name", "string_type", id="number for name"),
     pytest.param({"name": None, "artist": "A"}, "name", "string_type", id="null name"),
     pytest.param({"artist": "A"}, "name", "missing", id="missing name"),
@@ -85,6 +88,7 @@ async def test_patch_cannot_null_a_name(client: httpx.AsyncClient, db: Database)
         pytest.param({"name": "日本語の歌 🎵", "artist": "Ünïcødé"}, id="unicode"),
         pytest.param({"name": "Tab\u200bFree", "artist": "A", "year": 1860}, id="format character, oldest year"),
         pytest.param({"name": "A", "artist": "A", "year": NEXT_YEAR}, id="next year"),
+        pytest.param({"name": "\u2764\ufe0f", "artist": "\u2800A"}, id="an emoji's selector, a blank beside a letter"),
     ],
 )
 async def test_valid_song_is_stored_as_sent_but_trimmed(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
