@@ -125,10 +125,9 @@ def migrate(ctx: typer.Context) -> None:
 def status() -> None:
     """Show the database's revision and whether it is the latest; exit 1 if it is behind."""
     settings = _settings()
-    url = settings.sqlalchemy_url
     try:
         # A SQLite file that is not there is never migrated: asking would make it (a path mistyped, left behind).
-        missing = url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file()
+        missing = schema.sqlite_file_missing(settings.sqlalchemy_url)
         current = set() if missing else asyncio.run(_current_revisions(settings))
     except db.DATABASE_ERRORS as exc:
         raise _fail(f"cannot read {_where(settings)}: {_reason(exc)}") from None
@@ -205,6 +204,7 @@ async def _import(
     max_errors: int | None,
     dry_run: bool,
 ) -> Summary:
+    schema.check_exists(settings.sqlalchemy_url)
     async with db.connect(settings, long_running=True) as database:
         await schema.check_migrated(database)
         with RowProgress(console) as progress, closing(_sources(files, progress)) as sources:
@@ -299,6 +299,7 @@ def export_songs(
 
 async def _export(settings: Settings, query: SongQuery, file_format: Format, output: str) -> int:
     count = 0
+    schema.check_exists(settings.sqlalchemy_url)
     async with db.connect(settings, long_running=True) as database:
         await schema.check_migrated(database)
         with _create(output) as write:
@@ -373,6 +374,7 @@ def seed(
 
 
 async def _seed(settings: Settings, count: int, seed: int) -> Summary:
+    schema.check_exists(settings.sqlalchemy_url)
     async with db.connect(settings, long_running=True) as database:
         await schema.check_migrated(database)
         rows = (RawRow(line, song) for line, song in enumerate(seeding.generate_songs(count, seed=seed), start=1))
@@ -420,6 +422,7 @@ def _with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     settings = _settings()
 
     async def run() -> T:
+        schema.check_exists(settings.sqlalchemy_url)
         async with db.connect(settings) as database:
             await schema.check_migrated(database)
             return await work(database)

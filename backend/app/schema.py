@@ -87,7 +87,22 @@ async def behind(db: Database) -> bool:
         return False
 
 
+NO_SCHEMA = "The database has no songbook schema; run `songbook migrate`."
+
+
+def sqlite_file_missing(url: URL) -> bool:
+    """Whether `url` is a SQLite file that is not there (a connection would make it, empty)."""
+    return url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file()
+
+
+def check_exists(url: URL) -> None:
+    """Raises as `check_migrated` does for a SQLite file that is not there, before a connection makes it:
+    a command given a mistyped path leaves no empty file behind."""
+    if sqlite_file_missing(url):
+        raise DatabaseUnavailable(NO_SCHEMA)
+
+
 async def check_migrated(db: Database) -> None:
     """Raises unless the database was migrated at all: a command's first step (an older schema is read as it is)."""
     if not await current_revisions(db):
-        raise DatabaseUnavailable("The database has no songbook schema; run `songbook migrate`.")
+        raise DatabaseUnavailable(NO_SCHEMA)

@@ -133,6 +133,7 @@ def test_a_database_never_migrated_is_one_line_telling_what_to_do(
         f"songbook: cannot {verb} sqlite+aiosqlite:///data/songbook.db: The database has no songbook schema; "
         "run `songbook migrate`."
     ]
+    assert not (tmp_path / "data" / "songbook.db").exists()  # not made by asking
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,7 @@ def test_a_database_never_migrated_is_one_line_for_the_keys_too(
 
     assert result.exit_code == 1
     assert result.stderr.splitlines() == ["songbook: The database has no songbook schema; run `songbook migrate`."]
+    assert not (tmp_path / "data" / "songbook.db").exists()
 
 
 def test_a_database_behind_the_latest_migration_can_still_be_exported(
