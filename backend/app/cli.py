@@ -276,10 +276,10 @@ def export_songs(
         raise _fail("; ".join(_option("-".join(map(str, e["loc"])), e["msg"]) for e in exc.errors())) from None
     try:
         chosen = Format(file_format) if file_format else (format_of(output) if output != "-" else Format.CSV)
-    except FileError as exc:
-        raise _fail(str(exc)) from None
+    except FileError:
+        raise _fail(f"{output}: cannot tell the format from the extension; give --format csv or ndjson") from None
     if chosen is Format.JSON:
-        raise _fail("export writes csv or ndjson")
+        raise _fail(f"{output}: export writes csv or ndjson, not json; give --format csv or ndjson")
     started = time.perf_counter()
     try:
         count = asyncio.run(_export(settings, query, chosen, output))

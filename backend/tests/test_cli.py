@@ -98,6 +98,24 @@ def test_an_export_that_cannot_write_its_file_names_the_file(catalog: URL, tmp_p
     assert result.stderr.startswith(f"songbook: cannot write {tmp_path / 'missing' / 'songs.csv'}: ")
 
 
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("songs.txt", "songs.txt: cannot tell the format from the extension; give --format csv or ndjson"),
+        ("songs.json", "songs.json: export writes csv or ndjson, not json; give --format csv or ndjson"),
+    ],
+)
+def test_an_export_to_a_file_of_no_format_it_writes_says_what_to_give(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, output: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(cli, ["export", "-o", output])
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"songbook: {message}"]
+
+
 def test_export_offers_only_what_it_writes() -> None:
     result = runner.invoke(cli, ["export", "--format", "json"])
 
