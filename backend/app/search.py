@@ -233,6 +233,8 @@ def _full_text_query(alternatives: list[list[str]], postgres: bool) -> str | Non
 
 # The words similar to each by trigrams, from the GIN index: at 0.2 rather than pg_trgm's 0.3, as "lonley"
 # is only 0.27 similar to "lonely" by trigrams, though one edit away.
+# Then the catalog's words among the query words with two letters side by side swapped ("lvoe": "love"):
+# one edit, but for a short word too few trigrams in common to be found so ("lvoe" and "love": 0.11).
 _POSTGRES_NEAREST = text(
     """
     SELECT query.word, found.term FROM unnest(CAST(:words AS text[])) AS query (word)
@@ -240,12 +242,15 @@ _POSTGRES_NEAREST = text(
         SELECT term FROM search_term WHERE term % query.word AND NOT starts_with(term, query.word)
         ORDER BY term <-> query.word, term LIMIT :most
     ) AS found
+    UNION ALL
+    SELECT swap.word, swap.term FROM unnest(CAST(:swap_words AS text[]), CAST(:swaps AS text[])) AS swap (word, term)
+    WHERE EXISTS (SELECT FROM search_term WHERE search_term.term = swap.term)
     """
-).bindparams(bindparam("words", type_=ARRAY(String)), bindparam("most", type_=Integer))
-# The catalog's words among the query words with two letters side by side swapped ("lvoe": "love"): one
-# edit, but for a short word too few trigrams in common for the trigram search ("lvoe" and "love" 0.11).
-_POSTGRES_SWAPPED = text("SELECT term FROM search_term WHERE term = ANY(CAST(:swapped AS text[]))").bindparams(
-    bindparam("swapped", type_=ARRAY(String))
+).bindparams(
+    bindparam("words", type_=ARRAY(String)),
+    bindparam("most", type_=Integer),
+    bindparam("swap_words", type_=ARRAY(String)),
+    bindparam("swaps", type_=ARRAY(String)),
 )
 # fts5vocab reads the index for the range of terms asked, not the whole vocabulary.
 _SQLITE_TERMS = text("SELECT term FROM song_search_terms WHERE term >= :low AND term < :high LIMIT :most").bindparams(
@@ -255,18 +260,16 @@ _LAST = "\U0010ffff"
 
 
 async def _postgres_nearest(db: "Database", words: list[str]) -> dict[str, list[str]]:
-    swaps = {word: _swapped(word) for word in words}
+    swaps = [(word, swapped) for word in words for swapped in _swapped(word)]
+    params = {"words": words, "most": CANDIDATES, "swap_words": [w for w, _ in swaps], "swaps": [t for _, t in swaps]}
 
-    async def candidates(transaction: "Transaction") -> tuple[Sequence[Mapping[str, Any]], set[str]]:
+    async def candidates(transaction: "Transaction") -> Sequence[Mapping[str, Any]]:
         # SET LOCAL ends with the transaction (and works through PgBouncer's transaction pooling).
         await transaction.fetch(text(f"SET LOCAL pg_trgm.similarity_threshold = {TRIGRAM_SIMILARITY}"))
-        near = await transaction.fetch(_POSTGRES_NEAREST, {"words": words, "most": CANDIDATES})
-        swapped = [variant for variants in swaps.values() for variant in variants]
-        return near, {row["term"] for row in await transaction.fetch(_POSTGRES_SWAPPED, {"swapped": swapped})}
+        return await transaction.fetch(_POSTGRES_NEAREST, params)
 
-    near, known_swaps = await db.read(candidates)
-    nearest: dict[str, list[str]] = {word: [term for term in swaps[word] if term in known_swaps] for word in words}
-    for row in near:
+    nearest: dict[str, list[str]] = {word: [] for word in words}
+    for row in await db.read(candidates):
         if row["term"] not in nearest[row["word"]]:  # a swap the trigrams found too
             nearest[row["word"]].append(row["term"])
     return nearest
