@@ -33,9 +33,11 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    column,
     func,
     or_,
     select,
+    table,
     text,
     update,
 )
@@ -44,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import TypedDict  # pydantic needs its TypedDict before Python 3.12
 
+from app import swap
 from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsExceeded
 from app.folding import search_fold, song_key
 from app.formats import RawRow
@@ -56,6 +59,7 @@ BATCH_SIZE = 5_000
 REBUILD_FACTOR = 10
 SQLITE_CACHE_KIB = 32 * 1024
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
+BULK_LOCK = {"a": 0x736F6E67, "b": 1}  # the advisory lock that bulk imports take in turns on PostgreSQL
 
 
 class OnConflict(StrEnum):
@@ -449,22 +453,37 @@ class Import:
         """Writes the staged rows to the catalog under the conflict rule; with `outcomes`, each row's fate by rank."""
         c, now = staging.c, utcnow()
         if self._postgresql:
+            if self.bulk:
+                # One bulk import applies at a time: one that swaps the song table in waits for
+                # every transaction that read the table, and another import's would wait for it.
+                await self.connection.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), BULK_LOCK)
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
         rebuild = await self._rebuilds_indexes()
+        into_copy = rebuild and self._postgresql
+        if into_copy:
+            # Writers wait until the commit, so that nothing decided below changes meanwhile; readers read on.
+            await self.connection.exec_driver_sql(f"LOCK TABLE {song.name} IN EXCLUSIVE MODE")
         await self._decide()
         await self._report_rejections()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
-        indexes = await self._drop_secondary_indexes() if rebuild else []
+        indexes = await self._drop_secondary_indexes() if rebuild and not into_copy else []
         expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
-        inserted = await self._insert(new, now, returning=outcomes)
+        if into_copy:
+            await swap.create_copy(self.connection)
+            await swap.copy_catalog(self.connection)
+        inserted = await self._insert(new, now, returning=outcomes, into_copy=into_copy)
         if self.summary.inserted < expected:
             await self._refuse_added_meanwhile(new, inserted if outcomes else None)
         await self._build_indexes(indexes)
+        if into_copy:
+            await swap.build_indexes(self.connection)
         if self._postgresql:
             # After the songs, as the trigger does: a create that brings a word new to the catalog
             # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
             await self._add_search_terms()
+        if into_copy:
+            await swap.swap(self.connection)
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
@@ -635,13 +654,12 @@ class Import:
     async def _rebuilds_indexes(self) -> bool:
         """Whether the secondary indexes are built once after the insert rather than kept row by row.
 
-        On SQLite, for a bulk import of a batch or more that brings ten times the
-        rows the catalog holds: its readers read on while the import writes. Never
-        on PostgreSQL: dropping an index locks readers out until the commit (into
-        an empty catalog, 17 s of a 45 s million-row import; reads past their
-        10 s statement timeout answered 503).
+        For a bulk import of a batch or more that brings ten times the rows the
+        catalog holds. SQLite's readers read on while the import drops and builds
+        them. On PostgreSQL, where dropping an index would lock readers out until
+        the commit, the import fills a copy of the table and swaps it in (`swap`).
         """
-        if self._postgresql or not self.bulk or self._staged < BATCH_SIZE:
+        if not self.bulk or self._staged < BATCH_SIZE:
             return False
         enough = self._staged // REBUILD_FACTOR
         bounded = select(func.count()).select_from(select(song.c.id).limit(enough).subquery())
@@ -658,7 +676,10 @@ class Import:
         for statement in statements:
             await self.connection.exec_driver_sql(statement)
 
-    async def _insert(self, new: Any, now: datetime, *, returning: bool) -> set[tuple[str, str]]:
+    async def _insert(
+        self, new: Any, now: datetime, *, returning: bool, into_copy: bool = False
+    ) -> set[tuple[str, str]]:
+        """Inserts the new songs, into the catalog or (`into_copy`) into the copy of its table that `swap` made."""
         c = staging.c
         new_id = await (self._ids_from_sequence(new) if self._postgresql else self._ids_past_brought(new))
         rows = select(
@@ -673,10 +694,11 @@ class Import:
             func.coalesce(c.created_at, now),
             func.coalesce(c.updated_at, c.created_at, now),
         ).where(new)
-        insert = (postgresql.insert if self._postgresql else sqlite.insert)(song)
-        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank)).on_conflict_do_nothing(
-            index_elements=["name_key", "artist_key"]
-        )
+        target = table(swap.COPY, *(column(existing.name) for existing in song.c)) if into_copy else song
+        insert = (postgresql.insert if self._postgresql else sqlite.insert)(target)
+        statement = insert.from_select(["id", *STAGED_COLUMNS[1:]], rows.order_by(c.rank))
+        if not into_copy:  # the copy has no index to check against until it is built: its songs are all new
+            statement = statement.on_conflict_do_nothing(index_elements=["name_key", "artist_key"])
         # SQLite: the largest id before the insert, to tell the new songs by (see _index_for_search).
         before = 0
         if self._search_trigger is not None:
@@ -684,7 +706,7 @@ class Import:
         inserted: set[tuple[str, str]] = set()
         try:
             if returning:
-                result = await self.connection.execute(statement.returning(song.c.name_key, song.c.artist_key))
+                result = await self.connection.execute(statement.returning(target.c.name_key, target.c.artist_key))
                 inserted = {(name_key, artist_key) for name_key, artist_key in result}
                 self.summary.inserted = len(inserted)
             else:

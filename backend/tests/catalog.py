@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app import db, keys
 from app.config import Settings
@@ -91,3 +91,41 @@ async def _execute(
             return [tuple(row) for row in result] if result.returns_rows else []
     finally:
         await engine.dispose()
+
+
+# What makes the song table what the migrations made it: a large import that swaps in a copy of it
+# (app/swap.py) must leave every part as it was.
+_SONG_TABLE_POSTGRESQL = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, CAST(a.attgenerated AS text), "
+    "CAST(a.attidentity AS text), pg_get_expr(d.adbin, d.adrelid), coalesce(co.collname, '') "
+    "FROM pg_attribute AS a LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+    "LEFT JOIN pg_collation AS co ON co.oid = a.attcollation "
+    "WHERE a.attrelid = 'song'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'song' ORDER BY indexname",
+    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'song'::regclass ORDER BY conname",
+    "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'song'::regclass AND NOT tgisinternal "
+    "ORDER BY tgname",
+    "SELECT pg_get_serial_sequence('song', 'id'), reloptions, relacl, obj_description(oid, 'pg_class') "
+    "FROM pg_class WHERE oid = 'song'::regclass",
+)
+_SONG_TABLE_SQLITE = ("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'song' ORDER BY type, name",)
+
+
+async def describe_song_table(connection: AsyncConnection) -> list[list[tuple[Any, ...]]]:
+    """The song table's columns, indexes, constraints, triggers, sequence and options, as the catalog lists them."""
+    statements = _SONG_TABLE_POSTGRESQL if connection.dialect.name == "postgresql" else _SONG_TABLE_SQLITE
+    return [[tuple(row) for row in await connection.execute(text(sql))] for sql in statements]
+
+
+def song_table(url: URL) -> list[list[tuple[Any, ...]]]:
+    """`describe_song_table`, for tests that are not async themselves."""
+
+    async def run() -> list[list[tuple[Any, ...]]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await describe_song_table(connection)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

@@ -1,0 +1,119 @@
+"""A large import on PostgreSQL fills a copy of the song table and swaps it in: readers read on meanwhile."""
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from app.importing import BATCH_SIZE
+from tests.catalog import describe_song_table
+
+SONGBOOK = str(Path(sys.executable).parent / "songbook")
+COUNT = 3 * BATCH_SIZE // 2  # over ten times the catalog: built on a copy of the table
+TABLE_OID = text("SELECT CAST(CAST('song' AS regclass) AS oid)")
+
+
+@pytest.fixture
+def postgres(catalog: URL) -> URL:
+    if catalog.get_backend_name() != "postgresql":
+        pytest.skip("SQLite's import builds its indexes in the song table itself: its readers take no lock")
+    return catalog
+
+
+@asynccontextmanager
+async def connected(url: URL) -> AsyncIterator[AsyncConnection]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            yield connection
+    finally:
+        await engine.dispose()
+
+
+async def start_import(tmp_path: Path) -> asyncio.subprocess.Process:
+    lines = "".join(f"Song {i},Band {i % 100}\n" for i in range(COUNT - 1))
+    songs = tmp_path / "songs.csv"
+    songs.write_text("name,artist\n" + lines + "Zyzzyva,Band 1\n")
+    return await asyncio.create_subprocess_exec(
+        SONGBOOK, "import", str(songs), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=os.environ
+    )
+
+
+async def wait_for_import(watcher: AsyncConnection, doing: str, wait_event_type: str | None = None) -> None:
+    """Until another session of the database is seen running a statement that starts with `doing`."""
+    seen = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND query LIKE :doing AND (CAST(:wait AS text) IS NULL OR wait_event_type = :wait)"
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (await watcher.execute(seen, {"doing": f"{doing}%", "wait": wait_event_type})).scalar_one():
+            return
+        await watcher.rollback()  # pg_stat_activity is read once a transaction
+        await asyncio.sleep(0.01)
+    pytest.fail(f"the import was never seen running {doing!r}")
+
+
+async def finished(process: asyncio.subprocess.Process) -> str:
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+async def test_readers_read_the_catalog_as_it_was_until_the_copy_is_swapped_in(
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
+    async with connected(postgres) as holder, connected(postgres) as watcher:
+        before = await describe_song_table(watcher)
+        table = (await watcher.execute(TABLE_OID)).scalar_one()
+        await watcher.rollback()
+        # A word of the import's, written and not committed: the import waits for it after its copy's
+        # indexes are built, before the swap.
+        await holder.execute(text("INSERT INTO search_term (term) VALUES ('zyzzyva')"))
+        process = await start_import(tmp_path)
+        await wait_for_import(watcher, "INSERT INTO search_term", wait_event_type="Lock")
+
+        read = await client.get(f"/songs/{old}")
+        listed = await client.get("/songs", params={"limit": 5})
+        await holder.rollback()
+        stdout = await finished(process)
+
+        assert f"{COUNT:,} songs were added" in stdout
+        assert (read.status_code, read.json()["name"]) == (200, "Old")
+        assert [song["name"] for song in listed.json()] == ["Old"]
+        # The app's connections read the table swapped in, with the statements they prepared before.
+        assert (await client.get(f"/songs/{old}")).json()["name"] == "Old"
+        found = (await client.get("/songs", params={"q": "zyzzyva"})).json()
+        assert [song["name"] for song in found] == ["Zyzzyva"]
+        assert await describe_song_table(watcher) == before
+        assert (await watcher.execute(TABLE_OID)).scalar_one() != table  # a copy, swapped in
+
+
+async def test_a_transaction_holding_the_table_delays_the_swap_not_the_readers(
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
+    async with connected(postgres) as holder, connected(postgres) as watcher:
+        # Read, and still open: an export in progress, or a session left open.
+        await holder.execute(text("SELECT count(*) FROM song"))
+        process = await start_import(tmp_path)
+        await wait_for_import(watcher, "LOCK TABLE song IN ACCESS EXCLUSIVE MODE")
+
+        reads = [await client.get(f"/songs/{old}") for _ in range(20)]
+        waiting = process.returncode is None
+        await holder.rollback()
+        await finished(process)
+
+    assert [read.status_code for read in reads] == [200] * 20
+    assert waiting
+    assert (await client.get("/songs", params={"q": "zyzzyva"})).json()[0]["name"] == "Zyzzyva"
