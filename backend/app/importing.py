@@ -747,16 +747,30 @@ class Import:
 
         Left to SQLite, a row without an id takes the next after the largest so far, in the order of
         the insert: one brought by a later row (7, none, 8: the second takes 8, and the third fails).
+        So the table's AUTOINCREMENT counter (`sqlite_sequence`) is moved past the ids the rows bring
+        first, as PostgreSQL's sequence is; SQLite then numbers the others past it, in the insert's order.
         """
         c = staging.c
+        brought = (await self.connection.execute(select(func.max(c.id)).where(new))).scalar()
+        if brought is not None:
+            await self.connection.execute(
+                text("UPDATE sqlite_sequence SET seq = :brought WHERE name = 'song' AND seq < :brought"),
+                {"brought": brought},
+            )
+            await self.connection.execute(
+                text(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT 'song', :brought "
+                    "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'song')"
+                ),
+                {"brought": brought},
+            )
         taken = select(func.max(song.c.id)).union_all(
-            select(func.max(c.id)).where(new),
-            select(func.max(text("seq"))).select_from(text("sqlite_sequence")).where(text("name = 'song'")),
+            select(func.max(text("seq"))).select_from(text("sqlite_sequence")).where(text("name = 'song'"))
         )
-        largest = (await self.connection.execute(select(func.max(taken.subquery().c[0])))).scalar() or 0
-        await self._check_ids_left(largest, new)
-        numbered = func.row_number().over(partition_by=c.id.is_(None), order_by=c.rank)
-        return func.coalesce(c.id, largest + numbered)
+        await self._check_ids_left(
+            (await self.connection.execute(select(func.max(taken.subquery().c[0])))).scalar() or 0, new
+        )
+        return c.id
 
     async def _check_ids_left(self, largest: int, new: Any) -> None:
         """Stops the import if its new songs without an id cannot all be numbered past `largest`."""
