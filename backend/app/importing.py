@@ -657,9 +657,12 @@ class Import:
         For a bulk import of a batch or more that brings ten times the rows the
         catalog holds. SQLite's readers read on while the import drops and builds
         them. On PostgreSQL, where dropping an index would lock readers out until
-        the commit, the import fills a copy of the table and swaps it in (`swap`).
+        the commit, the import fills a copy of the table and swaps it in (`swap`),
+        if its role may: one that does not own the table keeps the indexes.
         """
         if not self.bulk or self._staged < BATCH_SIZE:
+            return False
+        if self._postgresql and not await swap.allowed(self.connection):
             return False
         enough = self._staged // REBUILD_FACTOR
         bounded = select(func.count()).select_from(select(song.c.id).limit(enough).subquery())

@@ -63,6 +63,15 @@ class _Index:
     kind: str  # 'p', 'u' or ''
 
 
+async def allowed(connection: AsyncConnection) -> bool:
+    """Whether this role may replace the song table: it owns the table, and may make tables beside it."""
+    statement = (
+        "SELECT pg_has_role(relowner, 'USAGE') AND has_schema_privilege(relnamespace, 'CREATE') "
+        "FROM pg_class WHERE oid = CAST(:table AS regclass)"
+    )
+    return bool((await _query(connection, statement, table=TABLE)).scalar_one())
+
+
 async def create_copy(connection: AsyncConnection) -> None:
     """Makes an empty copy of the song table: its columns, defaults, generated columns and checks, no index."""
     await connection.exec_driver_sql(f"CREATE TABLE {COPY} (LIKE {TABLE} INCLUDING ALL EXCLUDING INDEXES)")

@@ -2,8 +2,10 @@
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from app.importing import BATCH_SIZE
-from tests.catalog import describe_song_table
+from tests.catalog import alter, describe_song_table, query
 
 SONGBOOK = str(Path(sys.executable).parent / "songbook")
 COUNT = 3 * BATCH_SIZE // 2  # over ten times the catalog: built on a copy of the table
@@ -117,3 +119,28 @@ async def test_a_transaction_holding_the_table_delays_the_swap_not_the_readers(
     assert [read.status_code for read in reads] == [200] * 20
     assert waiting
     assert (await client.get("/songs", params={"q": "zyzzyva"})).json()[0]["name"] == "Zyzzyva"
+
+
+def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgres: URL, tmp_path: Path) -> None:
+    # A deployment whose service role may write the catalog but did not make it (the migrations' role did).
+    role = f"songbook_writer_{uuid.uuid4().hex[:8]}"
+    grants = [
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT, INSERT, UPDATE ON song, search_term, alembic_version TO {role}",
+        f"GRANT USAGE, SELECT, UPDATE ON SEQUENCE song_id_seq TO {role}",
+    ]
+    for statement in grants:
+        alter(postgres, statement)
+    table = query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)")
+    try:
+        songs = tmp_path / "songs.csv"
+        songs.write_text("name,artist\n" + "".join(f"Song {i},Band {i % 100}\n" for i in range(COUNT)))
+        env = os.environ | {"DATABASE_URL": postgres.set(username=role).render_as_string(hide_password=False)}
+        result = subprocess.run([SONGBOOK, "import", str(songs)], env=env, capture_output=True, text=True, check=False)
+    finally:
+        for statement in (f"DROP OWNED BY {role}", f"DROP ROLE {role}"):
+            alter(postgres, statement)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{COUNT:,} songs were added" in result.stdout
+    assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
