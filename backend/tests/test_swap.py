@@ -144,3 +144,24 @@ def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgre
     assert result.returncode == 0, result.stderr
     assert f"{COUNT:,} songs were added" in result.stdout
     assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
+
+
+def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_and_no_smaller(postgres: URL, tmp_path: Path) -> None:
+    def load(count: int, first: int) -> None:
+        songs = tmp_path / "songs.csv"
+        songs.write_text("name,artist\n" + "".join(f"Song {i},Band {i % 100}\n" for i in range(first, first + count)))
+        result = subprocess.run([SONGBOOK, "import", str(songs)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+
+    def table() -> list[tuple[int]]:
+        return query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)")
+
+    load(BATCH_SIZE + 1, first=0)
+    catalog = table()
+    load(BATCH_SIZE, first=BATCH_SIZE + 1)  # fewer songs than the catalog holds: indexes kept row by row
+    kept = table()
+    load(2 * BATCH_SIZE + 1, first=2 * BATCH_SIZE + 1)  # as many as it holds: a copy, swapped in
+
+    assert kept == catalog
+    assert table() != catalog
+    assert len(query(postgres, "SELECT id FROM song")) == 4 * BATCH_SIZE + 2
