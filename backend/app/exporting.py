@@ -85,6 +85,10 @@ async def _chunks(
             "SELECT set_config('lock_timeout', current_setting('statement_timeout'), true),"
             " set_config('statement_timeout', '0', true)"
         )
+        # Locked in a statement of its own: COPY takes its snapshot before it locks the table, and one that
+        # waited for an import's swap (app/swap.py) would read the new table with a snapshot that cannot see
+        # any of its rows. A statement after the lock takes a snapshot after it.
+        await connection.exec_driver_sql("LOCK TABLE song IN ACCESS SHARE MODE")
         async with aclosing(_copy_out(connection, driver, str(compiled), parameters, options)) as chunks:
             async for chunk in chunks:
                 yield chunk

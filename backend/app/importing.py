@@ -338,6 +338,7 @@ class Import:
     rejected: Callable[[Rejected], None] = lambda row: None
     max_errors: int | None = None
     bulk: bool = False  # a large import, in a process of its own: a worker checks its rows, it may use more memory
+    dry_run: bool = False  # rolled back after `apply`: the indexes are kept, whatever its size
     sources: list[str] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
     _staged: int = 0  # rows staged so far, the rank of the last
@@ -454,20 +455,22 @@ class Import:
         """Writes the staged rows to the catalog under the conflict rule; with `outcomes`, each row's fate by rank."""
         c, now = staging.c, utcnow()
         if self._postgresql:
-            if self.bulk:
-                # One bulk import applies at a time: one that swaps the song table in waits for
-                # every transaction that read the table, and another import's would wait for it.
-                await self.connection.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), BULK_LOCK)
+            # Imports apply one bulk one at a time, or others together: one that swaps the song table in
+            # waits for every transaction that read the table, and another import's insert would wait for it.
+            lock = "pg_advisory_xact_lock" if self.bulk else "pg_advisory_xact_lock_shared"
+            await self.connection.execute(text(f"SELECT {lock}(:a, :b)"), BULK_LOCK)
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
-        rebuild = await self._rebuilds_indexes()
-        into_copy = rebuild and self._postgresql
-        if into_copy:
+        rebuild = await self._rebuilds_indexes(self._staged)
+        if rebuild and self._postgresql:
             # Writers wait until the commit, so that nothing decided below changes meanwhile; readers read on.
             await self.connection.exec_driver_sql(f"LOCK TABLE {song.name} IN EXCLUSIVE MODE")
         await self._decide()
         await self._report_rejections()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
+        # Weighed again by the songs it adds: a file the catalog has already (its own export) adds none.
+        rebuild = rebuild and await self._rebuilds_indexes(await self._count(new))
+        into_copy = rebuild and self._postgresql
         indexes = await self._drop_secondary_indexes() if rebuild and not into_copy else []
         expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
         if into_copy:
@@ -652,20 +655,20 @@ class Import:
     def _place(self, source: int, other_source: int, other_line: int) -> str:
         return f"line {other_line}" if source == other_source else f"{self.sources[other_source]}:{other_line}"
 
-    async def _rebuilds_indexes(self) -> bool:
-        """Whether the secondary indexes are built once after the insert rather than kept row by row.
+    async def _rebuilds_indexes(self, rows: int) -> bool:
+        """Whether the secondary indexes are built once after the insert of `rows` rather than kept row by row.
 
-        For a bulk import of a batch or more that brings many rows for the catalog
-        (`REBUILD_SHARE`). SQLite's readers read on while the import drops and builds
+        For a bulk import (not a dry run) of a batch or more that brings many rows
+        for the catalog (`REBUILD_SHARE`). SQLite's readers read on while the import drops and builds
         them. On PostgreSQL, where dropping an index would lock readers out until
         the commit, the import fills a copy of the table and swaps it in (`swap`),
         if its role may: one that does not own the table keeps the indexes.
         """
-        if not self.bulk or self._staged < BATCH_SIZE:
+        if not self.bulk or self.dry_run or rows < BATCH_SIZE:
             return False
         if self._postgresql and not await swap.allowed(self.connection):
             return False
-        most = int(self._staged * REBUILD_SHARE[self.connection.dialect.name])
+        most = int(rows * REBUILD_SHARE[self.connection.dialect.name])
         bounded = select(func.count()).select_from(select(song.c.id).limit(most + 1).subquery())
         return bool((await self.connection.execute(bounded)).scalar_one() <= most)
 

@@ -375,7 +375,14 @@ async def import_songs(
     (`Import.bulk`); never inside the server, whose requests share the process.
     """
     async with db.transaction(write=True) as transaction:
-        job = Import(await transaction.connection(), on_conflict, rejected=rejected, max_errors=max_errors, bulk=bulk)
+        job = Import(
+            await transaction.connection(),
+            on_conflict,
+            rejected=rejected,
+            max_errors=max_errors,
+            bulk=bulk,
+            dry_run=dry_run,
+        )
         await job.start()
         for source, rows in sources:
             await job.stage(source, rows)

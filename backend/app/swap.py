@@ -5,20 +5,22 @@ the time when it builds the secondary indexes once after the rows rather than
 keeping them row by row. Dropping the catalog's own indexes would lock its
 readers out until the commit, so such an import fills a copy of the table
 instead (`CREATE TABLE ... (LIKE song)`, without indexes), builds the table's
-indexes on it, and gives it the table's name, indexes and triggers in a few
-catalog updates just before the commit. Readers read the table as it was
-meanwhile; writers wait (the import holds `EXCLUSIVE`, which readers'
-`ACCESS SHARE` passes). All of it is in the import's transaction: killed, it
-leaves the catalog as it was, and no copy.
+indexes on it, and gives it the table's name, owner, privileges, indexes and
+triggers in a few catalog updates just before the commit. Readers read the
+table as it was meanwhile; writers wait (the import holds `EXCLUSIVE`, which
+readers' `ACCESS SHARE` passes). All of it is in the import's transaction:
+killed, it leaves the catalog as it was, and no copy.
 
 Only the swap takes `ACCESS EXCLUSIVE`, which readers wait for. A
 transaction that read the table and is still open holds the swap back: the
-import asks for the lock `SWAP_LOCK_TIMEOUT_MS` at a time, and between tries
-lets through the readers that queued behind it.
+import asks for the lock `SWAP_LOCK_TIMEOUT_MS` at a time, lets through the
+readers that queued behind it between tries, and gives up (the import stops,
+writing nothing) after `SWAP_WAIT_SECONDS`.
 """
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +28,57 @@ from sqlalchemy import CursorResult, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.errors import ImportAborted
+
 TABLE = "song"
-COPY = "song_load"
+COPY = f"{TABLE}_load"  # in the table's schema (statements that name it unqualified find it there)
 SWAP_LOCK_TIMEOUT_MS = 100  # the longest a reader waits behind one try of the swap's lock
 SWAP_RETRY_SECONDS = 0.1
+SWAP_WAIT_SECONDS = 60  # the longest the import waits for transactions that hold the table
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
 _INDEX = re.compile(r"CREATE (?P<unique>UNIQUE )?INDEX \S+ ON \S+ USING (?P<rest>.+)", re.DOTALL)
 
+# Whether the table is as the migrations make it, with nothing that a copy made with LIKE would lose
+# or a drop would refuse: no replica identity but the default, row security, disabled trigger,
+# publication, column privileges or statistics targets, extended statistics, constraint but
+# checks, primary and unique keys (not deferrable), foreign key to it or view of it; and this role
+# may do it (a member of the owner's role, allowed to create tables in its schema).
+_COPYABLE = """
+    SELECT c.relreplident = 'd' AND NOT c.relrowsecurity
+        AND NOT EXISTS (SELECT FROM pg_trigger AS t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                        AND t.tgenabled <> 'O')
+        AND NOT EXISTS (SELECT FROM pg_publication_rel AS p WHERE p.prrelid = c.oid)
+        AND NOT EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = c.oid AND a.attnum > 0
+                        AND (a.attacl IS NOT NULL OR a.attstattarget <> -1))
+        AND NOT EXISTS (SELECT FROM pg_constraint AS con WHERE con.conrelid = c.oid
+                        AND (con.contype NOT IN ('p', 'u', 'c', 'n') OR con.condeferrable))
+        AND NOT EXISTS (SELECT FROM pg_constraint AS con WHERE con.confrelid = c.oid)
+        AND NOT EXISTS (SELECT FROM pg_statistic_ext AS x WHERE x.stxrelid = c.oid)
+        AND NOT EXISTS (SELECT FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
+                        WHERE d.refobjid = c.oid AND r.ev_class <> c.oid)
+        AND pg_has_role(c.relowner, 'MEMBER') AND has_schema_privilege(c.relnamespace, 'CREATE')
+    FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass)
+"""
+# The table's schema, its copy's name there, and its owner: each quoted as an identifier.
+_NAMES = """
+    SELECT quote_ident(n.nspname), quote_ident(n.nspname) || '.' || quote_ident(:copy),
+        quote_ident(pg_get_userbyid(c.relowner))
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = CAST(:table AS regclass)
+"""
+# The privileges granted on the table, as GRANT statements (PUBLIC's grantee is 0).
+_GRANTS = """
+    SELECT 'GRANT ' || g.privilege_type || ' ON ' || :copy || ' TO '
+        || CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END
+        || CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+    FROM pg_class AS c, aclexplode(c.relacl) AS g
+    WHERE c.oid = CAST(:table AS regclass) AND g.grantee <> c.relowner
+"""
 # The table's indexes, with the constraint each one is (primary key or unique), if any.
 _INDEXES = """
-    SELECT index.relname, pg_get_indexdef(index.oid), coalesce(con.conname, ''), coalesce(CAST(con.contype AS text), '')
+    SELECT quote_ident(index.relname), pg_get_indexdef(index.oid),
+        coalesce(quote_ident(con.conname), ''), coalesce(CAST(con.contype AS text), '')
     FROM pg_index AS i
     JOIN pg_class AS index ON index.oid = i.indexrelid
     LEFT JOIN pg_constraint AS con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
@@ -64,23 +106,27 @@ class _Index:
 
 
 async def allowed(connection: AsyncConnection) -> bool:
-    """Whether this role may replace the song table: it owns the table, and may make tables beside it."""
-    statement = (
-        "SELECT pg_has_role(relowner, 'USAGE') AND has_schema_privilege(relnamespace, 'CREATE') "
-        "FROM pg_class WHERE oid = CAST(:table AS regclass)"
-    )
-    return bool((await _query(connection, statement, table=TABLE)).scalar_one())
+    """Whether the song table can be replaced by a copy: this role may, and the copy would lose nothing."""
+    return bool((await _query(connection, _COPYABLE, table=TABLE)).scalar_one())
 
 
 async def create_copy(connection: AsyncConnection) -> None:
-    """Makes an empty copy of the song table: its columns, defaults, generated columns and checks, no index."""
-    await connection.exec_driver_sql(f"CREATE TABLE {COPY} (LIKE {TABLE} INCLUDING ALL EXCLUDING INDEXES)")
+    """Makes an empty copy of the song table: its columns, defaults, generated columns, checks and
+    privileges, its owner's, no index."""
+    schema, copy, owner = await _names(connection)
+    await connection.exec_driver_sql(f"CREATE TABLE {copy} (LIKE {schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)")
+    await connection.exec_driver_sql(f"ALTER TABLE {copy} OWNER TO {owner}")  # the sequence's owner must match
+    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=copy)).scalars():
+        await connection.exec_driver_sql(grant)
 
 
 async def copy_catalog(connection: AsyncConnection) -> int:
     """Copies the songs the catalog holds into the copy; how many."""
+    schema, copy, _ = await _names(connection)
     columns = (await _query(connection, _STORED_COLUMNS, table=TABLE)).scalar_one()
-    result = await connection.exec_driver_sql(f"INSERT INTO {COPY} ({columns}) SELECT {columns} FROM {TABLE}")  # noqa: S608 (the catalog's own names)
+    result = await connection.exec_driver_sql(
+        f"INSERT INTO {copy} ({columns}) SELECT {columns} FROM {schema}.{TABLE}"  # noqa: S608 (the catalog's names)
+    )
     return int(result.rowcount)
 
 
@@ -89,55 +135,74 @@ async def build_indexes(connection: AsyncConnection) -> None:
     for index in await _indexes(connection):
         await connection.exec_driver_sql(index.definition)
     # Statistics for the reads after the swap: the planner would take the copy for empty until autovacuum came.
-    await connection.exec_driver_sql(f"ANALYZE {COPY}")
+    await connection.exec_driver_sql(f"ANALYZE {(await _names(connection))[1]}")
 
 
 async def swap(connection: AsyncConnection) -> None:
     """Drops the song table and gives the copy its name, its sequence, its indexes' names and its triggers."""
+    schema, copy, _ = await _names(connection)
     indexes = await _indexes(connection)
     triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
     sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
-    await _lock_for_swap(connection)
+    await _lock_for_swap(connection, f"{schema}.{TABLE}")
     if sequence is not None:  # owned by the id column, the sequence would go with the table
-        await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {COPY}.id")
-    await connection.exec_driver_sql(f"DROP TABLE {TABLE}")
-    await connection.exec_driver_sql(f"ALTER TABLE {COPY} RENAME TO {TABLE}")
+        await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {copy}.id")
+    await connection.exec_driver_sql(f"DROP TABLE {schema}.{TABLE}")
+    await connection.exec_driver_sql(f"ALTER TABLE {copy} RENAME TO {TABLE}")
     for index in indexes:
         if index.constraint:
             kind = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
             await connection.exec_driver_sql(
-                f"ALTER TABLE {TABLE} ADD CONSTRAINT {index.constraint} {kind} USING INDEX {index.on_copy}"
+                f"ALTER TABLE {schema}.{TABLE} ADD CONSTRAINT {index.constraint} {kind} USING INDEX {index.on_copy}"
             )
         else:
-            await connection.exec_driver_sql(f"ALTER INDEX {index.on_copy} RENAME TO {index.name}")
+            await connection.exec_driver_sql(f"ALTER INDEX {schema}.{index.on_copy} RENAME TO {index.name}")
     for trigger in triggers:
         await connection.exec_driver_sql(trigger)
 
 
+async def _names(connection: AsyncConnection) -> tuple[str, str, str]:
+    schema, copy, owner = tuple((await _query(connection, _NAMES, table=TABLE, copy=COPY)).one())
+    return str(schema), str(copy), str(owner)
+
+
 async def _indexes(connection: AsyncConnection) -> list[_Index]:
-    indexes = []
+    copy = (await _names(connection))[1]
     found: list[tuple[str, str, str, str]] = [tuple(row) for row in await _query(connection, _INDEXES, table=TABLE)]
+    indexes = []
     for number, (name, definition, constraint, kind) in enumerate(found):
         match = _INDEX.fullmatch(definition)
-        if match is None or kind not in ("", "p", "u"):  # an exclusion constraint, say: none is in the schema
+        if match is None or kind not in ("", "p", "u"):  # `allowed` lets no other kind through
             raise RuntimeError(f"the song table's index {name} cannot be built on a copy: {definition}")
         on_copy = f"{COPY}_index_{number}"
-        made = f"CREATE {match['unique'] or ''}INDEX {on_copy} ON {COPY} USING {match['rest']}"
+        made = f"CREATE {match['unique'] or ''}INDEX {on_copy} ON {copy} USING {match['rest']}"
         indexes.append(_Index(name, on_copy, made, constraint, kind))
     return indexes
 
 
-async def _lock_for_swap(connection: AsyncConnection) -> None:
+async def _lock_for_swap(connection: AsyncConnection, table: str) -> None:
     """Takes the song table for the swap, `SWAP_LOCK_TIMEOUT_MS` at a time, letting readers through between tries."""
     limit = (await _query(connection, "SELECT current_setting('lock_timeout')")).scalar_one()
+    deadline = time.monotonic() + SWAP_WAIT_SECONDS
     while True:
         try:
             async with connection.begin_nested():
                 await _set_lock_timeout(connection, f"{SWAP_LOCK_TIMEOUT_MS}ms")
-                await connection.exec_driver_sql(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+                await connection.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
+            if time.monotonic() > deadline:
+                holders = await _query(
+                    connection,
+                    "SELECT string_agg(DISTINCT CAST(pid AS text), ', ') FROM pg_locks "
+                    "WHERE relation = CAST(:table AS regclass) AND granted AND pid <> pg_backend_pid()",
+                    table=TABLE,
+                )
+                raise ImportAborted(
+                    f"the song table was held for over {SWAP_WAIT_SECONDS} s by other transactions "
+                    f"(server processes {holders.scalar() or 'now gone'}: an export, or a session left open)"
+                ) from None
             await asyncio.sleep(SWAP_RETRY_SECONDS)
             continue
         await _set_lock_timeout(connection, limit)

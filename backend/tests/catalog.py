@@ -105,8 +105,12 @@ _SONG_TABLE_POSTGRESQL = (
     "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'song'::regclass ORDER BY conname",
     "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = 'song'::regclass AND NOT tgisinternal "
     "ORDER BY tgname",
-    "SELECT pg_get_serial_sequence('song', 'id'), reloptions, relacl, obj_description(oid, 'pg_class') "
-    "FROM pg_class WHERE oid = 'song'::regclass",
+    "SELECT pg_get_serial_sequence('song', 'id'), reloptions, obj_description(oid, 'pg_class'), "
+    "pg_get_userbyid(relowner), relnamespace::regnamespace::text FROM pg_class WHERE oid = 'song'::regclass",
+    # The privileges in effect: a table never granted on has none written down, its owner's all the same.
+    "SELECT g.grantee, g.privilege_type, g.is_grantable FROM pg_class AS c, "
+    "aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) AS g WHERE c.oid = 'song'::regclass "
+    "ORDER BY 1, 2, 3",
 )
 _SONG_TABLE_SQLITE = ("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'song' ORDER BY type, name",)
 

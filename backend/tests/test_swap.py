@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from app import swap
 from app.importing import BATCH_SIZE
 from tests.catalog import alter, describe_song_table, query
 
@@ -41,6 +42,22 @@ async def connected(url: URL) -> AsyncIterator[AsyncConnection]:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def reading_role(connection: AsyncConnection) -> AsyncIterator[str]:
+    """A role granted SELECT on the song table (as a reporting tool's might be), dropped after."""
+    role = f"songbook_reader_{uuid.uuid4().hex[:8]}"
+    await connection.execute(text(f"CREATE ROLE {role}"))
+    await connection.execute(text(f"GRANT SELECT ON song TO {role}"))
+    await connection.commit()
+    try:
+        yield role
+    finally:
+        await connection.rollback()
+        await connection.execute(text(f"DROP OWNED BY {role}"))
+        await connection.execute(text(f"DROP ROLE {role}"))
+        await connection.commit()
+
+
 async def start_import(tmp_path: Path) -> asyncio.subprocess.Process:
     lines = "".join(f"Song {i},Band {i % 100}\n" for i in range(COUNT - 1))
     songs = tmp_path / "songs.csv"
@@ -51,7 +68,8 @@ async def start_import(tmp_path: Path) -> asyncio.subprocess.Process:
 
 
 async def wait_for_import(watcher: AsyncConnection, doing: str, wait_event_type: str | None = None) -> None:
-    """Until another session of the database is seen running a statement that starts with `doing`."""
+    """Until another session of the database is seen running a statement that starts with `doing`
+    (waiting for `wait_event_type`, if given)."""
     seen = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND query LIKE :doing AND (CAST(:wait AS text) IS NULL OR wait_event_type = :wait)"
@@ -75,8 +93,8 @@ async def test_readers_read_the_catalog_as_it_was_until_the_copy_is_swapped_in(
     postgres: URL, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
-    async with connected(postgres) as holder, connected(postgres) as watcher:
-        before = await describe_song_table(watcher)
+    async with connected(postgres) as holder, connected(postgres) as watcher, reading_role(watcher) as role:
+        before = await describe_song_table(watcher)  # with the role's privilege
         table = (await watcher.execute(TABLE_OID)).scalar_one()
         await watcher.rollback()
         # A word of the import's, written and not committed: the import waits for it after its copy's
@@ -98,6 +116,8 @@ async def test_readers_read_the_catalog_as_it_was_until_the_copy_is_swapped_in(
         found = (await client.get("/songs", params={"q": "zyzzyva"})).json()
         assert [song["name"] for song in found] == ["Zyzzyva"]
         assert await describe_song_table(watcher) == before
+        privilege = text("SELECT has_table_privilege(:role, 'song', 'SELECT')")
+        assert (await watcher.execute(privilege, {"role": role})).scalar_one()
         assert (await watcher.execute(TABLE_OID)).scalar_one() != table  # a copy, swapped in
 
 
@@ -109,7 +129,7 @@ async def test_a_transaction_holding_the_table_delays_the_swap_not_the_readers(
         # Read, and still open: an export in progress, or a session left open.
         await holder.execute(text("SELECT count(*) FROM song"))
         process = await start_import(tmp_path)
-        await wait_for_import(watcher, "LOCK TABLE song IN ACCESS EXCLUSIVE MODE")
+        await wait_for_import(watcher, "LOCK TABLE public.song IN ACCESS EXCLUSIVE MODE")
 
         reads = [await client.get(f"/songs/{old}") for _ in range(20)]
         waiting = process.returncode is None
@@ -162,6 +182,43 @@ def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_and_no_smaller(p
     kept = table()
     load(2 * BATCH_SIZE + 1, first=2 * BATCH_SIZE + 1)  # as many as it holds: a copy, swapped in
 
+    swapped = table()
+    load(4 * BATCH_SIZE + 2, first=0)  # every song again: as many rows as the catalog, none added, nothing copied
+
     assert kept == catalog
-    assert table() != catalog
+    assert swapped != catalog
+    assert table() == swapped
     assert len(query(postgres, "SELECT id FROM song")) == 4 * BATCH_SIZE + 2
+
+
+async def test_an_export_that_waits_for_the_swap_reads_the_table_swapped_in(postgres: URL, tmp_path: Path) -> None:
+    async with connected(postgres) as importer, connected(postgres) as watcher:
+        # What an import does, by hand, up to its commit: the catalog's song and a new one in the copy.
+        await importer.execute(
+            text(
+                "INSERT INTO song (name, artist, name_key, artist_key, name_search, "
+                "artist_search) VALUES ('Old', 'Band', 'old', 'band', 'old', 'band')"
+            )
+        )
+        await importer.commit()
+        await importer.execute(text("LOCK TABLE song IN EXCLUSIVE MODE"))
+        await swap.create_copy(importer)
+        await swap.copy_catalog(importer)
+        await importer.execute(
+            text(
+                f"INSERT INTO {swap.COPY} (name, artist, name_key, artist_key, name_search, "
+                "artist_search) VALUES ('New', 'Band', 'new', 'band', 'new', 'band')"
+            )
+        )
+        await swap.build_indexes(importer)
+        await swap.swap(importer)
+        output = tmp_path / "songs.csv"
+        export = await asyncio.create_subprocess_exec(
+            SONGBOOK, "export", "--output", str(output), stderr=asyncio.subprocess.PIPE, env=os.environ
+        )
+        await wait_for_import(watcher, "", wait_event_type="Lock")  # the export, waiting for the swap
+        await importer.commit()
+        _, stderr = await asyncio.wait_for(export.communicate(), 60)
+
+    assert export.returncode == 0, stderr.decode()
+    assert sorted(line.split(",")[1] for line in output.read_text().splitlines()[1:]) == ["New", "Old"]
