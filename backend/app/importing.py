@@ -60,7 +60,7 @@ BATCH_SIZE = 5_000
 REBUILD_SHARE = {"sqlite": 0.1, "postgresql": 1.0}
 SQLITE_CACHE_KIB = 32 * 1024
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
-BULK_LOCK = {"a": 0x736F6E67, "b": 1}  # the advisory lock that bulk imports take in turns on PostgreSQL
+BULK_LOCK = {"a": 0x736F6E67, "b": 1}  # PostgreSQL: the advisory lock a bulk import applies under alone
 
 
 class OnConflict(StrEnum):
@@ -455,8 +455,9 @@ class Import:
         """Writes the staged rows to the catalog under the conflict rule; with `outcomes`, each row's fate by rank."""
         c, now = staging.c, utcnow()
         if self._postgresql:
-            # Imports apply one bulk one at a time, or others together: one that swaps the song table in
-            # waits for every transaction that read the table, and another import's insert would wait for it.
+            # A bulk import applies alone, other imports (the batch route, the page's) together: one that
+            # swaps the song table in waits for every transaction that read the table, and another import's
+            # insert would wait for it in turn.
             lock = "pg_advisory_xact_lock" if self.bulk else "pg_advisory_xact_lock_shared"
             await self.connection.execute(text(f"SELECT {lock}(:a, :b)"), BULK_LOCK)
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
@@ -662,7 +663,7 @@ class Import:
         for the catalog (`REBUILD_SHARE`). SQLite's readers read on while the import drops and builds
         them. On PostgreSQL, where dropping an index would lock readers out until
         the commit, the import fills a copy of the table and swaps it in (`swap`),
-        if its role may: one that does not own the table keeps the indexes.
+        where `swap.allowed` says it may: else the indexes are kept.
         """
         if not self.bulk or self.dry_run or rows < BATCH_SIZE:
             return False

@@ -111,8 +111,8 @@ async def allowed(connection: AsyncConnection) -> bool:
 
 
 async def create_copy(connection: AsyncConnection) -> None:
-    """Makes an empty copy of the song table: its columns, defaults, generated columns, checks and
-    privileges, its owner's, no index."""
+    """Makes an empty copy of the song table, owned and granted as it is: its columns, defaults, generated
+    columns and checks, no index."""
     schema, copy, owner = await _names(connection)
     await connection.exec_driver_sql(f"CREATE TABLE {copy} (LIKE {schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)")
     await connection.exec_driver_sql(f"ALTER TABLE {copy} OWNER TO {owner}")  # the sequence's owner must match
