@@ -461,7 +461,9 @@ class Import:
             lock = "pg_advisory_xact_lock" if self.bulk else "pg_advisory_xact_lock_shared"
             await self.connection.execute(text(f"SELECT {lock}(:a, :b)"), BULK_LOCK)
             await self.connection.exec_driver_sql(f"ANALYZE {staging.name}")  # temporary tables get no autovacuum
-        rebuild = await self._rebuilds_indexes(self._staged)
+        # PostgreSQL builds the indexes once on a copy of the table, where it may.
+        plan = await swap.plan(self.connection) if self._postgresql and self.bulk and not self.dry_run else None
+        rebuild = (plan is not None or not self._postgresql) and await self._rebuilds_indexes(self._staged)
         if rebuild and self._postgresql:
             # Writers wait until the commit, so that nothing decided below changes meanwhile; readers read on.
             await self.connection.exec_driver_sql(f"LOCK TABLE {song.name} IN EXCLUSIVE MODE")
@@ -471,24 +473,24 @@ class Import:
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         # Weighed again by the songs it adds: a file the catalog has already (its own export) adds none.
         rebuild = rebuild and await self._rebuilds_indexes(await self._count(new))
-        into_copy = rebuild and self._postgresql
-        indexes = await self._drop_secondary_indexes() if rebuild and not into_copy else []
+        copy = plan if rebuild else None
+        indexes = await self._drop_secondary_indexes() if rebuild and copy is None else []
         expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
-        if into_copy:
-            await swap.create_copy(self.connection)
-            await swap.copy_catalog(self.connection)
-        inserted = await self._insert(new, now, returning=outcomes, into_copy=into_copy)
+        if copy is not None:
+            await swap.create_copy(self.connection, copy)
+            await swap.copy_catalog(self.connection, copy)
+        inserted = await self._insert(new, now, returning=outcomes, into_copy=copy is not None)
         if self.summary.inserted < expected:
             await self._refuse_added_meanwhile(new, inserted if outcomes else None)
         await self._build_indexes(indexes)
-        if into_copy:
-            await swap.build_indexes(self.connection)
+        if copy is not None:
+            await swap.build_indexes(self.connection, copy)
         if self._postgresql:
             # After the songs, as the trigger does: a create that brings a word new to the catalog
             # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
             await self._add_search_terms()
-        if into_copy:
-            await swap.swap(self.connection)
+        if copy is not None:
+            await swap.swap(self.connection, copy)
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
@@ -663,11 +665,9 @@ class Import:
         for the catalog (`REBUILD_SHARE`). SQLite's readers read on while the import drops and builds
         them. On PostgreSQL, where dropping an index would lock readers out until
         the commit, the import fills a copy of the table and swaps it in (`swap`),
-        where `swap.allowed` says it may: else the indexes are kept.
+        where `swap.plan` says it may: else the indexes are kept.
         """
         if not self.bulk or self.dry_run or rows < BATCH_SIZE:
-            return False
-        if self._postgresql and not await swap.allowed(self.connection):
             return False
         most = int(rows * REBUILD_SHARE[self.connection.dialect.name])
         bounded = select(func.count()).select_from(select(song.c.id).limit(most + 1).subquery())

@@ -105,79 +105,81 @@ class _Index:
     kind: str  # 'p', 'u' or ''
 
 
-async def allowed(connection: AsyncConnection) -> bool:
-    """Whether the song table can be replaced by a copy: this role may, and the copy would lose nothing."""
-    return bool((await _query(connection, _COPYABLE, table=TABLE)).scalar_one())
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How the song table is copied: read from the catalog once, before the copy is made."""
+
+    schema: str
+    copy: str  # schema-qualified
+    owner: str
+    indexes: list[_Index]
 
 
-async def create_copy(connection: AsyncConnection) -> None:
-    """Makes an empty copy of the song table, owned and granted as it is: its columns, defaults, generated
-    columns and checks, no index."""
-    schema, copy, owner = await _names(connection)
-    await connection.exec_driver_sql(f"CREATE TABLE {copy} (LIKE {schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)")
-    await connection.exec_driver_sql(f"ALTER TABLE {copy} OWNER TO {owner}")  # the sequence's owner must match
-    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=copy)).scalars():
-        await connection.exec_driver_sql(grant)
-
-
-async def copy_catalog(connection: AsyncConnection) -> int:
-    """Copies the songs the catalog holds into the copy; how many."""
-    schema, copy, _ = await _names(connection)
-    columns = (await _query(connection, _STORED_COLUMNS, table=TABLE)).scalar_one()
-    result = await connection.exec_driver_sql(
-        f"INSERT INTO {copy} ({columns}) SELECT {columns} FROM {schema}.{TABLE}"  # noqa: S608 (the catalog's names)
-    )
-    return int(result.rowcount)
-
-
-async def build_indexes(connection: AsyncConnection) -> None:
-    """Builds each of the song table's indexes on the copy, under a name of its own until the swap."""
-    for index in await _indexes(connection):
-        await connection.exec_driver_sql(index.definition)
-    # Statistics for the reads after the swap: the planner would take the copy for empty until autovacuum came.
-    await connection.exec_driver_sql(f"ANALYZE {(await _names(connection))[1]}")
-
-
-async def swap(connection: AsyncConnection) -> None:
-    """Drops the song table and gives the copy its name, its sequence, its indexes' names and its triggers."""
-    schema, copy, _ = await _names(connection)
-    indexes = await _indexes(connection)
-    triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
-    sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
-    await _lock_for_swap(connection, f"{schema}.{TABLE}")
-    if sequence is not None:  # owned by the id column, the sequence would go with the table
-        await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {copy}.id")
-    await connection.exec_driver_sql(f"DROP TABLE {schema}.{TABLE}")
-    await connection.exec_driver_sql(f"ALTER TABLE {copy} RENAME TO {TABLE}")
-    for index in indexes:
-        if index.constraint:
-            kind = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
-            await connection.exec_driver_sql(
-                f"ALTER TABLE {schema}.{TABLE} ADD CONSTRAINT {index.constraint} {kind} USING INDEX {index.on_copy}"
-            )
-        else:
-            await connection.exec_driver_sql(f"ALTER INDEX {schema}.{index.on_copy} RENAME TO {index.name}")
-    for trigger in triggers:
-        await connection.exec_driver_sql(trigger)
-
-
-async def _names(connection: AsyncConnection) -> tuple[str, str, str]:
-    schema, copy, owner = tuple((await _query(connection, _NAMES, table=TABLE, copy=COPY)).one())
-    return str(schema), str(copy), str(owner)
-
-
-async def _indexes(connection: AsyncConnection) -> list[_Index]:
-    copy = (await _names(connection))[1]
+async def plan(connection: AsyncConnection) -> Plan | None:
+    """How to copy the song table; None where it may not be replaced (this role may not, or a copy would lose
+    something, `_COPYABLE`)."""
+    if not (await _query(connection, _COPYABLE, table=TABLE)).scalar_one():
+        return None
+    schema, copy, owner = (str(value) for value in (await _query(connection, _NAMES, table=TABLE, copy=COPY)).one())
     found: list[tuple[str, str, str, str]] = [tuple(row) for row in await _query(connection, _INDEXES, table=TABLE)]
     indexes = []
     for number, (name, definition, constraint, kind) in enumerate(found):
         match = _INDEX.fullmatch(definition)
-        if match is None or kind not in ("", "p", "u"):  # `allowed` lets no other kind through
+        if match is None or kind not in ("", "p", "u"):  # `_COPYABLE` lets no other kind through
             raise RuntimeError(f"the song table's index {name} cannot be built on a copy: {definition}")
         on_copy = f"{COPY}_index_{number}"
         made = f"CREATE {match['unique'] or ''}INDEX {on_copy} ON {copy} USING {match['rest']}"
         indexes.append(_Index(name, on_copy, made, constraint, kind))
-    return indexes
+    return Plan(schema, copy, owner, indexes)
+
+
+async def create_copy(connection: AsyncConnection, plan: Plan) -> None:
+    """Makes an empty copy of the song table, owned and granted as it is: its columns, defaults, generated
+    columns and checks, no index."""
+    await connection.exec_driver_sql(
+        f"CREATE TABLE {plan.copy} (LIKE {plan.schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)"
+    )
+    await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} OWNER TO {plan.owner}")  # the sequence's must match
+    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=plan.copy)).scalars():
+        await connection.exec_driver_sql(grant)
+
+
+async def copy_catalog(connection: AsyncConnection, plan: Plan) -> None:
+    """Copies the songs the catalog holds into the copy."""
+    columns = (await _query(connection, _STORED_COLUMNS, table=TABLE)).scalar_one()
+    await connection.exec_driver_sql(
+        f"INSERT INTO {plan.copy} ({columns}) SELECT {columns} FROM {plan.schema}.{TABLE}"  # noqa: S608 (the catalog's names)
+    )
+
+
+async def build_indexes(connection: AsyncConnection, plan: Plan) -> None:
+    """Builds each of the song table's indexes on the copy, under a name of its own until the swap."""
+    for index in plan.indexes:
+        await connection.exec_driver_sql(index.definition)
+    # Statistics for the reads after the swap: the planner would take the copy for empty until autovacuum came.
+    await connection.exec_driver_sql(f"ANALYZE {plan.copy}")
+
+
+async def swap(connection: AsyncConnection, plan: Plan) -> None:
+    """Drops the song table and gives the copy its name, its sequence, its indexes' names and its triggers."""
+    table = f"{plan.schema}.{TABLE}"
+    triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
+    sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
+    await _lock_for_swap(connection, table)
+    if sequence is not None:  # owned by the id column, the sequence would go with the table
+        await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {plan.copy}.id")
+    await connection.exec_driver_sql(f"DROP TABLE {table}")
+    await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} RENAME TO {TABLE}")
+    for index in plan.indexes:
+        if index.constraint:
+            kind = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
+            await connection.exec_driver_sql(
+                f"ALTER TABLE {table} ADD CONSTRAINT {index.constraint} {kind} USING INDEX {index.on_copy}"
+            )
+        else:
+            await connection.exec_driver_sql(f"ALTER INDEX {plan.schema}.{index.on_copy} RENAME TO {index.name}")
+    for trigger in triggers:
+        await connection.exec_driver_sql(trigger)
 
 
 async def _lock_for_swap(connection: AsyncConnection, table: str) -> None:

@@ -202,16 +202,18 @@ async def test_an_export_that_waits_for_the_swap_reads_the_table_swapped_in(post
         )
         await importer.commit()
         await importer.execute(text("LOCK TABLE song IN EXCLUSIVE MODE"))
-        await swap.create_copy(importer)
-        await swap.copy_catalog(importer)
+        plan = await swap.plan(importer)
+        assert plan is not None
+        await swap.create_copy(importer, plan)
+        await swap.copy_catalog(importer, plan)
         await importer.execute(
             text(
                 f"INSERT INTO {swap.COPY} (name, artist, name_key, artist_key, name_search, "
                 "artist_search) VALUES ('New', 'Band', 'new', 'band', 'new', 'band')"
             )
         )
-        await swap.build_indexes(importer)
-        await swap.swap(importer)
+        await swap.build_indexes(importer, plan)
+        await swap.swap(importer, plan)
         output = tmp_path / "songs.csv"
         export = await asyncio.create_subprocess_exec(
             SONGBOOK, "export", "--output", str(output), stderr=asyncio.subprocess.PIPE, env=os.environ
