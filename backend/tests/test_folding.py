@@ -1,8 +1,10 @@
 """Sameness keys and search texts: what compares equal, and what search sees."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from app.folding import search_fold, song_key
+from app.folding import _unicode_fold, search_fold, song_key
 
 
 @pytest.mark.parametrize(
@@ -37,3 +39,8 @@ def test_song_key_keeps_accents_apart() -> None:
 )
 def test_search_fold_drops_case_accents_and_punctuation(text: str, folded: str) -> None:
     assert search_fold(text) == folded
+
+
+@given(st.text(st.characters(max_codepoint=127)))
+def test_search_fold_of_ascii_text_is_the_unicode_fold(text: str) -> None:
+    assert search_fold(text) == _unicode_fold(text)
