@@ -4,7 +4,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePath
@@ -80,34 +80,40 @@ def _read_csv(text: IO[str]) -> Iterator[RawRow]:
     # Only the columns read: others are ignored, repeated or blank (a spreadsheet's trailing cells).
     if repeated := sorted({name for name in names if name in COLUMNS and names.count(name) > 1}):
         raise FileError(f"{at}: the header names {', '.join(repeated)} more than once")
-    while True:
-        line = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            # A field past the csv module's limit, or quotes that do not close: the reader stops
-            # inside a field and would take the rest for rows of their own. Nothing after it can be trusted.
-            raise FileError(f"line {line}: not valid CSV: {exc}") from None
-        if not values:
-            continue  # a blank line
-        if _UNDECODABLE.search("".join(values)):
-            yield RawRow(line, None, "not UTF-8")
-        elif len(values) > len(names):
-            yield RawRow(line, None, f"has {len(values)} fields, but the header names {len(names)}")
-        else:
-            yield RawRow(line, _csv_fields(names, values))
+    optional = [(name, name in ("year", "id")) for name in ("year", "id", "created_at", "updated_at") if name in names]
+    line = reader.line_num + 1  # where the next record starts
+    try:
+        for values in reader:
+            if not values:
+                pass  # a blank line
+            elif not (joined := "".join(values)).isprintable() and _UNDECODABLE.search(joined):
+                yield RawRow(line, None, "not UTF-8")  # (text that is printable holds no surrogate)
+            elif len(values) > len(names):
+                yield RawRow(line, None, f"has {len(values)} fields, but the header names {len(names)}")
+            else:
+                yield RawRow(line, _csv_fields(names, values, optional))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        # A field past the csv module's limit, or quotes that do not close: the reader stops
+        # inside a field and would take the rest for rows of their own. Nothing after it can be trusted.
+        raise FileError(f"line {line}: not valid CSV: {exc}") from None
 
 
-def _csv_fields(names: list[str], values: list[str]) -> dict[str, Any]:
-    # CSV has only text: an empty optional field is no value, and numbers are read as numbers.
+def _csv_fields(names: list[str], values: list[str], optional: Sequence[tuple[str, bool]]) -> dict[str, Any]:
+    """A record's fields by the header's names; `optional`: the header's optional columns, and whether each is a number.
+
+    CSV has only text: an empty optional field is no value, and numbers are read as numbers.
+    """
     fields: dict[str, Any] = dict(zip(names, values, strict=False))
-    for name in ("year", "id", "created_at", "updated_at"):
+    for name, number in optional:
         value = fields.get(name)
-        if value is not None and not value.strip():
+        if value is None:
+            continue
+        if number and value.isascii() and value.isdigit() and len(value) <= 10:
+            fields[name] = int(value)  # nearly every number: what _WHOLE_NUMBER takes, told faster
+        elif not value.strip():
             fields[name] = None
-        elif name in ("year", "id") and value is not None and _WHOLE_NUMBER.fullmatch(value):
+        elif number and _WHOLE_NUMBER.fullmatch(value):
             fields[name] = int(value)
     return fields
 

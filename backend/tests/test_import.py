@@ -1,6 +1,7 @@
 """`songbook import`: files in, every row accounted for, all or nothing."""
 
 import asyncio
+import io
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,9 @@ from sqlalchemy.engine import URL
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from app.importing import BATCH_SIZE, DECIDE_PASSES, Import
+from app.folding import search_fold, song_key
+from app.formats import Format, read_rows
+from app.importing import BATCH_SIZE, DECIDE_PASSES, ArtistTexts, Import
 from tests.catalog import alter, query, rows, search, song_table
 
 runner = CliRunner()
@@ -46,6 +49,39 @@ def test_csv_with_bom_quotes_commas_and_extra_columns(catalog: URL, tmp_path: Pa
         (3, "Earth, Wind & Fire", "September", 1978),
     ]
     assert search(catalog, "beyonce") == [2]
+
+
+@pytest.mark.parametrize(
+    ("year", "read"),
+    [
+        ("2015", 2015),
+        (" 2015 ", 2015),
+        ("+2015", 2015),
+        ("-5", -5),
+        ("", None),
+        ("  ", None),
+        ("2147483648", 2147483648),
+        ("12345678901", "12345678901"),  # more digits than an id can have: left as text, rejected as such
+        ("\u0663", "\u0663"),  # a digit, but not an ASCII one
+        ("19x5", "19x5"),
+    ],
+)
+def test_csv_numbers_are_read_as_numbers_and_blanks_as_no_value(year: str, read: object) -> None:
+    stream = io.BytesIO(f"name,artist,year,id\nA,B,{year},{year}\n".encode())
+
+    [row] = read_rows(stream, Format.CSV)
+
+    assert row.fields == {"name": "A", "artist": "B", "year": read, "id": read}
+
+
+def test_artist_texts_keep_what_fits_their_room_and_derive_the_rest() -> None:
+    texts = ArtistTexts(room=20)
+
+    assert texts["Björk"] == (song_key("Björk"), search_fold("Björk"))
+    assert texts["Sigur Rós"] == (song_key("Sigur Rós"), search_fold("Sigur Rós"))
+
+    assert list(texts) == ["Björk"]  # 5 characters, its key 5 and its search text 5; the second needs 27
+    assert texts.room == 5
 
 
 def test_each_rejected_row_is_named_with_file_line_and_reason(catalog: URL, tmp_path: Path) -> None:
