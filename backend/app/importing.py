@@ -506,10 +506,15 @@ class Import:
                 raise DBAPIError(f"COPY {staging.name}", None, exc) from exc
         else:
             # The driver's executemany, past SQLAlchemy's per-row work: three times faster.
-            # Only the timestamps need converting, to the text SQLite stores.
+            # Only the timestamps need converting, to the text SQLite stores, and most rows have none.
             to_text = staging.c.created_at.type.bind_processor(self.connection.dialect)
             assert to_text is not None
-            rows = [(*record[:-2], to_text(record[-2]), to_text(record[-1])) for record in records]
+            rows = [
+                record
+                if record[-1] is None and record[-2] is None
+                else (*record[:-2], to_text(record[-2]), to_text(record[-1]))
+                for record in records
+            ]
             placeholders = ", ".join("?" * len(columns))
             await self.connection.exec_driver_sql(
                 f"INSERT INTO temp.{staging.name} ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608 (names of our own)
