@@ -19,11 +19,12 @@ from rich.console import Console
 
 from app import db, keys, logs, metrics, schema, songs
 from app import seed as seeding
+from app.checking import Rejected
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import AppError, FileError, ImportAborted, InvalidParameter, MaxErrorsExceeded, SettingsError
 from app.formats import Format, RawRow, format_of, read_rows
-from app.importing import OnConflict, Rejected, Summary
+from app.importing import OnConflict, Summary
 from app.models import ApiKeyCreate, ApiKeyPublic, Scope, SongQuery
 from app.progress import RowProgress
 

@@ -203,7 +203,7 @@ class SchemaBehind(AppError):
 
 
 class IdsUsedUp(AppError):
-    """The song table's ids stop at 2**31 - 1 (`models.ID_MAX`), and the next one was past it."""
+    """The song table's ids stop at 2**31 - 1 (`fields.ID_MAX`), and the next one was past it."""
 
     status_code = 409
     code = "ids-used-up"

@@ -50,8 +50,9 @@ from app.errors import (
     InvalidParameter,
     error_response,
 )
+from app.fields import utcnow
 from app.keys import Caller
-from app.models import IdempotencyRecord, utcnow
+from app.models import IdempotencyRecord
 
 logger = logging.getLogger(__name__)
 

@@ -10,23 +10,21 @@ it again does all of it, with no song doubled.
 import asyncio
 import contextlib
 import gc
-import multiprocessing
-import signal
-import threading
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from itertools import chain, islice
-from multiprocessing.connection import Connection
-from typing import Annotated, Any, Literal, NotRequired
+from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
-import pydantic
-from pydantic import AfterValidator, AwareDatetime, TypeAdapter
-from pydantic_core import PydanticCustomError
 from sqlalchemy import (
     Column,
     Integer,
@@ -45,13 +43,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from typing_extensions import TypedDict  # pydantic needs its TypedDict before Python 3.12
 
-from app import swap
+from app import checking, swap
+from app.checking import ArtistTexts, Rejected, Staged, check_rows
 from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsExceeded
-from app.folding import search_fold, song_key
+from app.fields import ID_MAX, utcnow
 from app.formats import RawRow
-from app.models import ID_MAX, KeyString, ReleaseYear, Song, SongText, UTCDateTime, utcnow
+from app.models import KeyString, Song, UTCDateTime
 
 BATCH_SIZE = 5_000
 # A bulk import builds the song table's secondary indexes once after its insert, instead of keeping
@@ -60,7 +58,6 @@ BATCH_SIZE = 5_000
 # 55 s so, against 77 to 87 s row by row (`make bench-transfer`, backend/README.md).
 REBUILD_SHARE = {"sqlite": 0.1, "postgresql": 1.0}
 SQLITE_CACHE_KIB = 32 * 1024
-ARTIST_TEXTS_ROOM = 2_000_000  # characters of artists' derived texts a worker keeps (ArtistTexts): 2 to 8 MB
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 BULK_LOCK = {"a": 0x736F6E67, "b": 1}  # PostgreSQL: the advisory lock a bulk import applies under alone
 
@@ -71,49 +68,6 @@ class OnConflict(StrEnum):
     SKIP = "skip"  # the first one stays as it is
     UPDATE = "update"  # the last one wins: name and artist spelling, and the year when given
     ERROR = "error"  # the row is rejected
-
-
-def _in_utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+05:00 is in year 0 in UTC
-        raise PydanticCustomError("datetime_range", "must be a time between the years 1 and 9999 in UTC") from None
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
-"""An export's timestamp: with its offset, and one that UTC can hold (as the database stores it)."""
-
-
-class ImportedSong(TypedDict):
-    """One song of an import: the fields of `SongCreate`, and the id and timestamps an export carries.
-
-    A TypedDict, not a model: a batch is validated in one call (`_validate`), by
-    pydantic's own loop, with no model built per row. Other fields are ignored.
-    """
-
-    name: SongText
-    artist: SongText
-    year: NotRequired[ReleaseYear | None]
-    id: NotRequired[Annotated[int, pydantic.Field(ge=1, le=ID_MAX, strict=True)] | None]
-    created_at: NotRequired[UtcDatetime | None]
-    updated_at: NotRequired[UtcDatetime | None]
-
-
-_SONGS = TypeAdapter(list[ImportedSong])
-
-
-@dataclass(slots=True)
-class Rejected:
-    """A row that is not imported, and why; `source` names its file."""
-
-    source: str
-    line: int
-    reason: str
-    existing_id: int | None = None  # the catalog's song it repeats
-    same_as: int | None = None  # the line of the row it repeats
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
 
 
 @dataclass(slots=True)
@@ -133,117 +87,45 @@ class Outcome:
     id: int
 
 
-Staged = tuple[Any, ...] | Rejected
-
-
-def check_rows(
-    source: str, rows: list[tuple[int, dict[str, Any] | None, str | None]], artists: "ArtistTexts | None" = None
-) -> list[Staged]:
-    """Each (line, fields, error) row ready to stage, or why it is rejected; in a worker process for large imports.
-
-    Plain tuples, not `RawRow`s: a dataclass with slots pickles several times slower.
-    `artists` keeps the texts derived from each artist across calls (the worker's).
-    """
-    artists = ArtistTexts() if artists is None else artists
-    validated = iter(_validate([fields for _, fields, _ in rows if fields is not None]))
-    staged: list[Staged] = []
-    for line, fields, error in rows:
-        song = (error or "unreadable") if fields is None else next(validated)
-        staged.append(Rejected(source, line, song) if isinstance(song, str) else _staged(song, artists))
-    return staged
-
-
-def _validate(rows: list[dict[str, Any]]) -> list[ImportedSong | str]:
-    """Each row validated, or why it is not valid.
-
-    The whole batch in one call (half the time of a model validated row by row);
-    if some rows fail, the others are validated again without them.
-    """
-    try:
-        return list(_SONGS.validate_python(rows))
-    except pydantic.ValidationError as exc:
-        reasons: dict[int, list[str]] = {}
-        for error in exc.errors():
-            index, *loc = error["loc"]
-            reasons.setdefault(int(index), []).append(f"{'.'.join(map(str, loc)) or 'row'}: {error['msg']}")
-    valid = iter(_SONGS.validate_python([row for index, row in enumerate(rows) if index not in reasons]))
-    return ["; ".join(reasons[index]) if index in reasons else next(valid) for index in range(len(rows))]
-
-
-class ArtistTexts(dict[str, tuple[str, str]]):
-    """The key and search text of each artist met: a catalog's songs share their artists.
-
-    Derived once an artist instead of once a song (a million songs of the benchmark have 16,463
-    artists, half of them not ASCII: folding those is 2 µs). Bounded in characters: a file of a
-    million different artists grows it no further.
-    """
-
-    def __init__(self, room: int = ARTIST_TEXTS_ROOM) -> None:
-        super().__init__()
-        self.room = room  # characters it may still keep
-
-    def __missing__(self, artist: str) -> tuple[str, str]:
-        derived = song_key(artist), search_fold(artist)
-        size = len(artist) + len(derived[0]) + len(derived[1])
-        if size <= self.room:
-            self.room -= size
-            self[artist] = derived
-        return derived
-
-
-def _staged(song: ImportedSong, artists: ArtistTexts) -> tuple[Any, ...]:
-    """A valid row as staged, with the keys and search texts `folding.derived_columns` gives (without its dict)."""
-    name, artist = song["name"], song["artist"]
-    artist_key, artist_search = artists[artist]
-    return (
-        song.get("id"),
-        name,
-        artist,
-        song.get("year"),
-        song_key(name),
-        artist_key,
-        search_fold(name),
-        artist_search,
-        song.get("created_at"),
-        song.get("updated_at"),
-    )
-
-
 def _plain(rows: list[RawRow]) -> list[tuple[int, dict[str, Any] | None, str | None]]:
     return [(item.line, item.fields, item.error) for item in rows]
 
 
 class _Checker:
-    """The worker process that checks a large import's rows, on the second core, and the two pipes to it.
+    """The worker process that checks a large import's rows, on the second core, and the pipes to it.
 
-    Not a `ProcessPoolExecutor`: killed (out of memory) while it sent a batch
-    back, the pool's worker left the import waiting for the rest of the
-    message for ever. Here only the worker holds its ends of the pipes, so its
-    end, at any moment, is an end of file for the import; and the import's end
-    is one for the worker, which then ends too.
+    `app.checking.serve` in a new interpreter that imports only what checking needs:
+    started by multiprocessing, it imported the whole app again (the command's module
+    first), 90 MB of its memory and a second or more of its start. In a session of its own: Ctrl-C
+    is the import's to handle, which ends its worker. Only the worker holds its ends of
+    its standard input and output, so that its end, at any moment, is an end of file for
+    the import (a `ProcessPoolExecutor`'s worker killed while it sent a batch back left
+    the import waiting for the rest for ever), and the import's end one for the worker,
+    which then ends too.
     """
 
     def __init__(self) -> None:
-        spawn = multiprocessing.get_context("spawn")
-        requests, self._requests = spawn.Pipe(duplex=False)
-        self._results, results = spawn.Pipe(duplex=False)
-        self._process = spawn.Process(target=_check_batches, args=(requests, results), daemon=True)
-        with _interrupts_ignored():  # from its start: Ctrl-C is the import's to handle, it ends its worker
-            self._process.start()
-        requests.close()
-        results.close()
-        self._started = False
+        # The app this process runs first on the path: the worker imports the same.
+        root = str(Path(checking.__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from app.checking import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+            start_new_session=True,
+        )
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._requests, self._results = self._process.stdin, self._process.stdout
         # A thread each way: the batches go and come back in order, and the event loop never waits.
         self._sending = ThreadPoolExecutor(1, thread_name_prefix="import-send")
         self._receiving = ThreadPoolExecutor(1, thread_name_prefix="import-receive")
+        self._ready = self._receiving.submit(self._receive)  # its first message, once it has started
 
     def started(self) -> bool:
         """Whether the worker has told it is ready for batches (or has ended: the next check tells that)."""
-        if not self._started and self._results.poll():
-            self._started = True
-            with contextlib.suppress(EOFError, OSError):
-                self._results.recv()
-        return self._started
+        return self._ready.done()
 
     def check(
         self, source: str, rows: list[tuple[int, dict[str, Any] | None, str | None]]
@@ -251,13 +133,17 @@ class _Checker:
         """`check_rows(source, rows)`, done by the worker."""
         loop = asyncio.get_running_loop()
         # A failed send is seen as the worker's end, by the receive.
-        loop.run_in_executor(self._sending, self._requests.send, (source, rows)).add_done_callback(_forget)
+        loop.run_in_executor(self._sending, self._send, (source, rows)).add_done_callback(_forget)
         return loop.run_in_executor(self._receiving, self._receive)
+
+    def _send(self, message: tuple[str, list[Any]]) -> None:
+        pickle.dump(message, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+        self._requests.flush()
 
     def _receive(self) -> list[Staged]:
         try:
-            checked: list[Staged] | BaseException = self._results.recv()
-        except (EOFError, OSError):
+            checked: list[Staged] | BaseException = pickle.load(self._results)  # noqa: S301 (our worker, our pipe)
+        except (EOFError, OSError, pickle.UnpicklingError):  # ended, or killed while it wrote
             raise ImportAborted("the process that checks the rows ended (out of memory?)") from None
         if isinstance(checked, BaseException):
             raise checked
@@ -266,44 +152,11 @@ class _Checker:
     def close(self) -> None:
         """Ends the worker, whatever it is doing: it holds nothing of the import's."""
         self._process.kill()
-        self._process.join()
+        self._process.wait()
         self._sending.shutdown()
         self._receiving.shutdown()
         self._requests.close()
         self._results.close()
-
-
-def _check_batches(requests: Connection, results: Connection) -> None:
-    """The worker: checks each batch it is sent, until the import's process is gone."""
-    # No cyclic garbage collection (see _uncollected); Ctrl-C is the import's to handle: it ends its worker.
-    gc.disable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    artists = ArtistTexts()
-    with contextlib.suppress(EOFError, OSError):
-        results.send(None)  # ready: what it runs is imported
-        while True:
-            source, rows = requests.recv()
-            try:
-                checked: list[Staged] | Exception = check_rows(source, rows, artists)
-            except Exception as exc:  # a bug: the import's process raises it
-                checked = exc
-            results.send(checked)
-
-
-@contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored meanwhile, by this process and by those it starts (what they inherit across exec).
-
-    A worker that Ctrl-C reached while it imported the app printed its traceback.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set a handler; a worker of such an import inherits the default
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

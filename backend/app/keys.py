@@ -22,7 +22,8 @@ from sqlmodel import col
 
 from app.db import DATABASE_ERRORS, INTEGRITY_ERRORS, Database
 from app.errors import DatabaseUnavailable, DuplicateKeyName, InvalidParameter, NotFound
-from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdempotencyRecord, Scope, utcnow
+from app.fields import utcnow
+from app.models import SCOPES, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdempotencyRecord, Scope
 
 KEY_PREFIX = "sb_"
 LAST_USED_EVERY_SECONDS = 60.0  # how often a key's last use is written, at most, per process

@@ -25,6 +25,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
 
 from app import exporting, metrics, search
+from app.checking import Rejected
 from app.db import INTEGRITY_ERRORS, Database, Statement, Transaction
 from app.errors import (
     BatchDuplicate,
@@ -37,13 +38,11 @@ from app.errors import (
     PreconditionFailed,
     ids_used_up,
 )
+from app.fields import ID_MAX, YEAR_MAX, YEAR_MIN, utcnow
 from app.folding import derived_columns, search_fold, song_key
 from app.formats import Format, RawRow
-from app.importing import Import, OnConflict, Rejected, Summary
+from app.importing import Import, OnConflict, Summary
 from app.models import (
-    ID_MAX,
-    YEAR_MAX,
-    YEAR_MIN,
     ArtistPublic,
     ArtistQuery,
     BatchItem,
@@ -53,7 +52,6 @@ from app.models import (
     SongQuery,
     SongRow,
     SongUpdate,
-    utcnow,
 )
 from app.paging import SortKey, ValueKind, after, decode_cursor, encode_cursor
 from app.preconditions import AllBut, etag

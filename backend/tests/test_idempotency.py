@@ -14,14 +14,15 @@ from sqlalchemy import delete, insert, update
 from sqlmodel import col
 
 from app import idempotency, keys, songs
+from app.checking import Rejected
 from app.config import Settings
 from app.db import WRITE_OPTIONS, Database
 from app.errors import ImportAborted
+from app.fields import utcnow
 from app.folding import derived_columns
 from app.formats import RawRow
-from app.importing import Rejected
 from app.main import create_app
-from app.models import ApiKey, ApiKeyCreate, IdempotencyRecord, Song, utcnow
+from app.models import ApiKey, ApiKeyCreate, IdempotencyRecord, Song
 from tests.conftest import client_for, make_key
 from tests.test_metrics import scrape, value
 

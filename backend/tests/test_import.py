@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy.engine import URL
 from typer.testing import CliRunner, Result
 
+from app.checking import ArtistTexts
 from app.cli import cli
 from app.folding import search_fold, song_key
 from app.formats import Format, read_rows
-from app.importing import BATCH_SIZE, DECIDE_PASSES, ArtistTexts, Import
+from app.importing import BATCH_SIZE, DECIDE_PASSES, Import
 from tests.catalog import alter, query, rows, search, song_table
 
 runner = CliRunner()

@@ -110,10 +110,10 @@ def test_a_connection_lost_mid_import_is_a_clear_message(catalog: URL) -> None:
 
 
 def _workers(pid: int) -> list[int]:
-    """The processes `pid` spawned to work for it (not multiprocessing's resource tracker)."""
+    """The processes `pid` started to check its rows (`app.checking`)."""
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         found = [int(child) for child in children.read().split()]
-    return [child for child in found if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return [child for child in found if b"app.checking" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def _cpu_ticks(pid: int) -> int:

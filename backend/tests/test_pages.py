@@ -20,9 +20,9 @@ from sqlalchemy import text
 from app import songs, web
 from app.config import Settings
 from app.db import Database
+from app.fields import ID_MAX
 from app.formats import RawRow
 from app.main import create_app
-from app.models import ID_MAX
 from app.routes import pages
 from tests.catalog import empty_catalog
 from tests.conftest import make_key

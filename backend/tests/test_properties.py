@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
 from app.config import Settings
+from app.fields import TEXT_MAX, YEAR_MIN, utcnow
 from app.folding import song_key
 from app.main import create_app
-from app.models import TEXT_MAX, YEAR_MIN, SongCreate, utcnow
+from app.models import SongCreate
 from tests.catalog import new_key
 
 # Text as people type it, and as programs mangle it: accents composed and not,

@@ -10,8 +10,9 @@ from sqlmodel import col, select
 
 from app import songs
 from app.db import Database
+from app.fields import ID_MAX
 from app.formats import RawRow
-from app.models import ID_MAX, Song, SongPublic
+from app.models import Song, SongPublic
 from tests.factories import make_song
 from tests.pages import next_link
 

@@ -31,6 +31,7 @@ from starlette.datastructures import FormData, ImmutableMultiDict, UploadFile
 
 from app import songs
 from app.auth import check_key, needs_key
+from app.checking import Rejected
 from app.config import Settings, get_settings
 from app.db import DATABASE_ERRORS, Database, get_database
 from app.errors import (
@@ -47,7 +48,7 @@ from app.errors import (
 )
 from app.errors import Unauthorized as KeyRefused
 from app.formats import Format, RawRow, format_of, read_rows
-from app.importing import OnConflict, Rejected, Summary
+from app.importing import OnConflict, Summary
 from app.keys import Caller
 from app.models import ArtistQuery, Scope, SongCreate, SongQuery, SongRow
 from app.routes.links import check_page_size, validate_query

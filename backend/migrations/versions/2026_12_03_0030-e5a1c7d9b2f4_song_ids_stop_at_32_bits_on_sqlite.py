@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 # The message app.errors.ids_used_up looks for. PostgreSQL's `song.id` is an integer
 # whose sequence stops at 2**31 - 1; SQLite's AUTOINCREMENT would go on to 2**63 - 1,
-# ids the API can neither take nor give (app.models.ID_MAX). A trigger, not a CHECK:
+# ids the API can neither take nor give (app.fields.ID_MAX). A trigger, not a CHECK:
 # adding a CHECK rebuilds the table on SQLite, and its search triggers with it.
 IDS_USED_UP = "song ids used up"
 
