@@ -57,6 +57,11 @@ BATCH_SIZE = 5_000
 # PostgreSQL builds them on a copy of the whole table: a million songs into a catalog of a million took
 # 55 s so, against 77 to 87 s row by row (`make bench-transfer`, backend/README.md).
 REBUILD_SHARE = {"sqlite": 0.1, "postgresql": 1.0}
+# Weighed again by the songs the load adds, once its rows are decided: what pays for the rebuild. On
+# PostgreSQL the copy costs what keeping the indexes does at about half the catalog (494,000 new songs
+# into a million: 29.2 s either way), so a load as large as the catalog swaps while it adds at least
+# half as many songs as the catalog holds; a file of the catalog's own songs adds none.
+ADDED_SHARE = {"sqlite": REBUILD_SHARE["sqlite"], "postgresql": 2.0}
 SQLITE_CACHE_KIB = 32 * 1024
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 BULK_LOCK = {"a": 0x736F6E67, "b": 1}  # PostgreSQL: the advisory lock a bulk import applies under alone
@@ -395,7 +400,7 @@ class Import:
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         # Weighed again by the songs it adds: a file the catalog has already (its own export) adds none.
-        rebuild = rebuild and await self._rebuilds_indexes(await self._count(new))
+        rebuild = rebuild and await self._rebuilds_indexes(await self._count(new), ADDED_SHARE)
         copy = plan if rebuild else None
         indexes = await self._drop_secondary_indexes() if rebuild and copy is None else []
         expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
@@ -581,18 +586,18 @@ class Import:
     def _place(self, source: int, other_source: int, other_line: int) -> str:
         return f"line {other_line}" if source == other_source else f"{self.sources[other_source]}:{other_line}"
 
-    async def _rebuilds_indexes(self, rows: int) -> bool:
+    async def _rebuilds_indexes(self, rows: int, share: dict[str, float] = REBUILD_SHARE) -> bool:
         """Whether the secondary indexes are built once after the insert of `rows` rather than kept row by row.
 
-        For a bulk import (not a dry run) of a batch or more that brings many rows
-        for the catalog (`REBUILD_SHARE`). SQLite's readers read on while the import drops and builds
-        them. On PostgreSQL, where dropping an index would lock readers out until
-        the commit, the import fills a copy of the table and swaps it in (`swap`),
-        where `swap.plan` says it may: else the indexes are kept.
+        For a bulk import (not a dry run) of a batch or more that brings many rows for the
+        catalog (`share`: the catalog holds at most this share of them). SQLite's readers read
+        on while the import drops and builds them. On PostgreSQL, where dropping an index would
+        lock readers out until the commit, the import fills a copy of the table and swaps it in
+        (`swap`), where `swap.plan` says it may: else the indexes are kept.
         """
         if not self.bulk or self.dry_run or rows < BATCH_SIZE:
             return False
-        most = int(rows * REBUILD_SHARE[self.connection.dialect.name])
+        most = int(rows * share[self.connection.dialect.name])
         bounded = select(func.count()).select_from(select(song.c.id).limit(most + 1).subquery())
         return bool((await self.connection.execute(bounded)).scalar_one() <= most)
 

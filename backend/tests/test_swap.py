@@ -166,7 +166,7 @@ def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgre
     assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
 
 
-def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_and_no_smaller(postgres: URL, tmp_path: Path) -> None:
+def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_that_adds_half_as_many_songs(postgres: URL, tmp_path: Path) -> None:
     def load(count: int, first: int) -> None:
         songs = tmp_path / "songs.csv"
         songs.write_text("name,artist\n" + "".join(f"Song {i},Band {i % 100}\n" for i in range(first, first + count)))
@@ -184,11 +184,21 @@ def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_and_no_smaller(p
 
     swapped = table()
     load(4 * BATCH_SIZE + 2, first=0)  # every song again: as many rows as the catalog, none added, nothing copied
+    unchanged = table()
+    # As many rows as the catalog holds, the first of them its last songs: `first` new ones.
+    held = 4 * BATCH_SIZE + 2
+    load(held, first=held // 2 - 1)  # fewer new songs than half the catalog: kept row by row
+    mostly_known = table()
+    held += held // 2 - 1
+    load(held, first=(held + 1) // 2)  # half of it new: copied
+    half_new = table()
 
     assert kept == catalog
     assert swapped != catalog
-    assert table() == swapped
-    assert len(query(postgres, "SELECT id FROM song")) == 4 * BATCH_SIZE + 2
+    assert unchanged == swapped
+    assert mostly_known == swapped
+    assert half_new != swapped
+    assert len(query(postgres, "SELECT id FROM song")) == held + (held + 1) // 2
 
 
 async def test_an_export_that_waits_for_the_swap_reads_the_table_swapped_in(postgres: URL, tmp_path: Path) -> None:
