@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import checking, swap
+from app import swap
 from app.checking import ArtistTexts, Rejected, Staged, check_rows
 from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsExceeded
 from app.fields import ID_MAX, utcnow
@@ -110,8 +110,8 @@ class _Checker:
     """
 
     def __init__(self) -> None:
-        # The app this process runs first on the path: the worker imports the same.
-        root = str(Path(checking.__file__).resolve().parent.parent)
+        # The app this process runs first on the path (this module's package's folder): the worker imports the same.
+        root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from app.checking import serve; serve()"],
@@ -315,8 +315,8 @@ class Import:
             try:
                 for batch in chain([second], batches):
                     if checking is None and not worker.started():
-                        # Until the worker has started (it imports the app: a second or more), this
-                        # process checks the batches itself.
+                        # Until the worker has started (a new interpreter and pydantic: 0.2 s or more
+                        # on a loaded machine), this process checks the batches itself.
                         await self._keep(source_index, batch, check_rows(source, _plain(batch), artists))
                         continue
                     # Submitted before the previous batch is staged: both cores work at once.

@@ -166,7 +166,9 @@ def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgre
     assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
 
 
-def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_that_adds_half_as_many_songs(postgres: URL, tmp_path: Path) -> None:
+def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_that_adds_half_as_many_songs(
+    postgres: URL, tmp_path: Path
+) -> None:
     def load(count: int, first: int) -> None:
         songs = tmp_path / "songs.csv"
         songs.write_text("name,artist\n" + "".join(f"Song {i},Band {i % 100}\n" for i in range(first, first + count)))
