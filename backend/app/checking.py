@@ -2,7 +2,8 @@
 
 What a large import's worker process runs (`serve`, as `python -c "from app.checking import serve;
 serve()"`). It imports nothing of the database's or the web framework's, only pydantic and the
-song's field types (`app.fields`): a tenth of the memory and of the start-up time of the app.
+song's field types (`app.fields`): about half the memory of a process that imports the app (47 MB
+RSS against 88) and a fifth of its start-up time.
 """
 
 import contextlib
@@ -143,17 +144,16 @@ def _staged(song: ImportedSong, artists: ArtistTexts) -> tuple[Any, ...]:
     )
 
 
-def serve(requests: IO[bytes] | None = None, results: IO[bytes] | None = None) -> None:
+def serve() -> None:
     """The worker: checks each batch it reads (standard input), writes each result (standard output), in order.
 
-    Until the import's process is gone: the end of its input. Each message is one pickle.
+    Until the import's process is gone: the end of its input, or a message cut short. Each message is one pickle.
     """
-    requests = sys.stdin.buffer if requests is None else requests
-    results = sys.stdout.buffer if results is None else results
+    requests, results = sys.stdin.buffer, sys.stdout.buffer
     # No cyclic garbage collection: the rows are millions of short-lived objects, none in a cycle.
     gc.disable()
     artists = ArtistTexts()
-    with contextlib.suppress(EOFError, OSError):
+    with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
         _write(results, None)  # ready: what it runs is imported
         while True:
             source, rows = pickle.load(requests)  # noqa: S301 (the import's own process, through its pipe)
