@@ -17,7 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 
-from app import db, keys, logs, metrics, schema, songs
+from app import db, keys, logs, metrics, schema, songs, swap
 from app import seed as seeding
 from app.checking import Rejected
 from app.config import Settings, load_settings
@@ -158,6 +158,14 @@ def import_songs(
         int | None, typer.Option(min=0, help="Stop, importing nothing, after more rejected rows than this.")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Check every row and report, but write nothing.")] = False,
+    lock_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="PostgreSQL: the longest to wait, in seconds, for other transactions that hold the song table "
+            "(an export, a long write, a session left open) before stopping, importing nothing.",
+        ),
+    ] = swap.LOCK_WAIT_SECONDS,
 ) -> None:
     """Import songs from files, in one transaction: all of them, or (killed or failed) none.
 
@@ -176,7 +184,7 @@ def import_songs(
     started = time.perf_counter()
     console = Console(stderr=True, soft_wrap=True)
     try:
-        summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run))
+        summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run, lock_wait))
     except (FileError, MaxErrorsExceeded, ImportAborted) as exc:
         raise _fail(f"{exc}; nothing was imported") from None
     except db.DATABASE_ERRORS as exc:
@@ -204,6 +212,7 @@ async def _import(
     on_conflict: OnConflict,
     max_errors: int | None,
     dry_run: bool,
+    lock_wait: float,
 ) -> Summary:
     schema.check_exists(settings.sqlalchemy_url)
     async with db.connect(settings, long_running=True) as database:
@@ -218,6 +227,7 @@ async def _import(
                 dry_run=dry_run,
                 applying=lambda summary: progress.finish(f"applying {summary.read:,} rows..."),
                 bulk=True,  # the command's process is the import's alone
+                lock_wait_seconds=lock_wait,
             )
 
 

@@ -253,6 +253,7 @@ class Import:
     max_errors: int | None = None
     bulk: bool = False  # a large import, in a process of its own: a worker checks its rows, it may use more memory
     dry_run: bool = False  # rolled back after `apply`: the indexes are kept, whatever its size
+    lock_wait_seconds: float = swap.LOCK_WAIT_SECONDS  # for transactions that hold the song table (`swap.lock`)
     sources: list[str] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
     _staged: int = 0  # rows staged so far, the rank of the last
@@ -394,7 +395,7 @@ class Import:
         rebuild = (plan is not None or not self._postgresql) and await self._rebuilds_indexes(self._staged)
         if rebuild and self._postgresql:
             # Writers wait until the commit, so that nothing decided below changes meanwhile; readers read on.
-            await self.connection.exec_driver_sql(f"LOCK TABLE {song.name} IN EXCLUSIVE MODE")
+            await swap.lock(self.connection, song.name, "EXCLUSIVE", self.lock_wait_seconds)
         await self._decide()
         await self._report_rejections()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()
@@ -418,7 +419,7 @@ class Import:
             # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
             await self._add_search_terms()
         if copy is not None:
-            await swap.swap(self.connection, copy)
+            await swap.swap(self.connection, copy, self.lock_wait_seconds)
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel import col
 
-from app import exporting, metrics, search
+from app import exporting, metrics, search, swap
 from app.checking import Rejected
 from app.db import INTEGRITY_ERRORS, Database, Statement, Transaction
 from app.errors import (
@@ -363,6 +363,7 @@ async def import_songs(
     dry_run: bool = False,
     applying: Callable[[Summary], None] = lambda summary: None,
     bulk: bool = False,
+    lock_wait_seconds: float = swap.LOCK_WAIT_SECONDS,
 ) -> Summary:
     """Imports the rows of each (name, rows) source in one transaction: all of them, or (killed or failed) none.
 
@@ -371,6 +372,8 @@ async def import_songs(
     only for a process that runs the import alone (the CLI): it may check the
     rows in a worker process, turn the garbage collector off and use more memory
     (`Import.bulk`); never inside the server, whose requests share the process.
+    A bulk import on PostgreSQL gives up after `lock_wait_seconds` waiting for
+    transactions that hold the song table (`swap.lock`).
     """
     async with db.transaction(write=True) as transaction:
         job = Import(
@@ -380,6 +383,7 @@ async def import_songs(
             max_errors=max_errors,
             bulk=bulk,
             dry_run=dry_run,
+            lock_wait_seconds=lock_wait_seconds,
         )
         await job.start()
         for source, rows in sources:

@@ -12,10 +12,14 @@ readers' `ACCESS SHARE` passes). All of it is in the import's transaction:
 killed, it leaves the catalog as it was, and no copy.
 
 Only the swap takes `ACCESS EXCLUSIVE`, which readers wait for. A
-transaction that read the table and is still open holds the swap back: the
-import asks for the lock `SWAP_LOCK_TIMEOUT_MS` at a time, lets through the
-readers that queued behind it between tries, and gives up (the import stops,
-writing nothing) after `SWAP_WAIT_SECONDS`.
+transaction that read the table and is still open holds the swap back, as
+one that wrote to it holds back the import's `EXCLUSIVE`. A lock asked for
+and not granted makes every later request for a lock it conflicts with wait
+behind it, so the import never waits in that line for long (`lock`): it asks
+`LOCK_TRY_MS` at a time, lets through the readers (or writers) that queued
+behind it between tries, and gives up, writing nothing and naming the
+transactions that hold the table, after `LOCK_WAIT_SECONDS` (`songbook import
+--lock-wait`).
 """
 
 import asyncio
@@ -32,9 +36,11 @@ from app.errors import ImportAborted
 
 TABLE = "song"
 COPY = f"{TABLE}_load"  # in the table's schema (statements that name it unqualified find it there)
-SWAP_LOCK_TIMEOUT_MS = 100  # the longest a reader waits behind one try of the swap's lock
-SWAP_RETRY_SECONDS = 0.1
-SWAP_WAIT_SECONDS = 60  # the longest the import waits for transactions that hold the table
+LOCK_TRY_MS = 100  # the longest a reader (or a writer) waits behind one try of the import's lock
+LOCK_RETRY_SECONDS = 0.1
+LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transactions that hold the table
+# The modes of the locks each of the import's modes lets through: whose holders it does not wait for.
+_PASSES = {"EXCLUSIVE": ["AccessShareLock"], "ACCESS EXCLUSIVE": []}
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
 _INDEX = re.compile(r"CREATE (?P<unique>UNIQUE )?INDEX \S+ ON \S+ USING (?P<rest>.+)", re.DOTALL)
@@ -160,12 +166,15 @@ async def build_indexes(connection: AsyncConnection, plan: Plan) -> None:
     await connection.exec_driver_sql(f"ANALYZE {plan.copy}")
 
 
-async def swap(connection: AsyncConnection, plan: Plan) -> None:
-    """Drops the song table and gives the copy its name, its sequence, its indexes' names and its triggers."""
+async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+    """Drops the song table and gives the copy its name, its sequence, its indexes' names and its triggers.
+
+    Waits at most `wait_seconds` for the transactions that hold the table (`lock`).
+    """
     table = f"{plan.schema}.{TABLE}"
     triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
     sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
-    await _lock_for_swap(connection, table)
+    await lock(connection, table, "ACCESS EXCLUSIVE", wait_seconds)
     if sequence is not None:  # owned by the id column, the sequence would go with the table
         await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {plan.copy}.id")
     await connection.exec_driver_sql(f"DROP TABLE {table}")
@@ -182,30 +191,35 @@ async def swap(connection: AsyncConnection, plan: Plan) -> None:
         await connection.exec_driver_sql(trigger)
 
 
-async def _lock_for_swap(connection: AsyncConnection, table: str) -> None:
-    """Takes the song table for the swap, `SWAP_LOCK_TIMEOUT_MS` at a time, letting readers through between tries."""
+async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+    """Takes the song `table` in `mode` (`EXCLUSIVE` or `ACCESS EXCLUSIVE`), `LOCK_TRY_MS` at a time, letting those
+    that queue behind each try through between tries; `ImportAborted`, naming who holds it, after `wait_seconds`."""
     limit = (await _query(connection, "SELECT current_setting('lock_timeout')")).scalar_one()
-    deadline = time.monotonic() + SWAP_WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
     while True:
         try:
             async with connection.begin_nested():
-                await _set_lock_timeout(connection, f"{SWAP_LOCK_TIMEOUT_MS}ms")
-                await connection.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                await _set_lock_timeout(connection, f"{LOCK_TRY_MS}ms")
+                await connection.exec_driver_sql(f"LOCK TABLE {table} IN {mode} MODE")
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 holders = await _query(
                     connection,
                     "SELECT string_agg(DISTINCT CAST(pid AS text), ', ') FROM pg_locks "
-                    "WHERE relation = CAST(:table AS regclass) AND granted AND pid <> pg_backend_pid()",
+                    "WHERE relation = CAST(:table AS regclass) AND granted AND pid <> pg_backend_pid() "
+                    "AND mode <> ALL(CAST(:passes AS text[]))",
                     table=TABLE,
+                    passes=_PASSES[mode],
                 )
+                held = "read" if mode == "ACCESS EXCLUSIVE" else "written to"
                 raise ImportAborted(
-                    f"the song table was held for over {SWAP_WAIT_SECONDS} s by other transactions "
-                    f"(server processes {holders.scalar() or 'now gone'}: an export, or a session left open)"
+                    f"the song table was {held} by other transactions for over {wait_seconds:g} s "
+                    f"(server processes {holders.scalar() or 'now gone'}: an export, a long write, or a session "
+                    "left open); --lock-wait waits longer"
                 ) from None
-            await asyncio.sleep(SWAP_RETRY_SECONDS)
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
             continue
         await _set_lock_timeout(connection, limit)
         return

@@ -58,12 +58,18 @@ async def reading_role(connection: AsyncConnection) -> AsyncIterator[str]:
         await connection.commit()
 
 
-async def start_import(tmp_path: Path) -> asyncio.subprocess.Process:
+async def start_import(tmp_path: Path, *options: str) -> asyncio.subprocess.Process:
     lines = "".join(f"Song {i},Band {i % 100}\n" for i in range(COUNT - 1))
     songs = tmp_path / "songs.csv"
     songs.write_text("name,artist\n" + lines + "Zyzzyva,Band 1\n")
     return await asyncio.create_subprocess_exec(
-        SONGBOOK, "import", str(songs), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=os.environ
+        SONGBOOK,
+        "import",
+        str(songs),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ,
     )
 
 
@@ -139,6 +145,58 @@ async def test_a_transaction_holding_the_table_delays_the_swap_not_the_readers(
     assert [read.status_code for read in reads] == [200] * 20
     assert waiting
     assert (await client.get("/songs", params={"q": "zyzzyva"})).json()[0]["name"] == "Zyzzyva"
+
+
+async def test_a_transaction_writing_to_the_table_delays_the_import_not_the_writers(
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
+    async with connected(postgres) as holder, connected(postgres) as watcher:
+        # Written to, and still open: the import's EXCLUSIVE waits for it. Asked for in one wait, it
+        # would make every write after it wait too, until this transaction ended.
+        await holder.execute(text("UPDATE song SET year = 1999 WHERE id = :id"), {"id": old})
+        process = await start_import(tmp_path)
+        await wait_for_import(watcher, "LOCK TABLE song IN EXCLUSIVE MODE", wait_event_type="Lock")
+
+        creates = [await client.post("/songs", json={"name": f"Meanwhile {i}", "artist": "Band"}) for i in range(5)]
+        waiting = process.returncode is None
+        await holder.rollback()
+        stdout = await finished(process)
+
+    assert [create.status_code for create in creates] == [201] * 5
+    assert waiting
+    assert f"{COUNT:,} songs were added" in stdout
+
+
+@pytest.mark.parametrize(
+    ("held", "statement"),
+    [
+        ("written to", "UPDATE song SET year = 1999 WHERE id = :id"),  # before the copy: EXCLUSIVE
+        ("read", "SELECT count(*) FROM song WHERE id = :id"),  # at the swap: ACCESS EXCLUSIVE
+    ],
+)
+async def test_an_import_held_back_past_its_lock_wait_stops_and_names_who_holds_the_table(
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path, held: str, statement: str
+) -> None:
+    old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
+    async with connected(postgres) as holder, connected(postgres) as watcher:
+        pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await holder.execute(text(statement), {"id": old})
+        started = time.monotonic()
+        process = await start_import(tmp_path, "--lock-wait", "1")
+        _, stderr = await asyncio.wait_for(process.communicate(), 120)
+        took = time.monotonic() - started
+        await holder.rollback()
+        left = (await watcher.execute(text("SELECT count(*), to_regclass('song_load') IS NULL FROM song"))).one()
+
+    assert process.returncode == 1
+    message = stderr.decode()
+    assert f"the song table was {held} by other transactions for over 1 s" in message
+    assert f"server processes {pid}:" in message
+    assert "nothing was imported" in message
+    assert tuple(left) == (1, True)  # the catalog as it was, and no copy
+    assert took < 60
+
 
 
 def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgres: URL, tmp_path: Path) -> None:
