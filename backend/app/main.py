@@ -86,19 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _include_routes(app: FastAPI, settings: Settings) -> None:
-    """The API's routes, then the page's: last, for its catch-all 404 under /ui/.
+    """The API's routes, first, then the page's: last, for its catch-all 404 under /ui/.
 
     The API's routes go into the app's own router, not through `include_router`:
     FastAPI keeps an included router as a node of a tree, matched twice and walked
     on every request (fastapi#16159), about 35 µs of a `GET /songs/{id}`'s 370 µs
     of CPU (`make bench-cpu`, backend/README.md "Speed"). Each route has its
-    router's prefix, tags and responses already, given when it was declared.
+    router's prefix, tags and responses already, given when it was declared. They
+    go before the documentation's, whose paths none of them shares: a request is
+    matched against the routes in turn, and the API's are the ones asked for most.
     """
     routers = [songs.router, artists.router, key_routes.router, health.router]
     if settings.metrics:
         routers.append(health.metrics_router)
-    for router in routers:
-        app.router.routes.extend(router.routes)
+    app.router.routes[:0] = [route for router in routers for route in router.routes]
     pages.install(app)
     app.router.routes.extend(_head_routes(app.router.routes))
 
