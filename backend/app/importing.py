@@ -396,6 +396,10 @@ class Import:
         if rebuild and self._postgresql:
             # Writers wait until the commit, so that nothing decided below changes meanwhile; readers read on.
             await swap.lock(self.connection, song.name, "EXCLUSIVE", self.lock_wait_seconds)
+            # Read again under the lock: an index (or a grant, a trigger) made while the import waited
+            # for it would be lost with the table the swap drops.
+            plan = await swap.plan(self.connection)
+            rebuild = plan is not None
         await self._decide()
         await self._report_rejections()
         updated = await self._update(now, returning=outcomes) if self.on_conflict is OnConflict.UPDATE else set()

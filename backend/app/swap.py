@@ -41,6 +41,18 @@ LOCK_RETRY_SECONDS = 0.1
 LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transactions that hold the table
 # The modes of the locks each of the import's modes lets through: whose holders it does not wait for.
 _PASSES = {"EXCLUSIVE": ["AccessShareLock"], "ACCESS EXCLUSIVE": []}
+_HELD_BY = {
+    "EXCLUSIVE": "a write, a session left open after one, a schema change or a vacuum",
+    "ACCESS EXCLUSIVE": "an export, a session left open after a read, or a write",
+}
+# Who holds the table in a mode that the import's waits for: server processes, or prepared transactions.
+_HOLDERS = """
+    SELECT string_agg(DISTINCT coalesce('server process ' || pid, 'a prepared transaction'), ', ')
+    FROM pg_locks
+    WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND relation = CAST(:table AS regclass) AND granted AND pid IS DISTINCT FROM pg_backend_pid()
+        AND mode <> ALL(CAST(:passes AS text[]))
+"""
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
 _INDEX = re.compile(r"CREATE (?P<unique>UNIQUE )?INDEX \S+ ON \S+ USING (?P<rest>.+)", re.DOTALL)
@@ -140,14 +152,12 @@ async def plan(connection: AsyncConnection) -> Plan | None:
 
 
 async def create_copy(connection: AsyncConnection, plan: Plan) -> None:
-    """Makes an empty copy of the song table, owned and granted as it is: its columns, defaults, generated
-    columns and checks, no index."""
+    """Makes an empty copy of the song table, owned as it is: its columns, defaults, generated columns and
+    checks, no index. It gets the table's privileges at the swap (`swap`)."""
     await connection.exec_driver_sql(
         f"CREATE TABLE {plan.copy} (LIKE {plan.schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)"
     )
     await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} OWNER TO {plan.owner}")  # the sequence's must match
-    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=plan.copy)).scalars():
-        await connection.exec_driver_sql(grant)
 
 
 async def copy_catalog(connection: AsyncConnection, plan: Plan) -> None:
@@ -175,6 +185,10 @@ async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LO
     triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
     sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
     await lock(connection, table, "ACCESS EXCLUSIVE", wait_seconds)
+    # The privileges as they are now: a GRANT takes no lock on the table, so one made while the copy
+    # was filled would have been lost if they were read when it was made.
+    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=plan.copy)).scalars():
+        await connection.exec_driver_sql(grant)
     if sequence is not None:  # owned by the id column, the sequence would go with the table
         await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {plan.copy}.id")
     await connection.exec_driver_sql(f"DROP TABLE {table}")
@@ -205,19 +219,10 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
             if time.monotonic() >= deadline:
-                holders = await _query(
-                    connection,
-                    "SELECT string_agg(DISTINCT CAST(pid AS text), ', ') FROM pg_locks "
-                    "WHERE relation = CAST(:table AS regclass) AND granted AND pid <> pg_backend_pid() "
-                    "AND mode <> ALL(CAST(:passes AS text[]))",
-                    table=TABLE,
-                    passes=_PASSES[mode],
-                )
-                held = "read" if mode == "ACCESS EXCLUSIVE" else "written to"
+                holders = (await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode])).scalar()
                 raise ImportAborted(
-                    f"the song table was {held} by other transactions for over {wait_seconds:g} s "
-                    f"(server processes {holders.scalar() or 'now gone'}: an export, a long write, or a session "
-                    "left open); --lock-wait waits longer"
+                    f"the song table was held by other transactions for over {wait_seconds:g} s "
+                    f"({holders or 'now gone'}: {_HELD_BY[mode]}); --lock-wait waits longer"
                 ) from None
             await asyncio.sleep(LOCK_RETRY_SECONDS)
             continue
