@@ -107,6 +107,15 @@ _TRIGGERS = """
     SELECT pg_get_triggerdef(oid) FROM pg_trigger
     WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal ORDER BY tgname
 """
+# The table's storage parameters and its TOAST table's (which LIKE does not copy), as `name = 'value'`.
+_OPTIONS = """
+    SELECT string_agg(prefix || split_part(o, '=', 1) || ' = ' || quote_literal(substr(o, strpos(o, '=') + 1)), ', ')
+    FROM pg_class AS c
+    CROSS JOIN LATERAL (VALUES ('', c.oid), ('toast.', c.reltoastrelid)) AS r (prefix, oid)
+    JOIN pg_class AS t ON t.oid = r.oid
+    CROSS JOIN LATERAL unnest(t.reloptions) AS o
+    WHERE c.oid = CAST(:table AS regclass)
+"""
 # Every column but the generated ones, which the copy computes itself.
 _STORED_COLUMNS = """
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
@@ -152,12 +161,15 @@ async def plan(connection: AsyncConnection) -> Plan | None:
 
 
 async def create_copy(connection: AsyncConnection, plan: Plan) -> None:
-    """Makes an empty copy of the song table, owned as it is: its columns, defaults, generated columns and
-    checks, no index. It gets the table's privileges at the swap (`swap`)."""
+    """Makes an empty copy of the song table, owned as it is: its columns, defaults, generated columns, checks
+    and storage parameters, no index. It gets the table's privileges at the swap (`swap`)."""
     await connection.exec_driver_sql(
         f"CREATE TABLE {plan.copy} (LIKE {plan.schema}.{TABLE} INCLUDING ALL EXCLUDING INDEXES)"
     )
     await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} OWNER TO {plan.owner}")  # the sequence's must match
+    options = (await _query(connection, _OPTIONS, table=TABLE)).scalar()
+    if options:  # before the rows: a fillfactor applies as they are written
+        await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} SET ({options})")
 
 
 async def copy_catalog(connection: AsyncConnection, plan: Plan) -> None:

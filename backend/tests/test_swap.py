@@ -184,6 +184,38 @@ async def test_a_privilege_granted_while_the_copy_is_filled_is_kept(postgres: UR
         assert (await watcher.execute(privilege, {"role": role})).scalar_one()
 
 
+async def test_the_tables_storage_parameters_are_kept(postgres: URL, tmp_path: Path) -> None:
+    options = "fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false"
+    read = text(
+        "SELECT c.reloptions, t.reloptions, CAST(c.oid AS int) FROM pg_class AS c "
+        "JOIN pg_class AS t ON t.oid = c.reltoastrelid WHERE c.oid = CAST('song' AS regclass)"
+    )
+    async with connected(postgres) as watcher:
+        await watcher.execute(text(f"ALTER TABLE song SET ({options})"))
+        await watcher.commit()
+        try:
+            before = (await watcher.execute(read)).one()
+            await watcher.rollback()
+            await finished(await start_import(tmp_path))
+            after = (await watcher.execute(read)).one()
+        finally:
+            await watcher.rollback()
+            await watcher.execute(
+                text("ALTER TABLE song RESET (fillfactor, autovacuum_vacuum_scale_factor, toast.autovacuum_enabled)")
+            )
+            await watcher.commit()
+
+    assert (
+        after[:2]
+        == before[:2]
+        == (
+            ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.05"],
+            ["autovacuum_enabled=false"],
+        )
+    )
+    assert after[2] != before[2]  # a copy, swapped in
+
+
 async def test_an_index_made_while_the_import_waits_for_the_table_is_kept(
     postgres: URL, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
