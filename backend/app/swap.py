@@ -19,7 +19,10 @@ behind it, so the import never waits in that line for long (`lock`): it asks
 `LOCK_TRY_MS` at a time, lets through the readers (or writers) that queued
 behind it between tries, and gives up, writing nothing and naming the
 transactions that hold the table, after `LOCK_WAIT_SECONDS` (`songbook import
---lock-wait`).
+--lock-wait`). An autovacuum of the table gives way: PostgreSQL cancels one
+that holds a lock asked for once the request has waited `deadlock_timeout`,
+so while one holds the table each try waits that long (one that prevents
+wraparound is not cancelled, and is waited for).
 """
 
 import asyncio
@@ -47,11 +50,12 @@ _HELD_BY = {
 }
 # Who holds the table in a mode that the import's waits for: server processes, or prepared transactions.
 _HOLDERS = """
-    SELECT string_agg(DISTINCT coalesce('server process ' || pid, 'a prepared transaction'), ', ')
-    FROM pg_locks
-    WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        AND relation = CAST(:table AS regclass) AND granted AND pid IS DISTINCT FROM pg_backend_pid()
-        AND mode <> ALL(CAST(:passes AS text[]))
+    SELECT string_agg(DISTINCT coalesce('server process ' || l.pid, 'a prepared transaction')
+        || CASE a.backend_type WHEN 'autovacuum worker' THEN ' (an autovacuum)' ELSE '' END, ', ')
+    FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND l.relation = CAST(:table AS regclass) AND l.granted AND l.pid IS DISTINCT FROM pg_backend_pid()
+        AND l.mode <> ALL(CAST(:passes AS text[]))
 """
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
@@ -106,6 +110,15 @@ _INDEXES = """
 _TRIGGERS = """
     SELECT pg_get_triggerdef(oid) FROM pg_trigger
     WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal ORDER BY tgname
+"""
+# How much longer to wait for the table than a try: deadlock_timeout (ms), if an autovacuum holds it.
+_AUTOVACUUM_WAIT_MS = """
+    SELECT coalesce(max(CAST(s.setting AS integer)), 0) FROM pg_settings AS s
+    WHERE s.name = 'deadlock_timeout' AND EXISTS (
+        SELECT FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+        WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.relation = CAST(:table AS regclass) AND l.granted AND a.backend_type = 'autovacuum worker'
+    )
 """
 # The table's storage parameters and its TOAST table's (which LIKE does not copy), as `name = 'value'`.
 _OPTIONS = """
@@ -222,14 +235,18 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
     that queue behind each try through between tries; `ImportAborted`, naming who holds it, after `wait_seconds`."""
     limit = (await _query(connection, "SELECT current_setting('lock_timeout')")).scalar_one()
     deadline = time.monotonic() + wait_seconds
+    try_ms = LOCK_TRY_MS
     while True:
         try:
             async with connection.begin_nested():
-                await _set_lock_timeout(connection, f"{LOCK_TRY_MS}ms")
+                await _set_lock_timeout(connection, f"{try_ms}ms")
                 await connection.exec_driver_sql(f"LOCK TABLE {table} IN {mode} MODE")
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
+            # PostgreSQL cancels an autovacuum that holds a lock asked for only once that request has
+            # waited deadlock_timeout: the next try waits that long if one holds the table.
+            try_ms = LOCK_TRY_MS + (await _query(connection, _AUTOVACUUM_WAIT_MS, table=table)).scalar_one()
             if time.monotonic() >= deadline:
                 holders = (await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode])).scalar()
                 raise ImportAborted(

@@ -16,9 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from app import swap
+from app import schema, swap
+from app.config import async_url
 from app.importing import BATCH_SIZE
 from tests.catalog import alter, describe_song_table, query
+from tests.pgcluster import Cluster
 
 SONGBOOK = str(Path(sys.executable).parent / "songbook")
 COUNT = 3 * BATCH_SIZE // 2  # over ten times the catalog: built on a copy of the table
@@ -214,6 +216,41 @@ async def test_the_tables_storage_parameters_are_kept(postgres: URL, tmp_path: P
         )
     )
     assert after[2] != before[2]  # a copy, swapped in
+
+
+# For the song table, an autovacuum for any dead row that takes a minute or more over the test's catalog:
+# a page, then a tenth of a second asleep.
+SLOW_AUTOVACUUM = (
+    "autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0, "
+    "autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1"
+)
+
+
+async def test_an_autovacuum_of_the_table_gives_way_to_the_import(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cluster.query("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+    cluster.query("SELECT pg_reload_conf()")
+    await asyncio.to_thread(schema.upgrade, async_url(cluster.url))
+    monkeypatch.setenv("DATABASE_URL", cluster.url)
+    seed = await asyncio.create_subprocess_exec(SONGBOOK, "seed", "--count", str(COUNT), env=os.environ)
+    assert await asyncio.wait_for(seed.wait(), 120) == 0
+    cluster.query(f"ALTER TABLE song SET ({SLOW_AUTOVACUUM})")
+    cluster.query("DELETE FROM song WHERE id % 2 = 0")  # dead rows: the autovacuum comes for them
+    vacuuming = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'autovacuum: VACUUM%public.song'"
+    deadline = time.monotonic() + 60
+    while cluster.query(vacuuming).strip() != "1":
+        assert time.monotonic() < deadline, "no autovacuum of the song table came"
+        await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    stdout = await finished(await start_import(tmp_path, "--lock-wait", "15"))
+    took = time.monotonic() - started
+    log = (cluster.data.parent / f"{cluster.data.name}.log").read_text()
+
+    assert f"{COUNT:,} songs were added" in stdout
+    assert took < 15  # the autovacuum alone would have taken over a minute
+    assert "canceling autovacuum task" in log
 
 
 async def test_an_index_made_while_the_import_waits_for_the_table_is_kept(
