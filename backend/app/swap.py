@@ -39,7 +39,7 @@ from app.errors import ImportAborted
 
 TABLE = "song"
 COPY = f"{TABLE}_load"  # in the table's schema (statements that name it unqualified find it there)
-LOCK_TRY_MS = 100  # the longest a reader (or a writer) waits behind one try of the import's lock
+LOCK_TRY_MS = 100  # the longest a reader (or a writer) waits behind one try of the import's lock (`lock`)
 LOCK_RETRY_SECONDS = 0.1
 LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transactions that hold the table
 # The modes of the locks each of the import's modes lets through: whose holders it does not wait for.
@@ -51,7 +51,7 @@ _HELD_BY = {
 # Who holds the table in a mode that the import's waits for: server processes, or prepared transactions.
 _HOLDERS = """
     SELECT string_agg(DISTINCT coalesce('server process ' || l.pid, 'a prepared transaction')
-        || CASE a.backend_type WHEN 'autovacuum worker' THEN ' (an autovacuum)' ELSE '' END, ', ')
+        || CASE WHEN a.pid IS NOT NULL AND a.usesysid IS NULL THEN ' (an autovacuum)' ELSE '' END, ', ')
     FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
     WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
         AND l.relation = CAST(:table AS regclass) AND l.granted AND l.pid IS DISTINCT FROM pg_backend_pid()
@@ -111,14 +111,14 @@ _TRIGGERS = """
     SELECT pg_get_triggerdef(oid) FROM pg_trigger
     WHERE tgrelid = CAST(:table AS regclass) AND NOT tgisinternal ORDER BY tgname
 """
-# How much longer to wait for the table than a try: deadlock_timeout (ms), if an autovacuum holds it.
-_AUTOVACUUM_WAIT_MS = """
-    SELECT coalesce(max(CAST(s.setting AS integer)), 0) FROM pg_settings AS s
-    WHERE s.name = 'deadlock_timeout' AND EXISTS (
-        SELECT FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
-        WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND l.relation = CAST(:table AS regclass) AND l.granted AND a.backend_type = 'autovacuum worker'
-    )
+# The autovacuums that hold the table, and deadlock_timeout (ms). An autovacuum has no user: its
+# backend_type is shown only to roles that may read all statistics, its lack of a user to all.
+_AUTOVACUUMS = """
+    SELECT coalesce(array_agg(DISTINCT l.pid), '{}'),
+        (SELECT CAST(setting AS integer) FROM pg_settings WHERE name = 'deadlock_timeout')
+    FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND l.relation = CAST(:table AS regclass) AND l.granted AND a.usesysid IS NULL
 """
 # The table's storage parameters and its TOAST table's (which LIKE does not copy), as `name = 'value'`.
 _OPTIONS = """
@@ -210,6 +210,13 @@ async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LO
     triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
     sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
     await lock(connection, table, "ACCESS EXCLUSIVE", wait_seconds)
+    # What the copy would lose or the drop refuse, made while it was filled (a view of the table, a
+    # column's privileges: neither waits for the import's EXCLUSIVE).
+    if not (await _query(connection, _COPYABLE, table=TABLE)).scalar_one():
+        raise ImportAborted(
+            "the song table was changed while the import ran in a way its copy would not keep (a view of it, "
+            "a column's privileges, a publication...); run the import again: it will keep the indexes row by row"
+        )
     # The privileges as they are now: a GRANT takes no lock on the table, so one made while the copy
     # was filled would have been lost if they were read when it was made.
     for grant in (await _query(connection, _GRANTS, table=TABLE, copy=plan.copy)).scalars():
@@ -235,7 +242,7 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
     that queue behind each try through between tries; `ImportAborted`, naming who holds it, after `wait_seconds`."""
     limit = (await _query(connection, "SELECT current_setting('lock_timeout')")).scalar_one()
     deadline = time.monotonic() + wait_seconds
-    try_ms = LOCK_TRY_MS
+    try_ms, waited_out = LOCK_TRY_MS, set[int]()  # the autovacuums a try has waited deadlock_timeout for
     while True:
         try:
             async with connection.begin_nested():
@@ -245,8 +252,12 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
             # PostgreSQL cancels an autovacuum that holds a lock asked for only once that request has
-            # waited deadlock_timeout: the next try waits that long if one holds the table.
-            try_ms = LOCK_TRY_MS + (await _query(connection, _AUTOVACUUM_WAIT_MS, table=table)).scalar_one()
+            # waited deadlock_timeout: the next try waits that long for an autovacuum not yet waited for
+            # so (once each: one that prevents wraparound is not cancelled, and the writers queued
+            # behind each long try wait as long).
+            autovacuums, deadlock_ms = (await _query(connection, _AUTOVACUUMS, table=table)).one()
+            try_ms = LOCK_TRY_MS + (deadlock_ms if set(autovacuums) - waited_out else 0)
+            waited_out.update(autovacuums)
             if time.monotonic() >= deadline:
                 holders = (await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode])).scalar()
                 raise ImportAborted(

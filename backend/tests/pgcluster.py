@@ -42,10 +42,11 @@ class Cluster:
         status = ["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data), "status"]
         return subprocess.run(status, capture_output=True, check=False, timeout=30).returncode == 0
 
-    def query(self, sql: str) -> str:
-        """What psql prints for `sql`, unaligned."""
+    def query(self, sql: str, database: str = "postgres") -> str:
+        """What psql prints for `sql`, unaligned, run by the superuser in `database`."""
         psql = str(self.bin / "psql")
-        return _as_postgres(psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-Atc", sql)
+        where = ("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database)
+        return _as_postgres(psql, *where, "-Atc", sql)
 
     def restart(self, mode: str) -> None:
         self.ctl("-m", mode, "restart")
