@@ -255,9 +255,9 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             # waited deadlock_timeout: the next try waits that long for an autovacuum not yet waited for
             # so (once each: one that prevents wraparound is not cancelled, and the writers queued
             # behind each long try wait as long).
-            autovacuums, deadlock_ms = (await _query(connection, _AUTOVACUUMS, table=table)).one()
-            try_ms = LOCK_TRY_MS + (deadlock_ms if set(autovacuums) - waited_out else 0)
-            waited_out.update(autovacuums)
+            pids, deadlock_ms = tuple((await _query(connection, _AUTOVACUUMS, table=table)).one())
+            try_ms = LOCK_TRY_MS + (deadlock_ms if set(pids) - waited_out else 0)
+            waited_out.update(pids)
             if time.monotonic() >= deadline:
                 holders = (await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode])).scalar()
                 raise ImportAborted(
