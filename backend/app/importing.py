@@ -160,7 +160,10 @@ class _Checker:
         self._process.wait()
         self._sending.shutdown()
         self._receiving.shutdown()
-        self._requests.close()
+        # A batch the worker did not take whole is still in the pipe's buffer: closing flushes it, into a
+        # broken pipe. The file is closed all the same; the import says why it stopped (`_receive`).
+        with contextlib.suppress(BrokenPipeError):
+            self._requests.close()
         self._results.close()
 
 
