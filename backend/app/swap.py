@@ -21,8 +21,9 @@ behind it between tries, and gives up, writing nothing and naming the
 transactions that hold the table, after `LOCK_WAIT_SECONDS` (`songbook import
 --lock-wait`). An autovacuum of the table gives way: PostgreSQL cancels one
 that holds a lock asked for once the request has waited `deadlock_timeout`,
-so while one holds the table each try waits that long (one that prevents
-wraparound is not cancelled, and is waited for).
+so the try after one is seen holding the table waits that long, once for
+each autovacuum (one that prevents wraparound is not cancelled, and is
+waited for).
 """
 
 import asyncio
