@@ -154,16 +154,17 @@ def serve() -> None:
     gc.disable()
     artists = ArtistTexts()
     with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
-        _write(results, None)  # ready: what it runs is imported
+        write_message(results, None)  # ready: what it runs is imported
         while True:
             source, rows = pickle.load(requests)  # noqa: S301 (the import's own process, through its pipe)
             try:
                 checked: list[Staged] | Exception = check_rows(source, rows, artists)
             except Exception as exc:  # a bug: the import's process raises it
                 checked = exc
-            _write(results, checked)
+            write_message(results, checked)
 
 
-def _write(stream: IO[bytes], message: object) -> None:
+def write_message(stream: IO[bytes], message: object) -> None:
+    """One message to the other end of the worker's pipe, sent whole: one pickle."""
     pickle.dump(message, stream, protocol=pickle.HIGHEST_PROTOCOL)
     stream.flush()

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import swap
-from app.checking import ArtistTexts, Rejected, Staged, check_rows
+from app.checking import ArtistTexts, Rejected, Staged, check_rows, write_message
 from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsExceeded
 from app.fields import ID_MAX, utcnow
 from app.formats import RawRow
@@ -138,12 +138,8 @@ class _Checker:
         """`check_rows(source, rows)`, done by the worker."""
         loop = asyncio.get_running_loop()
         # A failed send is seen as the worker's end, by the receive.
-        loop.run_in_executor(self._sending, self._send, (source, rows)).add_done_callback(_forget)
+        loop.run_in_executor(self._sending, write_message, self._requests, (source, rows)).add_done_callback(_forget)
         return loop.run_in_executor(self._receiving, self._receive)
-
-    def _send(self, message: tuple[str, list[Any]]) -> None:
-        pickle.dump(message, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
-        self._requests.flush()
 
     def _receive(self) -> list[Staged]:
         try:
