@@ -1,6 +1,7 @@
 """Who may do what: `Authorization: Bearer <key>`, checked against the key's scope."""
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -12,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from app import keys, logs, ratelimit
 from app.config import Settings, get_settings
-from app.db import get_database
+from app.db import Database, get_database
 from app.errors import UNREADABLE_BODY, Forbidden, Unauthorized
 from app.keys import Caller
 from app.models import Scope
@@ -20,12 +21,23 @@ from app.models import Scope
 REALM = 'Bearer realm="songbook"'
 
 
-class KeyRequired(HTTPBearer):
-    """A dependency: the request's key, checked, if it may do what needs `scope`; else 401 or 403.
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a route that needs a key works with, once the key is checked: the database, the settings, and who
+    is asking."""
 
-    One dependency, not a chain of them: FastAPI's cost is per dependency, and
-    it runs on every request. As an `HTTPBearer`, it documents the scheme in
-    the OpenAPI description.
+    db: Database
+    settings: Settings
+    caller: Caller | None  # None where no key is needed and none was sent
+
+
+class KeyRequired(HTTPBearer):
+    """A dependency: the request's `Access`, if its key may do what needs `scope`; else 401 or 403.
+
+    One dependency, not a chain of them, and it hands out the database too:
+    FastAPI's cost is per dependency, on every request (a second one, for the
+    database alone, took 7% of a `GET /songs/{id}`'s instructions, backend/README.md
+    "Speed"). As an `HTTPBearer`, it documents the scheme in the OpenAPI description.
     """
 
     def __init__(self, scope: Scope) -> None:
@@ -34,11 +46,11 @@ class KeyRequired(HTTPBearer):
         )
         self.scope = scope
 
-    async def __call__(self, request: Request) -> Caller | None:  # type: ignore[override]
+    async def __call__(self, request: Request) -> Access:  # type: ignore[override]
         settings = await get_settings(request)
         found = await caller(request, settings)
         if not needs_key(settings, self.scope):
-            return found  # open to all
+            return Access(await get_database(request), settings, found)  # open to all
         if found is None:
             raise Unauthorized(
                 f"This needs an API key with the {self.scope} scope: Authorization: Bearer <key>.",
@@ -49,7 +61,7 @@ class KeyRequired(HTTPBearer):
                 f"The key {found.name!r} has the {found.scope} scope; this needs {self.scope}.",
                 headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{self.scope}"'},
             )
-        return found
+        return Access(await get_database(request), settings, found)
 
 
 def needs_key(settings: Settings, scope: Scope) -> bool:
@@ -109,8 +121,10 @@ def require(scope: Scope) -> Any:
     return Depends(KeyRequired(scope))
 
 
-# The caller of a write, once its key is checked: None where no key is needed and none was sent.
-WriterDep = Annotated[Caller | None, require("write")]
+# A route's `Access`, for what it does: read the catalog, change it, manage the keys.
+ReaderDep = Annotated[Access, require("read")]
+WriterDep = Annotated[Access, require("write")]
+AdminDep = Annotated[Access, require("admin")]
 
 
 class KeyFirstRoute(APIRoute):

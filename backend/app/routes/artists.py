@@ -5,15 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app import songs
-from app.auth import require
-from app.db import DatabaseDep
+from app.auth import ReaderDep
 from app.models import ArtistPublic, ArtistQuery
 from app.openapi import problem_responses, reads_headers
 from app.routes.links import check_page_size, set_next_link
 
-router = APIRouter(
-    prefix="/artists", tags=["artists"], dependencies=[require("read")], responses=problem_responses(401, 403, 500, 503)
-)
+router = APIRouter(prefix="/artists", tags=["artists"], responses=problem_responses(401, 403, 500, 503))
 
 
 @router.get(
@@ -32,10 +29,10 @@ async def list_artists(
     request: Request,
     response: Response,
     query: Annotated[ArtistQuery, Query()],
-    db: DatabaseDep,
+    access: ReaderDep,
 ) -> list[ArtistPublic]:
     """Lists the artists, by name or by number of songs."""
     await check_page_size(request, query)
-    page = await songs.list_artists(db=db, query=query)
+    page = await songs.list_artists(db=access.db, query=query)
     set_next_link(request, response, page.next_cursor)
     return page.items

@@ -15,9 +15,8 @@ from pydantic_core import PydanticCustomError
 from starlette.convertors import Convertor, register_url_convertor
 
 from app import exporting, idempotency, preconditions, songs
-from app.auth import KeyFirstRoute, WriterDep, require
-from app.config import SettingsDep
-from app.db import Database, DatabaseDep
+from app.auth import KeyFirstRoute, ReaderDep, WriterDep
+from app.db import Database
 from app.errors import InvalidParameter
 from app.formats import Format
 from app.importing import OnConflict
@@ -30,7 +29,6 @@ router = APIRouter(
     prefix="/songs", tags=["songs"], responses=problem_responses(401, 403, 500, 503), route_class=KeyFirstRoute
 )
 
-READ, WRITE = require("read"), require("write")
 # The listing's answer depends on these request headers: an export or a page, with its count or not (RFC 9110).
 LISTING_VARIES = "Accept, Prefer"
 SONG_TABLE = Song.__table__  # type: ignore[attr-defined]
@@ -77,7 +75,6 @@ WRITTEN = {**ETAG, **READ_AFTER_HEADER}
 
 @router.get(
     "",
-    dependencies=[READ],
     response_model=list[SongPublic],
     responses={
         200: {
@@ -98,7 +95,7 @@ WRITTEN = {**ETAG, **READ_AFTER_HEADER}
     },
     openapi_extra=reads_query(SongQuery, "Prefer", "Songbook-Read-After"),
 )
-async def list_songs(request: Request, db: DatabaseDep) -> Response:
+async def list_songs(request: Request, access: ReaderDep) -> Response:
     """Lists, filters, sorts and searches the songs, a page at a time.
 
     With `Accept: text/csv` or `application/x-ndjson`, streams every matching
@@ -107,12 +104,12 @@ async def list_songs(request: Request, db: DatabaseDep) -> Response:
     query = read_query(request, SongQuery)
     export = _export_format(request.headers.get("accept", ""))
     if export is not None:
-        streamed = await export_response(request, db, query, export)
+        streamed = await export_response(request, access.db, query, export)
         streamed.headers["Vary"] = LISTING_VARIES
         return streamed
     await check_page_size(request, query)
     count = preferred_count(request)
-    page = await songs.list_songs(db=db, query=query, count=count)
+    page = await songs.list_songs(db=access.db, query=query, count=count)
     response = songs_response(page.items)
     response.headers["Vary"] = LISTING_VARIES
     set_next_link(request, response, page.next_cursor)
@@ -138,24 +135,26 @@ async def list_songs(request: Request, db: DatabaseDep) -> Response:
     },
     openapi_extra=reads_headers("Idempotency-Key"),
 )
-async def create_song(song_in: SongCreate, request: Request, caller: WriterDep, db: DatabaseDep) -> Response:
+async def create_song(song_in: SongCreate, request: Request, access: WriterDep) -> Response:
     """Adds a song; 409 with the existing song's id if the catalog has it already."""
 
     def created(song: SongRow) -> Response:
         return song_response(song, status_code=status.HTTP_201_CREATED, headers={"Location": f"/songs/{song['id']}"})
 
     async def create() -> Response:
-        return created(await songs.create_song(db=db, song_in=song_in))
+        return created(await songs.create_song(db=access.db, song_in=song_in))
 
     async def foresee() -> idempotency.Foreseen | None:
         # Its id set aside, a new song's answer is known before it is written: kept with it, at once.
-        row = await songs.new_song(db=db, song_in=song_in)
+        row = await songs.new_song(db=access.db, song_in=song_in)
         if row is None:
             return None
         return idempotency.Foreseen(SONG_TABLE, row, created(songs.song_of(row)), written=songs.count_created)
 
     payload = song_in.model_dump()
-    return await idempotency.run_once(request, db=db, caller=caller, payload=payload, write=create, foresee=foresee)
+    return await idempotency.run_once(
+        request, db=access.db, caller=access.caller, payload=payload, write=create, foresee=foresee
+    )
 
 
 @router.post(
@@ -170,9 +169,7 @@ async def create_songs(
         Body(min_length=1, max_length=BATCH_SIZE_CEILING, description="1 to 1,000 songs, unless configured otherwise."),
     ],
     request: Request,
-    caller: WriterDep,
-    db: DatabaseDep,
-    settings: SettingsDep,
+    access: WriterDep,
     on_conflict: Annotated[
         OnConflict,
         Query(
@@ -187,19 +184,19 @@ async def create_songs(
     If any song is invalid the batch is refused with 422, naming each one
     (`errors[].field` is `index.field`), and nothing is written.
     """
-    largest = settings.max_batch_size
+    largest = access.settings.max_batch_size
     if len(songs_in) > largest:
         raise InvalidParameter("body", "songs", f"a batch holds at most {largest} songs; this one has {len(songs_in)}")
 
     async def create() -> Response:
-        result = await songs.create_songs(db=db, songs_in=songs_in, on_conflict=on_conflict)
+        result = await songs.create_songs(db=access.db, songs_in=songs_in, on_conflict=on_conflict)
         return Response(result.model_dump_json(), media_type="application/json")
 
     payload = [song.model_dump() for song in songs_in]
     return await idempotency.run_once(
         request,
-        db=db,
-        caller=caller,
+        db=access.db,
+        caller=access.caller,
         payload=payload,
         write=create,
         on_session=True,
@@ -209,7 +206,6 @@ async def create_songs(
 
 @router.get(
     ONE_SONG,
-    dependencies=[READ],
     response_model=SongPublic,
     responses={
         200: {"headers": ETAG},
@@ -218,9 +214,9 @@ async def create_songs(
     },
     openapi_extra=reads_headers("If-None-Match", "If-Match", "Songbook-Read-After"),
 )
-async def get_song(song_id: SongId, request: Request, db: DatabaseDep) -> Response:
+async def get_song(song_id: SongId, request: Request, access: ReaderDep) -> Response:
     """Gets one song, with its ETag."""
-    song = await songs.get_song(db=db, song_id=song_id)
+    song = await songs.get_song(db=access.db, song_id=song_id)
     if preconditions.not_modified(request, song_id, song["version"]):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": preconditions.etag(song["version"])})
     return song_response(song)
@@ -232,46 +228,41 @@ IF_MATCH = reads_headers("If-Match", "If-None-Match")
 
 @router.patch(
     ONE_SONG,
-    dependencies=[WRITE],
     response_model=SongPublic,
     responses={200: {"headers": WRITTEN}, **WRITE_ERRORS},
     openapi_extra=IF_MATCH,
 )
-async def update_song(
-    song_id: SongId, changes: SongUpdate, request: Request, db: DatabaseDep, settings: SettingsDep
-) -> Response:
+async def update_song(song_id: SongId, changes: SongUpdate, request: Request, access: WriterDep) -> Response:
     """Changes the fields given; the others stay as they are."""
-    versions = preconditions.if_match(request, required=settings.require_if_match)
-    return song_response(await songs.update_song(db=db, song_id=song_id, changes=changes, versions=versions))
+    versions = preconditions.if_match(request, required=access.settings.require_if_match)
+    song = await songs.update_song(db=access.db, song_id=song_id, changes=changes, versions=versions)
+    return song_response(song)
 
 
 @router.put(
     ONE_SONG,
-    dependencies=[WRITE],
     response_model=SongPublic,
     responses={200: {"headers": WRITTEN}, **WRITE_ERRORS},
     openapi_extra=IF_MATCH,
 )
-async def replace_song(
-    song_id: SongId, song_in: SongCreate, request: Request, db: DatabaseDep, settings: SettingsDep
-) -> Response:
+async def replace_song(song_id: SongId, song_in: SongCreate, request: Request, access: WriterDep) -> Response:
     """Replaces the song: every field, a year left out being no year."""
-    versions = preconditions.if_match(request, required=settings.require_if_match)
-    return song_response(await songs.replace_song(db=db, song_id=song_id, song_in=song_in, versions=versions))
+    versions = preconditions.if_match(request, required=access.settings.require_if_match)
+    song = await songs.replace_song(db=access.db, song_id=song_id, song_in=song_in, versions=versions)
+    return song_response(song)
 
 
 @router.delete(
     ONE_SONG,
-    dependencies=[WRITE],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses={204: {"description": "Removed.", "headers": READ_AFTER_HEADER}, **problem_responses(404, 412, 422, 428)},
     openapi_extra=IF_MATCH,
 )
-async def delete_song(song_id: SongId, request: Request, db: DatabaseDep, settings: SettingsDep) -> None:
+async def delete_song(song_id: SongId, request: Request, access: WriterDep) -> None:
     """Removes a song."""
-    versions = preconditions.if_match(request, required=settings.require_if_match)
-    await songs.delete_song(db=db, song_id=song_id, versions=versions)
+    versions = preconditions.if_match(request, required=access.settings.require_if_match)
+    await songs.delete_song(db=access.db, song_id=song_id, versions=versions)
 
 
 EXPORT_MEDIA_TYPES = {"text/csv": Format.CSV, "application/x-ndjson": Format.NDJSON}
