@@ -10,6 +10,7 @@ it again does all of it, with no song doubled.
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import subprocess
@@ -50,6 +51,8 @@ from app.errors import FileError, ImportAborted, ImportNeedsIdsPast, MaxErrorsEx
 from app.fields import ID_MAX, utcnow
 from app.formats import RawRow
 from app.models import KeyString, Song, UTCDateTime
+
+logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 5_000
 # A bulk import builds the song table's secondary indexes once after its insert, instead of keeping
@@ -405,28 +408,48 @@ class Import:
         new = and_(c.song_id.is_(None), c.same_as.is_(None), c.rejection.is_(None))
         # Weighed again by the songs it adds: a file the catalog has already (its own export) adds none.
         rebuild = rebuild and await self._rebuilds_indexes(await self._count(new), ADDED_SHARE)
-        copy = plan if rebuild else None
-        indexes = await self._drop_secondary_indexes() if rebuild and copy is None else []
-        expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
-        if copy is not None:
-            await swap.create_copy(self.connection, copy)
-            await swap.copy_catalog(self.connection, copy)
-        inserted = await self._insert(new, now, returning=outcomes, into_copy=copy is not None)
-        if self.summary.inserted < expected:
-            await self._refuse_added_meanwhile(new, inserted if outcomes else None)
-        await self._build_indexes(indexes)
-        if copy is not None:
-            await swap.build_indexes(self.connection, copy)
-        if self._postgresql:
-            # After the songs, as the trigger does: a create that brings a word new to the catalog
-            # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
-            await self._add_search_terms()
-        if copy is not None:
-            await swap.swap(self.connection, copy, self.lock_wait_seconds)
+        inserted = await self._insert_by_copy(plan, new, now, outcomes) if rebuild and plan is not None else None
+        if inserted is None:
+            inserted = await self._insert_in_place(new, now, outcomes, rebuild=rebuild and not self._postgresql)
         self.summary.skipped = self._staged - self.summary.inserted - self.summary.updated - self._rejected_by_rule
         if not outcomes:
             return {}
         return await self._outcomes(inserted, updated)
+
+    async def _insert_by_copy(
+        self, plan: swap.Plan, new: Any, now: datetime, outcomes: bool
+    ) -> set[tuple[str, str]] | None:
+        """PostgreSQL: the new songs into a copy of the catalog, swapped in; None, and nothing done, if the table
+        was changed meanwhile in a way its copy would not keep (`swap.NotKept`): they go in row by row then.
+
+        Under the import's `EXCLUSIVE` lock no other writer adds a song meanwhile: every new song is inserted.
+        """
+        try:
+            async with self.connection.begin_nested():  # a savepoint: the copy, its songs and words, undone
+                await swap.create_copy(self.connection, plan)
+                await swap.copy_catalog(self.connection, plan)
+                inserted = await self._insert(new, now, returning=outcomes, into_copy=True)
+                await swap.build_indexes(self.connection, plan)
+                await self._add_search_terms()
+                await swap.swap(self.connection, plan, self.lock_wait_seconds)
+        except swap.NotKept as exc:
+            logger.warning("%s: its new songs are inserted into it instead, its indexes kept row by row", exc)
+            return None
+        return inserted
+
+    async def _insert_in_place(self, new: Any, now: datetime, outcomes: bool, *, rebuild: bool) -> set[tuple[str, str]]:
+        """The new songs into the song table itself; with `rebuild` (SQLite), its secondary indexes built after."""
+        indexes = await self._drop_secondary_indexes() if rebuild else []
+        expected = await self._count(new) if self.on_conflict is OnConflict.ERROR else 0
+        inserted = await self._insert(new, now, returning=outcomes)
+        if self.summary.inserted < expected:
+            await self._refuse_added_meanwhile(new, inserted if outcomes else None)
+        await self._build_indexes(indexes)
+        if self._postgresql:
+            # After the songs, as the trigger does: a create that brings a word new to the catalog
+            # meanwhile is not kept waiting for the import's uncommitted word (nor the import for it).
+            await self._add_search_terms()
+        return inserted
 
     async def _decide(self) -> None:
         """Marks each staged row: the catalog's song it names, the row that stands for its song, its rejection."""

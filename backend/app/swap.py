@@ -23,7 +23,10 @@ transactions that hold the table, after `LOCK_WAIT_SECONDS` (`songbook import
 that holds a lock asked for once the request has waited `deadlock_timeout`,
 so the try after one is seen holding the table waits that long, once for
 each autovacuum (one that prevents wraparound is not cancelled, and is
-waited for).
+waited for). A change the copy would not keep, made while it was filled (a
+view of the table, a column's privileges: neither waits for `EXCLUSIVE`),
+is found under the swap's lock (`NotKept`): the import then undoes the copy
+and inserts its songs into the table itself.
 """
 
 import asyncio
@@ -156,6 +159,10 @@ class Plan:
     indexes: list[_Index]
 
 
+class NotKept(Exception):
+    """The table was changed, while its copy was filled, in a way the copy would not keep: it cannot be swapped in."""
+
+
 async def plan(connection: AsyncConnection) -> Plan | None:
     """How to copy the song table; None where it may not be replaced (this role may not, or a copy would lose
     something, `_COPYABLE`)."""
@@ -214,9 +221,9 @@ async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LO
     # What the copy would lose or the drop refuse, made while it was filled (a view of the table, a
     # column's privileges: neither waits for the import's EXCLUSIVE).
     if not (await _query(connection, _COPYABLE, table=TABLE)).scalar_one():
-        raise ImportAborted(
+        raise NotKept(
             "the song table was changed while the import ran in a way its copy would not keep (a view of it, "
-            "a column's privileges, a publication...); run the import again: it will keep the indexes row by row"
+            "a column's privileges...)"
         )
     # The privileges as they are now: a GRANT takes no lock on the table, so one made while the copy
     # was filled would have been lost if they were read when it was made.
