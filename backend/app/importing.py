@@ -419,10 +419,12 @@ class Import:
     async def _insert_by_copy(
         self, plan: swap.Plan, new: Any, now: datetime, outcomes: bool
     ) -> set[tuple[str, str]] | None:
-        """PostgreSQL: the new songs into a copy of the catalog, swapped in; None, and nothing done, if the table
-        was changed meanwhile in a way its copy would not keep (`swap.NotKept`): they go in row by row then.
+        """PostgreSQL: the new songs into a copy of the catalog, swapped in; None, and the copy undone, if the
+        table was changed meanwhile in a way its copy would not keep (`swap.NotKept`): they go in row by row then.
 
         Under the import's `EXCLUSIVE` lock no other writer adds a song meanwhile: every new song is inserted.
+        The ids the copy's songs took from the sequence are not given back (a sequence never gives any back:
+        a create may have taken the next meanwhile), so, undone, the new songs' ids start past them.
         """
         try:
             async with self.connection.begin_nested():  # a savepoint: the copy, its songs and words, undone
