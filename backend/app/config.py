@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Request
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -229,6 +229,3 @@ async def get_settings(request: Request) -> Settings:
     """The settings the application was made with."""
     settings: Settings = request.app.state.settings
     return settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # What the dependencies hand out (`DatabaseDep`, `SettingsDep`, ...): made here, once.
+        # What the dependencies hand out (`ReaderDep`, `DatabaseDep`, ...): made here, once.
         app.state.database = database = await db.open_database(settings)
         app.state.buckets = ratelimit.buckets(settings.redis_url)
         app.state.keyring = keys.Keyring()

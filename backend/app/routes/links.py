@@ -37,8 +37,8 @@ def validate_query(model: type[Model], values: Mapping[str, str]) -> Model:
 async def check_page_size(request: Request, query: SongQuery | ArtistQuery) -> None:
     """Refuses a page larger than the service's limit (the `max_page_size` setting); one not asked for is cut to it.
 
-    It reads the settings itself, not through a `SettingsDep` of the route:
-    each dependency costs FastAPI about 10 µs a request, on the hot routes too.
+    It reads the settings itself (`get_settings`), not through a dependency of its own:
+    each dependency costs FastAPI about 70,000 instructions a request, on the hot routes too.
     """
     largest = (await get_settings(request)).max_page_size
     if query.limit <= largest:
