@@ -49,18 +49,17 @@ class KeyRequired(HTTPBearer):
     async def __call__(self, request: Request) -> Access:  # type: ignore[override]
         settings = await get_settings(request)
         found = await caller(request, settings)
-        if not needs_key(settings, self.scope):
-            return Access(await get_database(request), settings, found)  # open to all
-        if found is None:
-            raise Unauthorized(
-                f"This needs an API key with the {self.scope} scope: Authorization: Bearer <key>.",
-                headers={"WWW-Authenticate": REALM},
-            )
-        if not found.may(self.scope):
-            raise Forbidden(
-                f"The key {found.name!r} has the {found.scope} scope; this needs {self.scope}.",
-                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{self.scope}"'},
-            )
+        if needs_key(settings, self.scope):  # else open to all
+            if found is None:
+                raise Unauthorized(
+                    f"This needs an API key with the {self.scope} scope: Authorization: Bearer <key>.",
+                    headers={"WWW-Authenticate": REALM},
+                )
+            if not found.may(self.scope):
+                raise Forbidden(
+                    f"The key {found.name!r} has the {found.scope} scope; this needs {self.scope}.",
+                    headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{self.scope}"'},
+                )
         return Access(await get_database(request), settings, found)
 
 
