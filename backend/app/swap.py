@@ -26,12 +26,19 @@ each autovacuum (one that prevents wraparound is not cancelled, and is
 waited for). A change the copy would not keep, made while it was filled (a
 view of the table, a column's privileges: neither waits for `EXCLUSIVE`),
 is found under the swap's lock (`NotKept`): the import then undoes the copy
-and inserts its songs into the table itself.
+and inserts its songs into the table itself. A GRANT takes no lock on the
+table either, but it updates the table's row in `pg_class` (a column's, its
+row in `pg_attribute`): the swap claims those rows with its lock, by updating
+them, before it reads the privileges, so that a GRANT made after that waits
+for the import's commit and then fails, where it would have been lost with
+the table the swap drops; one not yet committed holds the swap back as a
+reader does.
 """
 
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +50,7 @@ from app.errors import ImportAborted
 
 TABLE = "song"
 COPY = f"{TABLE}_load"  # in the table's schema (statements that name it unqualified find it there)
+SWAPPED_OUT = f"{TABLE}_swapped_out"  # the table's name from the swap's claim on it to its drop
 LOCK_TRY_MS = 100  # the longest a reader (or a writer) waits behind one try of the import's lock (`lock`)
 LOCK_RETRY_SECONDS = 0.1
 LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transactions that hold the table
@@ -50,18 +58,25 @@ LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transac
 _PASSES = {"EXCLUSIVE": ["AccessShareLock"], "ACCESS EXCLUSIVE": []}
 _HELD_BY = {
     "EXCLUSIVE": "a write, a session left open after one, a schema change or a vacuum",
-    "ACCESS EXCLUSIVE": "an export, a session left open after a read, or a write",
+    "ACCESS EXCLUSIVE": "an export, a session left open after a read, a write or a GRANT",
 }
-# Who holds the table in a mode that the import's waits for: server processes, or prepared transactions.
+# Who holds the table in a mode that the import's waits for (with `rows`, or one of its rows in the
+# catalog, `lock`'s claim: a transaction that updated it and is still open): server processes, or
+# prepared transactions.
 _HOLDERS = """
     SELECT string_agg(DISTINCT coalesce('server process ' || l.pid, 'a prepared transaction')
         || CASE WHEN a.pid IS NOT NULL AND a.usesysid IS NULL THEN ' (an autovacuum)' ELSE '' END, ', ')
     FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
-    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        AND l.relation = CAST(:table AS regclass) AND l.granted AND l.pid IS DISTINCT FROM pg_backend_pid()
-        AND l.mode <> ALL(CAST(:passes AS text[]))
+    WHERE l.granted AND l.pid IS DISTINCT FROM pg_backend_pid() AND (
+        l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.relation = CAST(:table AS regclass) AND l.mode <> ALL(CAST(:passes AS text[]))
+        OR :rows AND l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.transactionid IN (
+            SELECT xmax FROM pg_class WHERE oid = CAST(:table AS regclass)
+            UNION ALL SELECT xmax FROM pg_attribute WHERE attrelid = CAST(:table AS regclass)))
 """
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
+# A catalog row's update that met another's, committed while it waited: an internal error, without a code of its own.
+INTERNAL_ERROR, CONCURRENTLY_UPDATED = "XX000", "tuple concurrently updated"
 
 _INDEX = re.compile(r"CREATE (?P<unique>UNIQUE )?INDEX \S+ ON \S+ USING (?P<rest>.+)", re.DOTALL)
 
@@ -132,6 +147,11 @@ _OPTIONS = """
     JOIN pg_class AS t ON t.oid = r.oid
     CROSS JOIN LATERAL unnest(t.reloptions) AS o
     WHERE c.oid = CAST(:table AS regclass)
+"""
+# Every column, each quoted as an identifier.
+_COLUMNS = """
+    SELECT quote_ident(attname) FROM pg_attribute
+    WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped ORDER BY attnum
 """
 # Every column but the generated ones, which the copy computes itself.
 _STORED_COLUMNS = """
@@ -214,24 +234,29 @@ async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LO
 
     Waits at most `wait_seconds` for the transactions that hold the table (`lock`).
     """
-    table = f"{plan.schema}.{TABLE}"
+    table, old = f"{plan.schema}.{TABLE}", f"{plan.schema}.{SWAPPED_OUT}"
     triggers = list((await _query(connection, _TRIGGERS, table=TABLE)).scalars())
     sequence = (await _query(connection, "SELECT pg_get_serial_sequence(:table, 'id')", table=TABLE)).scalar()
-    await lock(connection, table, "ACCESS EXCLUSIVE", wait_seconds)
+    columns = (await _query(connection, _COLUMNS, table=TABLE)).scalars()
+    targets = ", ".join(f"ALTER COLUMN {name} SET STATISTICS -1" for name in columns)
+    # The table and its rows in the catalog: a GRANT takes no lock on the table, but waits for the
+    # transaction that updated the row it updates (pg_class's; a column's in pg_attribute) and then
+    # fails. Each column's statistics target is -1 (`_COPYABLE`): changing one waits for EXCLUSIVE.
+    claim = [f"ALTER TABLE {table} {targets}", f"ALTER TABLE {table} RENAME TO {SWAPPED_OUT}"]
+    await lock(connection, table, "ACCESS EXCLUSIVE", wait_seconds, claim=claim)
     # What the copy would lose or the drop refuse, made while it was filled (a view of the table, a
     # column's privileges: neither waits for the import's EXCLUSIVE).
-    if not (await _query(connection, _COPYABLE, table=TABLE)).scalar_one():
+    if not (await _query(connection, _COPYABLE, table=old)).scalar_one():
         raise NotKept(
             "the song table was changed while the import ran in a way its copy would not keep (a view of it, "
             "a column's privileges...)"
         )
-    # The privileges as they are now: a GRANT takes no lock on the table, so one made while the copy
-    # was filled would have been lost if they were read when it was made.
-    for grant in (await _query(connection, _GRANTS, table=TABLE, copy=plan.copy)).scalars():
+    # The privileges as they are now, the rows claimed: one granted while the copy was filled is kept.
+    for grant in (await _query(connection, _GRANTS, table=old, copy=plan.copy)).scalars():
         await connection.exec_driver_sql(grant)
     if sequence is not None:  # owned by the id column, the sequence would go with the table
         await connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} OWNED BY {plan.copy}.id")
-    await connection.exec_driver_sql(f"DROP TABLE {table}")
+    await connection.exec_driver_sql(f"DROP TABLE {old}")
     await connection.exec_driver_sql(f"ALTER TABLE {plan.copy} RENAME TO {TABLE}")
     for index in plan.indexes:
         if index.constraint:
@@ -245,9 +270,20 @@ async def swap(connection: AsyncConnection, plan: Plan, wait_seconds: float = LO
         await connection.exec_driver_sql(trigger)
 
 
-async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+async def lock(
+    connection: AsyncConnection,
+    table: str,
+    mode: str,
+    wait_seconds: float = LOCK_WAIT_SECONDS,
+    *,
+    claim: Sequence[str] = (),
+) -> None:
     """Takes the song `table` in `mode` (`EXCLUSIVE` or `ACCESS EXCLUSIVE`), `LOCK_TRY_MS` at a time, letting those
-    that queue behind each try through between tries; `ImportAborted`, naming who holds it, after `wait_seconds`."""
+    that queue behind each try through between tries; `ImportAborted`, naming who holds it, after `wait_seconds`.
+
+    The statements of `claim` run in each try after the lock: what they wait for (a transaction that updated
+    a row of the table's in the catalog) is waited for as the lock is, the lock given up meanwhile.
+    """
     limit = (await _query(connection, "SELECT current_setting('lock_timeout')")).scalar_one()
     deadline = time.monotonic() + wait_seconds
     try_ms, waited_out = LOCK_TRY_MS, set[int]()  # the autovacuums a try has waited deadlock_timeout for
@@ -256,8 +292,10 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             async with connection.begin_nested():
                 await _set_lock_timeout(connection, f"{try_ms}ms")
                 await connection.exec_driver_sql(f"LOCK TABLE {table} IN {mode} MODE")
+                for statement in claim:
+                    await connection.exec_driver_sql(statement)
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            if not _held(exc):
                 raise
             # PostgreSQL cancels an autovacuum that holds a lock asked for only once that request has
             # waited deadlock_timeout: the next try waits that long for an autovacuum not yet waited for
@@ -267,7 +305,9 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             try_ms = LOCK_TRY_MS + (deadlock_ms if set(pids) - waited_out else 0)
             waited_out.update(pids)
             if time.monotonic() >= deadline:
-                holders = (await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode])).scalar()
+                holders = (
+                    await _query(connection, _HOLDERS, table=table, passes=_PASSES[mode], rows=bool(claim))
+                ).scalar()
                 raise ImportAborted(
                     f"the song table was held by other transactions for over {wait_seconds:g} s "
                     f"({holders or 'now gone'}: {_HELD_BY[mode]}); --lock-wait waits longer"
@@ -276,6 +316,12 @@ async def lock(connection: AsyncConnection, table: str, mode: str, wait_seconds:
             continue
         await _set_lock_timeout(connection, limit)
         return
+
+
+def _held(error: DBAPIError) -> bool:
+    """Whether `lock`'s try met a lock held, or a row of the catalog updated and committed while it waited for it."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate == LOCK_NOT_AVAILABLE or (sqlstate == INTERNAL_ERROR and CONCURRENTLY_UPDATED in str(error.orig))
 
 
 async def _set_lock_timeout(connection: AsyncConnection, limit: str) -> None:

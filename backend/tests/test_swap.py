@@ -1,18 +1,21 @@
 """A large import on PostgreSQL fills a copy of the song table and swaps it in: readers read on meanwhile."""
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -186,6 +189,139 @@ async def test_a_privilege_granted_while_the_copy_is_filled_is_kept(postgres: UR
         assert (await watcher.execute(privilege, {"role": role})).scalar_one()
 
 
+@pytest.mark.parametrize(
+    ("grant", "kept", "swapped"),
+    [
+        ("GRANT SELECT ON song TO {role}", "SELECT has_table_privilege('{role}', 'song', 'SELECT')", True),
+        # A column's privilege the copy would not keep: the songs go in row by row.
+        (
+            "GRANT SELECT (name) ON song TO {role}",
+            "SELECT has_column_privilege('{role}', 'song', 'name', 'SELECT')",
+            False,
+        ),
+    ],
+)
+async def test_a_grant_not_yet_committed_at_the_swap_holds_it_back_and_is_kept(
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path, grant: str, kept: str, swapped: bool
+) -> None:
+    old = (await client.post("/songs", json={"name": "Old", "artist": "Band"})).json()["id"]
+    async with (
+        connected(postgres) as granter,
+        connected(postgres) as holder,
+        connected(postgres) as watcher,
+        reading_role(watcher) as role,
+    ):
+        await watcher.execute(text(f"REVOKE SELECT ON song FROM {role}"))
+        await watcher.commit()
+        table = (await watcher.execute(TABLE_OID)).scalar_one()
+        await watcher.rollback()
+        await holder.execute(text("INSERT INTO search_term (term) VALUES ('zyzzyva')"))
+        process = await start_import(tmp_path)
+        await wait_for_import(watcher, "INSERT INTO search_term", wait_event_type="Lock")
+        await granter.execute(text(grant.format(role=role)))  # takes no lock on the table; not yet committed
+        await holder.rollback()
+        # The swap's claim on the table's rows in the catalog waits for the GRANT's transaction.
+        await wait_for_import(watcher, "ALTER TABLE public.song ", wait_event_type="Lock")
+
+        reads = [await client.get(f"/songs/{old}") for _ in range(10)]
+        waiting = process.returncode is None
+        await granter.commit()
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        granted = (await watcher.execute(text(kept.format(role=role)))).scalar_one()
+        count = (await watcher.execute(text("SELECT count(*) FROM song"))).scalar_one()
+        replaced = (await watcher.execute(TABLE_OID)).scalar_one() != table
+
+    assert process.returncode == 0, stderr.decode()
+    assert [read.status_code for read in reads] == [200] * 10  # between the swap's tries
+    assert waiting
+    assert granted
+    assert (count, replaced) == (COUNT + 1, swapped)
+    assert f"{COUNT:,} songs were added" in stdout.decode()
+
+
+def _grant_now(url: URL, statement: str) -> bool:
+    """Sends `statement` (a GRANT) on a connection of its own, waiting at most 100 ms for a lock: whether it
+    committed (False: it waited for a transaction that updated a row it updates)."""
+
+    async def grant() -> bool:
+        connection = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            await connection.execute("SET lock_timeout = '100ms'")
+            await connection.execute(statement)
+        except asyncpg.LockNotAvailableError:
+            return False
+        finally:
+            await connection.close()
+        return True
+
+    with ThreadPoolExecutor(1) as thread:  # the swap's connection waits for it: its own event loop
+        return thread.submit(asyncio.run, grant()).result(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("grant", "revoke", "kept"),
+    [
+        (
+            "GRANT SELECT ON song TO {role}",
+            "REVOKE SELECT ON song FROM {role}",
+            "SELECT has_table_privilege('{role}', 'song', 'SELECT')",
+        ),
+        (
+            "GRANT SELECT (name) ON song TO {role}",
+            "REVOKE SELECT (name) ON song FROM {role}",
+            "SELECT has_column_privilege('{role}', 'song', 'name', 'SELECT')",
+        ),
+    ],
+)
+async def test_a_grant_sent_at_any_step_of_the_swap_is_kept_or_fails(
+    postgres: URL, tmp_path: Path, grant: str, revoke: str, kept: str
+) -> None:
+    """For each statement the swap runs, in turn: a GRANT sent just after it commits and is kept (or, a
+    column's, turns the swap down: `NotKept`), or waits for the import's transaction; it is never lost."""
+    outcomes: list[tuple[int, bool, bool, bool]] = []  # the statement, granted, swapped in, the privilege after
+    async with connected(postgres) as connection, reading_role(connection) as role:
+        await connection.execute(text(revoke.format(role=role)))
+        await connection.commit()
+        for step in itertools.count(1):
+            run, granted = 0, False
+
+            def after_statement(*_: object, step: int = step) -> None:
+                nonlocal run, granted
+                run += 1
+                if run == step:
+                    granted = _grant_now(postgres, grant.format(role=role))
+
+            plan = await swap.plan(connection)
+            assert plan is not None
+            await swap.create_copy(connection, plan)
+            await swap.build_indexes(connection, plan)
+            event.listen(connection.sync_connection, "after_cursor_execute", after_statement)
+            try:
+                await swap.swap(connection, plan)
+                swapped = True
+            except swap.NotKept:
+                swapped = False
+            finally:
+                event.remove(connection.sync_connection, "after_cursor_execute", after_statement)
+            if swapped:
+                await connection.commit()
+            else:
+                await connection.rollback()
+            privilege = (await connection.execute(text(kept.format(role=role)))).scalar_one()
+            await connection.execute(text(revoke.format(role=role)))
+            await connection.commit()
+            if step > run:
+                break
+            outcomes.append((step, granted, swapped, privilege))
+
+    assert len(outcomes) > 10
+    assert {granted for _, granted, _, _ in outcomes} == {True, False}  # before the swap's claim, and after it
+    if "(" in grant:  # a column's privilege: the copy would not keep it, so the swap is turned down
+        assert [step for step, granted, swapped, _ in outcomes if granted and swapped] == []
+    else:
+        assert [step for step, granted, _, privilege in outcomes if granted and not privilege] == []
+
+
 async def test_the_tables_storage_parameters_are_kept(postgres: URL, tmp_path: Path) -> None:
     options = "fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false"
     read = text(
@@ -339,6 +475,8 @@ async def test_an_index_made_while_the_import_waits_for_the_table_is_kept(
     [
         ("a write", "UPDATE song SET year = 1999 WHERE id = :id"),  # before the copy: EXCLUSIVE
         ("an export", "SELECT count(*) FROM song WHERE id = :id"),  # at the swap: ACCESS EXCLUSIVE
+        # At the swap's claim on the table's row in the catalog, which the GRANT updated.
+        ("an export, a session left open after a read, a write or a GRANT", "GRANT SELECT ON song TO PUBLIC"),
     ],
 )
 async def test_an_import_held_back_past_its_lock_wait_stops_and_names_who_holds_the_table(
