@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -184,7 +185,8 @@ def import_songs(
     started = time.perf_counter()
     console = Console(stderr=True, soft_wrap=True)
     try:
-        summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run, lock_wait))
+        with _warnings_on(console):
+            summary = asyncio.run(_import(settings, sources, console, on_conflict, max_errors, dry_run, lock_wait))
     except (FileError, MaxErrorsExceeded, ImportAborted) as exc:
         raise _fail(f"{exc}; nothing was imported") from None
     except db.DATABASE_ERRORS as exc:
@@ -244,6 +246,33 @@ def _sources(
 
 def _report(console: Console, row: Rejected) -> None:
     console.print(str(row), markup=False, highlight=False, soft_wrap=True)
+
+
+class _ConsoleWarnings(logging.Handler):
+    """songbook's warnings while a command runs (an import that goes row by row instead), told as its errors are,
+    on its console: above a progress bar, where one is shown."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # as every handler of the standard library's: a bad record is not the command's failure
+            self.handleError(record)
+            return
+        self.console.print(f"songbook: warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _warnings_on(console: Console) -> Iterator[None]:
+    handler, logger = _ConsoleWarnings(console), logging.getLogger("app")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @contextmanager
