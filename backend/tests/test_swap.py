@@ -409,7 +409,7 @@ async def test_an_autovacuum_of_the_table_gives_way_to_the_import(
     ],
 )
 async def test_a_change_the_copy_would_not_keep_made_while_it_is_filled_sends_the_songs_in_row_by_row(
-    postgres: URL, tmp_path: Path, change: str, kept: str, undo: str
+    postgres: URL, client: httpx.AsyncClient, tmp_path: Path, change: str, kept: str, undo: str
 ) -> None:
     async with connected(postgres) as holder, connected(postgres) as watcher, reading_role(watcher) as role:
         before = await describe_song_table(watcher)
@@ -420,9 +420,14 @@ async def test_a_change_the_copy_would_not_keep_made_while_it_is_filled_sends_th
         await wait_for_import(watcher, "INSERT INTO search_term", wait_event_type="Lock")
         await watcher.execute(text(change.format(role=role)))  # neither waits for the import's EXCLUSIVE
         await watcher.commit()
+        # A song of the import's, created meanwhile: it waits for the import's EXCLUSIVE, which the copy's
+        # undoing keeps, until the commit (were it written between the two, the import's insert would fail).
+        create = asyncio.create_task(client.post("/songs", json={"name": "Zyzzyva", "artist": "Band 1"}))
+        await wait_for_import(watcher, "INSERT INTO song ", wait_event_type="Lock")
         await holder.rollback()
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+            created = await asyncio.wait_for(create, 30)
             songs = (await watcher.execute(text("SELECT count(*), to_regclass('song_load') IS NULL FROM song"))).one()
             change_kept = (await watcher.execute(text(kept.format(role=role, count=COUNT)))).scalar_one()
             after = await describe_song_table(watcher)
@@ -438,6 +443,7 @@ async def test_a_change_the_copy_would_not_keep_made_while_it_is_filled_sends_th
     assert warning in stderr.decode()
     assert f"{COUNT:,} songs were added" in stdout.decode()
     assert tuple(songs) == (COUNT, True)  # every song, in the table itself; the copy gone
+    assert (created.status_code, created.json()["code"]) == (409, "duplicate-song")  # the import's, written first
     assert change_kept
     assert same_table  # not a copy swapped in: the songs went into the table itself
     assert after == before  # its columns, indexes, constraints and triggers
