@@ -10,7 +10,9 @@ small differences show through the noise of a shared machine. `--profile`
 prints cProfile's busiest functions of the service's run: where its time
 goes beyond the floor's. `post-key` measures the service alone: a create
 with a write key and an `Idempotency-Key` against one with the key only
-(what the idempotency costs), and profiles the keyed one. `--side first`
+(what the idempotency costs), and profiles the keyed one. `--quiet` runs
+the service with the access log and the metrics off, as `make bench`'s
+"quiet". `--side first`
 or `second` runs one side only: under `valgrind --tool=callgrind`, the
 instructions it takes, a count that whatever else runs on the machine does
 not change (backend/README.md, "Safe writes").
@@ -132,9 +134,10 @@ def main() -> None:
     parser.add_argument(
         "--side", choices=["first", "second"], help="run one side only (to count its instructions under callgrind)"
     )
+    parser.add_argument("--quiet", action="store_true", help="the service with the access log and the metrics off")
     args = parser.parse_args()
     url = os.environ.get("BENCH_SERVE_DATABASE_URL", DEFAULT_URL)
-    os.environ.update(service_env(url) | {"REFERENCE_DSN": url})
+    os.environ.update(service_env(url, quiet=args.quiet) | {"REFERENCE_DSN": url})
     from fastapi_app import app as floor  # it reads REFERENCE_DSN as it is imported
 
     from app.main import create_app

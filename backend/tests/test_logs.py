@@ -2,8 +2,10 @@
 
 import io
 import json
+import re
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,17 @@ def test_the_access_log_keeps_to_the_log_level() -> None:
 
     [line] = stream.getvalue().splitlines()  # outside an event loop, written at once
     assert json.loads(line)["status"] == 500
+
+
+def test_an_access_record_is_written_as_structlogs_renderer_writes_the_others() -> None:
+    stream = io.StringIO()
+    record = {"event": "request", "status": 200, "duration_ms": 1.5, "client": None, "aborted": True}
+    AccessLog("info", "json", stream).write("info", record)
+
+    [line] = stream.getvalue().splitlines()
+    written = json.loads(line)
+    assert line == _renderer("json")(None, "info", dict(written))  # orjson's own output, key for key
+    assert written == {**record, "level": "info", "timestamp": written["timestamp"]}
+    # As structlog's TimeStamper(fmt="iso", utc=True) writes it, to the microsecond.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written["timestamp"])
+    assert abs(datetime.fromisoformat(written["timestamp"]) - datetime.now(UTC)) < timedelta(seconds=5)
