@@ -249,7 +249,7 @@ def _report(console: Console, row: Rejected) -> None:
 
 
 class _ConsoleWarnings(logging.Handler):
-    """songbook's warnings while a command runs (an import that goes row by row instead), told as its errors are,
+    """songbook's warnings while an import runs (its songs sent in row by row instead), told as its errors are,
     on its console: above a progress bar, where one is shown."""
 
     def __init__(self, console: Console) -> None:

@@ -2,8 +2,8 @@
 
 Two ways in, one way out:
 
-- The access log (`AccessLog`), one record per request, is rendered as the
-  others are (in JSON, by orjson itself, see `AccessLog`) and written in
+- The access log (`AccessLog`), one record per request, is written as the
+  same line the others get (in JSON, by orjson itself, see `AccessLog`), in
   batches: through the standard library's logging a record cost 16 µs,
   through structlog's own loggers 6 µs, in a tight loop; several times more
   in a loaded server.
@@ -69,8 +69,8 @@ _LEVELS = {name.lower(): number for name, number in logging.getLevelNamesMapping
 
 class _Timestamp:
     """Adds the time in ISO 8601, UTC, to the microsecond: as structlog's `TimeStamper(fmt="iso", utc=True)`
-    writes it, for a seventh of its cost in a loaded server (7 µs a record there), by formatting each
-    second once."""
+    writes it (but for its six digits, always there: `isoformat` leaves out a microsecond of 0), for a
+    seventh of its cost in a loaded server (7 µs a record there), by formatting each second once."""
 
     def __init__(self) -> None:
         self._second: tuple[int, str] = (-1, "")  # one object, replaced whole: safe for every thread
@@ -117,7 +117,7 @@ class AccessLog:
 
     In JSON, orjson writes the record itself, as structlog's `JSONRenderer` would
     (its fallback for other types is never needed: a record holds strings,
-    numbers, booleans and None): 4,000 instructions a record instead of 12,000.
+    numbers, booleans and None): 4,300 instructions a record instead of 12,100.
     """
 
     FLUSH_SECONDS = 0.05

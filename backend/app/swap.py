@@ -51,7 +51,9 @@ from app.errors import ImportAborted
 TABLE = "song"
 COPY = f"{TABLE}_load"  # in the table's schema (statements that name it unqualified find it there)
 SWAPPED_OUT = f"{TABLE}_swapped_out"  # the table's name from the swap's claim on it to its drop
-LOCK_TRY_MS = 100  # the longest a reader (or a writer) waits behind one try of the import's lock (`lock`)
+# The longest a reader (or a writer) waits behind one try of the import's lock (`lock`), and as long again
+# for each statement of the swap's claim on the table's rows in the catalog, which waits with the lock held.
+LOCK_TRY_MS = 100
 LOCK_RETRY_SECONDS = 0.1
 LOCK_WAIT_SECONDS = 60.0  # by default, the longest the import waits for transactions that hold the table
 # The modes of the locks each of the import's modes lets through: whose holders it does not wait for.
@@ -70,6 +72,7 @@ _HOLDERS = """
     WHERE l.granted AND l.pid IS DISTINCT FROM pg_backend_pid() AND (
         l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND l.relation = CAST(:table AS regclass) AND l.mode <> ALL(CAST(:passes AS text[]))
+        -- (An xmax may be a multixact's id, and match a transaction by chance: only this message would say so.)
         OR :rows AND l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.transactionid IN (
             SELECT xmax FROM pg_class WHERE oid = CAST(:table AS regclass)
             UNION ALL SELECT xmax FROM pg_attribute WHERE attrelid = CAST(:table AS regclass)))
@@ -91,7 +94,7 @@ _COPYABLE = """
                         AND t.tgenabled <> 'O')
         AND NOT EXISTS (SELECT FROM pg_publication_rel AS p WHERE p.prrelid = c.oid)
         AND NOT EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = c.oid AND a.attnum > 0
-                        AND (a.attacl IS NOT NULL OR a.attstattarget <> -1))
+                        AND NOT a.attisdropped AND (a.attacl IS NOT NULL OR a.attstattarget <> -1))
         AND NOT EXISTS (SELECT FROM pg_constraint AS con WHERE con.conrelid = c.oid
                         AND (con.contype NOT IN ('p', 'u', 'c', 'n') OR con.condeferrable))
         AND NOT EXISTS (SELECT FROM pg_constraint AS con WHERE con.confrelid = c.oid)
@@ -99,6 +102,13 @@ _COPYABLE = """
         AND NOT EXISTS (SELECT FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
                         WHERE d.refobjid = c.oid AND r.ev_class <> c.oid)
         AND pg_has_role(c.relowner, 'MEMBER') AND has_schema_privilege(c.relnamespace, 'CREATE')
+    FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass)
+"""
+# Whether the names the copy and the table swapped out take are free in the table's schema (a table's
+# name is its row type's too).
+_NAMES_FREE = """
+    SELECT NOT EXISTS (SELECT FROM pg_class WHERE relnamespace = c.relnamespace AND relname = ANY(:names))
+        AND NOT EXISTS (SELECT FROM pg_type WHERE typnamespace = c.relnamespace AND typname = ANY(:names))
     FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass)
 """
 # The table's schema, its copy's name there, and its owner: each quoted as an identifier.
@@ -185,8 +195,10 @@ class NotKept(Exception):
 
 async def plan(connection: AsyncConnection) -> Plan | None:
     """How to copy the song table; None where it may not be replaced (this role may not, or a copy would lose
-    something, `_COPYABLE`)."""
+    something, `_COPYABLE`; or a table of the schema has a name the swap takes)."""
     if not (await _query(connection, _COPYABLE, table=TABLE)).scalar_one():
+        return None
+    if not (await _query(connection, _NAMES_FREE, table=TABLE, names=[COPY, SWAPPED_OUT])).scalar_one():
         return None
     schema, copy, owner = (str(value) for value in (await _query(connection, _NAMES, table=TABLE, copy=COPY)).one())
     found: list[tuple[str, str, str, str]] = [tuple(row) for row in await _query(connection, _INDEXES, table=TABLE)]
@@ -319,7 +331,8 @@ async def lock(
 
 
 def _held(error: DBAPIError) -> bool:
-    """Whether `lock`'s try met a lock held, or a row of the catalog updated and committed while it waited for it."""
+    """Whether `lock`'s try met a lock held, or a row of the catalog that a transaction committed during the try
+    updated (waited for, or read before it committed)."""
     sqlstate = getattr(error.orig, "sqlstate", None)
     return sqlstate == LOCK_NOT_AVAILABLE or (sqlstate == INTERNAL_ERROR and CONCURRENTLY_UPDATED in str(error.orig))
 

@@ -10,12 +10,11 @@ small differences show through the noise of a shared machine. `--profile`
 prints cProfile's busiest functions of the service's run: where its time
 goes beyond the floor's. `post-key` measures the service alone: a create
 with a write key and an `Idempotency-Key` against one with the key only
-(what the idempotency costs), and profiles the keyed one. `--quiet` runs
-the service with the access log and the metrics off, as `make bench`'s
-"quiet". `--side first`
-or `second` runs one side only: under `valgrind --tool=callgrind`, the
-instructions it takes, a count that whatever else runs on the machine does
-not change (backend/README.md, "Safe writes").
+(what the idempotency costs), and profiles the keyed one. `--quiet` runs the
+service with the access log and the metrics off, as `make bench`'s "quiet".
+`--side first` or `second` runs one side only: under `valgrind
+--tool=callgrind`, the instructions it takes, a count that whatever else
+runs on the machine does not change (backend/README.md, "Safe writes").
 """
 
 import argparse
@@ -151,7 +150,7 @@ def main() -> None:
         sides: list[tuple[str, ASGIApp, str]] = (
             [("key only", service, "post-auth"), ("keyed", service, "post-key")]
             if args.mode == "post-key"
-            else [("floor", floor, args.mode), ("service", service, args.mode)]
+            else [("floor", floor, args.mode), ("quiet" if args.quiet else "service", service, args.mode)]
         )
         if args.side is not None:
             sides = [sides[0] if args.side == "first" else sides[1]]

@@ -179,10 +179,11 @@ def test_ctrl_c_is_one_clear_message(catalog: URL) -> None:
         _, stderr = process.communicate(timeout=60)  # and the input ends, as a pipe's does when its writer is stopped
 
     # The first Ctrl-C stops the import where it next waits (asyncio.run's way); one that comes while it
-    # reads its input, blocked, stops it once the input ends (a second one at once), after the reading's
-    # last progress line.
-    *before, last = stderr.splitlines()
+    # reads its input, blocked, stops it once the input ends, after the reading's last progress line (a
+    # second Ctrl-C stops it at once).
     assert process.returncode == 1
+    assert stderr
+    *before, last = stderr.splitlines()
     assert last == "songbook: interrupted; nothing was imported"
     assert all(re.fullmatch(r"<stdin>: [\d,]+ rows read, .*", line) for line in before), before
     assert len(before) <= 1

@@ -193,7 +193,7 @@ def test_the_access_log_keeps_to_the_log_level() -> None:
 def test_an_access_record_is_written_as_structlogs_renderer_writes_the_others() -> None:
     stream = io.StringIO()
     record = {"event": "request", "status": 200, "duration_ms": 1.5, "client": None, "aborted": True}
-    AccessLog("info", "json", stream).write("info", record)
+    AccessLog("info", "json", stream).write("info", dict(record))
 
     [line] = stream.getvalue().splitlines()
     written = json.loads(line)

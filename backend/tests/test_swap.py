@@ -259,22 +259,24 @@ def _grant_now(url: URL, statement: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("grant", "revoke", "kept"),
+    ("grant", "revoke", "kept", "column"),
     [
         (
             "GRANT SELECT ON song TO {role}",
             "REVOKE SELECT ON song FROM {role}",
             "SELECT has_table_privilege('{role}', 'song', 'SELECT')",
+            False,
         ),
         (
             "GRANT SELECT (name) ON song TO {role}",
             "REVOKE SELECT (name) ON song FROM {role}",
             "SELECT has_column_privilege('{role}', 'song', 'name', 'SELECT')",
+            True,
         ),
     ],
 )
 async def test_a_grant_sent_at_any_step_of_the_swap_is_kept_or_fails(
-    postgres: URL, tmp_path: Path, grant: str, revoke: str, kept: str
+    postgres: URL, tmp_path: Path, grant: str, revoke: str, kept: str, column: bool
 ) -> None:
     """For each statement the swap runs, in turn: a GRANT sent just after it commits and is kept (or, a
     column's, turns the swap down: `NotKept`), or waits for the import's transaction; it is never lost."""
@@ -316,10 +318,28 @@ async def test_a_grant_sent_at_any_step_of_the_swap_is_kept_or_fails(
 
     assert len(outcomes) > 10
     assert {granted for _, granted, _, _ in outcomes} == {True, False}  # before the swap's claim, and after it
-    if "(" in grant:  # a column's privilege: the copy would not keep it, so the swap is turned down
+    if column:  # the copy would not keep a column's privilege: the swap is turned down, and the table kept
         assert [step for step, granted, swapped, _ in outcomes if granted and swapped] == []
-    else:
-        assert [step for step, granted, _, privilege in outcomes if granted and not privilege] == []
+    assert [step for step, granted, _, privilege in outcomes if granted and not privilege] == []
+
+
+async def test_a_table_with_a_dropped_column_is_copied(postgres: URL, tmp_path: Path) -> None:
+    # A column added and dropped again (a migration and its downgrade): the catalog keeps it, dropped, with
+    # a statistics target of 0 on PostgreSQL 15 and 16.
+    dropped = text("SELECT count(*) FROM pg_attribute WHERE attrelid = CAST('song' AS regclass) AND attisdropped")
+    async with connected(postgres) as watcher:
+        await watcher.execute(text("ALTER TABLE song ADD COLUMN gone integer"))
+        await watcher.execute(text("ALTER TABLE song DROP COLUMN gone"))
+        await watcher.commit()
+        table, before = (await watcher.execute(TABLE_OID)).scalar_one(), (await watcher.execute(dropped)).scalar_one()
+        await watcher.rollback()
+        await finished(await start_import(tmp_path))
+        swapped = (await watcher.execute(TABLE_OID)).scalar_one() != table
+        after = (await watcher.execute(dropped)).scalar_one()
+
+    assert before == 1
+    assert swapped  # a copy, swapped in
+    assert after == 0
 
 
 async def test_the_tables_storage_parameters_are_kept(postgres: URL, tmp_path: Path) -> None:
@@ -531,6 +551,26 @@ def test_a_role_that_does_not_own_the_table_keeps_its_indexes_row_by_row(postgre
     assert result.returncode == 0, result.stderr
     assert f"{COUNT:,} songs were added" in result.stdout
     assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
+
+
+@pytest.mark.parametrize("taken", [swap.COPY, swap.SWAPPED_OUT])
+def test_a_name_the_swap_takes_already_taken_keeps_the_indexes_row_by_row(
+    postgres: URL, tmp_path: Path, taken: str
+) -> None:
+    alter(postgres, f"CREATE TABLE {taken} (note text)")  # an operator's, say
+    table = query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)")
+    try:
+        songs = tmp_path / "songs.csv"
+        songs.write_text("name,artist\n" + "".join(f"Song {i},Band {i % 100}\n" for i in range(COUNT)))
+        result = subprocess.run([SONGBOOK, "import", str(songs)], capture_output=True, text=True, check=False)
+        left = query(postgres, f"SELECT count(*) FROM {taken}")
+    finally:
+        alter(postgres, f"DROP TABLE {taken}")
+
+    assert result.returncode == 0, result.stderr
+    assert f"{COUNT:,} songs were added" in result.stdout
+    assert query(postgres, "SELECT CAST(CAST('song' AS regclass) AS oid)") == table  # the same table, not a copy
+    assert left == [(0,)]
 
 
 def test_the_table_is_copied_for_a_load_as_large_as_the_catalog_that_adds_half_as_many_songs(
